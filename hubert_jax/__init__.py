@@ -1,0 +1,8 @@
+"""hubert-jax: HuBERT, WavLM, wav2vec2/XLSR and DistilHuBERT in JAX/Flax NNX."""
+
+from hubert_jax.config import (PRESETS, HubertConfig, SpeechConfig, Wav2Vec2Config, WavLMConfig,
+                               config_class_for, preset)
+from hubert_jax.models import *  # noqa: F401,F403
+from hubert_jax.models import ModelOptions
+
+__version__ = "0.1.0"

@@ -1,0 +1,230 @@
+"""Building blocks with torch semantics, logical axis names, and separate compute/storage dtypes.
+
+Parameter names follow Flax (`kernel`, `bias`, `scale`, `embedding`); the converter maps them to
+transformers' `weight`/`bias` with the layout transforms. Norms and softmax compute in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Initializer = Callable[[Array, Sequence[int], Any], Array]
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """How a model runs (not what it is): dtypes, attention kernel, layer scan and remat."""
+
+    dtype: Any = jnp.float32  # compute dtype of activations and matmuls
+    param_dtype: Any = jnp.float32  # storage dtype of parameters
+    attention_impl: str = "auto"  # auto: cuDNN fused attention on GPU where it can serve, else XLA
+    scan_layers: bool = False  # one jax.lax.scan over stacked encoder layers
+    remat_policy: str = "none"  # rematerialisation of each encoder layer (with or without scan)
+    precision: Any = None  # jax.lax.Precision for matmuls and convs
+
+    def __post_init__(self):
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy={self.remat_policy!r}: expected one of {REMAT_POLICIES}")
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+
+
+# ----------------------------------------------------------------------------- initialisers
+def normal(std: float) -> Initializer:
+    return lambda key, shape, dtype: (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+def uniform(low: float, high: float) -> Initializer:
+    return lambda key, shape, dtype: jax.random.uniform(key, shape, jnp.float32, low, high).astype(dtype)
+
+
+def constant(value: float) -> Initializer:
+    return lambda key, shape, dtype: jnp.full(shape, value, dtype)
+
+
+zeros = constant(0.0)
+ones = constant(1.0)
+
+
+def kaiming_normal(fan_in: int) -> Initializer:
+    """torch.nn.init.kaiming_normal_ (fan_in mode, ReLU gain)."""
+    return normal(math.sqrt(2.0 / fan_in))
+
+
+def make_param(rngs: nnx.Rngs, init: Initializer, shape, axes, dtype) -> nnx.Param:
+    """A parameter carrying its logical axis names (mapped to a mesh by the sharding rules)."""
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {axes} do not match shape {shape}")
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes), eager_sharding=False)
+
+
+# ----------------------------------------------------------------------------- layers
+class Linear(nnx.Module):
+    def __init__(self, in_features: int, out_features: int, *, axes: tuple, opts: ModelOptions,
+                 rngs: nnx.Rngs, use_bias: bool = True, kernel_init: Initializer | None = None,
+                 bias_init: Initializer = zeros, std: float = 0.02):
+        self.dtype, self.param_dtype, self.precision = opts.dtype, opts.param_dtype, opts.precision
+        self.kernel = make_param(rngs, kernel_init or normal(std), (in_features, out_features), axes,
+                                 opts.param_dtype)
+        self.bias = make_param(rngs, bias_init, (out_features,), axes[1:], opts.param_dtype) if use_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), precision=self.precision)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+def conv1d(x: Array, kernel: Array, *, stride: int = 1, padding=((0, 0),), groups: int = 1, dilation: int = 1,
+           precision=None) -> Array:
+    """Channels-last 1-D convolution; kernel (K, C_in/groups, C_out)."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride,), padding=padding, rhs_dilation=(dilation,),
+        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups, precision=precision)
+
+
+class Conv1d(nnx.Module):
+    """torch.nn.Conv1d on (B, T, C) inputs; kernel stored as (K, C_in/groups, C_out)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, axes: tuple,
+                 opts: ModelOptions, rngs: nnx.Rngs, stride: int = 1, padding: int = 0, groups: int = 1,
+                 use_bias: bool = True, kernel_init: Initializer | None = None, bias_init: Initializer | None = None):
+        self.dtype, self.param_dtype, self.precision = opts.dtype, opts.param_dtype, opts.precision
+        self.stride, self.padding, self.groups = stride, padding, groups
+        fan_in = in_channels // groups * kernel_size
+        self.kernel = make_param(rngs, kernel_init or kaiming_normal(fan_in),
+                                 (kernel_size, in_channels // groups, out_channels), axes, opts.param_dtype)
+        self.bias = (make_param(rngs, bias_init or zeros, (out_channels,), axes[2:], opts.param_dtype)
+                     if use_bias else None)
+
+    def __call__(self, x: Array) -> Array:
+        y = conv1d(x.astype(self.dtype), self.kernel[...].astype(self.dtype), stride=self.stride,
+                   padding=((self.padding, self.padding),), groups=self.groups, precision=self.precision)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """torch.nn.LayerNorm over the last axis, computed in float32."""
+
+    def __init__(self, features: int, *, eps: float = 1e-5, axes=("embed",), opts: ModelOptions, rngs: nnx.Rngs):
+        self.dtype, self.param_dtype, self.eps = opts.dtype, opts.param_dtype, eps
+        self.scale = make_param(rngs, ones, (features,), axes, opts.param_dtype)
+        self.bias = make_param(rngs, zeros, (features,), axes, opts.param_dtype)
+
+    def __call__(self, x: Array) -> Array:
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class GroupNorm(nnx.Module):
+    """torch.nn.GroupNorm on (B, T, C): statistics over time and the channels of each group, float32."""
+
+    def __init__(self, num_groups: int, channels: int, *, eps: float = 1e-5, axes=("conv_out",),
+                 opts: ModelOptions, rngs: nnx.Rngs):
+        self.dtype, self.param_dtype, self.eps, self.num_groups = opts.dtype, opts.param_dtype, eps, num_groups
+        self.scale = make_param(rngs, ones, (channels,), axes, opts.param_dtype)
+        self.bias = make_param(rngs, zeros, (channels,), axes, opts.param_dtype)
+
+    def __call__(self, x: Array) -> Array:
+        b, t, c = x.shape
+        g = x.astype(jnp.float32).reshape(b, t, self.num_groups, c // self.num_groups)
+        mean = g.mean((1, 3), keepdims=True)
+        var = jnp.square(g - mean).mean((1, 3), keepdims=True)
+        y = ((g - mean) * jax.lax.rsqrt(var + self.eps)).reshape(b, t, c)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class BatchNorm1d(nnx.Module):
+    """torch.nn.BatchNorm1d on (B, T, C): batch statistics in training, running ones otherwise."""
+
+    def __init__(self, channels: int, *, eps: float = 1e-5, momentum: float = 0.1, axes=("embed",),
+                 opts: ModelOptions, rngs: nnx.Rngs):
+        self.dtype, self.param_dtype, self.eps, self.momentum = opts.dtype, opts.param_dtype, eps, momentum
+        self.scale = make_param(rngs, ones, (channels,), axes, opts.param_dtype)
+        self.bias = make_param(rngs, zeros, (channels,), axes, opts.param_dtype)
+        self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32), out_sharding=axes, eager_sharding=False)
+        self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32), out_sharding=axes, eager_sharding=False)
+
+    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        x = x.astype(jnp.float32)
+        if deterministic:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            mean = x.mean((0, 1))
+            var = jnp.square(x - mean).mean((0, 1))
+            n = x.shape[0] * x.shape[1]
+            unbiased = var * n / max(n - 1, 1)
+            self.mean[...] = (1 - self.momentum) * self.mean[...] + self.momentum * mean
+            self.var[...] = (1 - self.momentum) * self.var[...] + self.momentum * unbiased
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Embedding(nnx.Module):
+    def __init__(self, num_embeddings: int, features: int, *, axes: tuple, opts: ModelOptions, rngs: nnx.Rngs,
+                 std: float = 0.02):
+        self.dtype, self.param_dtype = opts.dtype, opts.param_dtype
+        self.embedding = make_param(rngs, normal(std), (num_embeddings, features), axes, opts.param_dtype)
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+
+# ----------------------------------------------------------------------------- functions
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "selu": jax.nn.selu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+def activation(name: str, field: str = "hidden_act") -> Callable[[Array], Array]:
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"config.{field} = {name!r}: expected one of {sorted(_ACTIVATIONS)}") from None
+
+
+def dropout(x: Array, rate: float, key: Array | None, deterministic: bool) -> Array:
+    """Inverted dropout driven by an explicit key (no hidden RNG state)."""
+    if deterministic or rate == 0.0:
+        return x
+    if key is None:
+        raise ValueError("dropout needs a PRNG key when deterministic=False: pass dropout_rng=")
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+
+
+def fold(key: Array | None, site: int | Array) -> Array | None:
+    """A distinct key for one dropout site; None stays None (deterministic runs need no keys)."""
+    return None if key is None else jax.random.fold_in(key, site)

@@ -1,0 +1,97 @@
+"""The base models: HubertModel, WavLMModel, Wav2Vec2Model (transformers' module tree)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from hubert_jax.config import HubertConfig, SpeechConfig, Wav2Vec2Config, WavLMConfig
+from hubert_jax.lengths import feature_vector_mask
+from hubert_jax.models.encoder import Adapter, Encoder
+from hubert_jax.models.frontend import FeatureEncoder, FeatureProjection, check_waveform
+from hubert_jax.models.layers import ModelOptions, fold, uniform
+from hubert_jax.models.outputs import ModelOutput
+
+
+def make_options(opts: ModelOptions | None, **kw) -> ModelOptions:
+    """Model constructors take `opts=` or the same fields as keywords (dtype=, scan_layers= ...)."""
+    given = {k: v for k, v in kw.items() if v is not None}
+    if opts is None:
+        return ModelOptions(**given)
+    if given:
+        raise ValueError(f"pass either opts= or {sorted(given)}, not both")
+    return opts
+
+
+class SpeechModel(nnx.Module):
+    """Feature encoder -> feature projection -> [SpecAugment vector] -> encoder -> [adapter]."""
+
+    config_class: type[SpeechConfig] = SpeechConfig
+
+    def __init__(self, config: SpeechConfig, *, rngs: nnx.Rngs | None = None, opts: ModelOptions | None = None,
+                 dtype=None, param_dtype=None, attention_impl=None, scan_layers=None, remat_policy=None,
+                 precision=None):
+        if not isinstance(config, self.config_class):
+            raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+                             f"{type(config).__name__}")
+        config.validate()
+        self.config = config
+        self.opts = opts = make_options(opts, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
+                                        scan_layers=scan_layers, remat_policy=remat_policy, precision=precision)
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.feature_extractor = FeatureEncoder(config, opts=opts, rngs=rngs)
+        self.feature_projection = FeatureProjection(config, opts=opts, rngs=rngs)
+        if config.has_masked_spec_embed:
+            self.masked_spec_embed = nnx.Param(uniform(0.0, 1.0)(rngs.params(), (config.hidden_size,),
+                                                                  opts.param_dtype),
+                                               out_sharding=("embed",), eager_sharding=False)
+        else:
+            self.masked_spec_embed = None
+        self.encoder = Encoder(config, opts=opts, rngs=rngs)
+        self.adapter = Adapter(config, opts=opts, rngs=rngs) if config.uses_adapter else None
+
+    def __call__(self, input_values, attention_mask=None, mask_time_indices=None, output_hidden_states=False,
+                 deterministic=True, dropout_rng=None) -> ModelOutput:
+        """input_values (B, T) float audio; attention_mask (B, T), 1 on real samples (right padding);
+        mask_time_indices (B, frames) bool: frames replaced by the SpecAugment vector."""
+        check_waveform(self.config, input_values, attention_mask)
+        features = self.feature_extractor(input_values)
+        frame_mask = None
+        if attention_mask is not None:
+            frame_mask = feature_vector_mask(self.config, features.shape[1], attention_mask, add_adapter=False)
+        hidden, extract_features = self.feature_projection(features, deterministic=deterministic,
+                                                           dropout_rng=fold(dropout_rng, 0))
+        if mask_time_indices is not None and self.config.apply_spec_augment:
+            hidden = self.apply_time_mask(hidden, mask_time_indices)
+        encoded = self.encoder(hidden, key_mask=frame_mask, deterministic=deterministic,
+                               dropout_rng=fold(dropout_rng, 1), output_hidden_states=output_hidden_states)
+        last = encoded.last_hidden_state
+        if self.adapter is not None:
+            last = self.adapter(last)
+        return ModelOutput(last_hidden_state=last, extract_features=extract_features,
+                           hidden_states=encoded.hidden_states)
+
+    def apply_time_mask(self, hidden, mask_time_indices):
+        if self.masked_spec_embed is None:
+            raise ValueError("mask_time_indices given, but the model has no masked_spec_embed: set "
+                             "config.mask_time_prob or config.mask_feature_prob > 0")
+        if tuple(mask_time_indices.shape) != tuple(hidden.shape[:2]):
+            raise ValueError(f"mask_time_indices shape {tuple(mask_time_indices.shape)} does not match the "
+                             f"{tuple(hidden.shape[:2])} (batch, frames) of the features")
+        vector = self.masked_spec_embed[...].astype(hidden.dtype)
+        return jnp.where(mask_time_indices[..., None], vector, hidden)
+
+
+class HubertModel(SpeechModel):
+    config_class = HubertConfig
+
+
+class WavLMModel(SpeechModel):
+    config_class = WavLMConfig
+
+
+class Wav2Vec2Model(SpeechModel):
+    config_class = Wav2Vec2Config
+
+
+BASE_MODELS = {"hubert": HubertModel, "wavlm": WavLMModel, "wav2vec2": Wav2Vec2Model}

@@ -1,0 +1,43 @@
+"""Output containers mirroring transformers' (pytrees, so they pass through jit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    last_hidden_state: Any
+    extract_features: Any = None
+    hidden_states: tuple | None = None  # L+1 entries: the input to layer 0, then each layer's output
+
+
+@flax.struct.dataclass
+class CTCOutput:
+    logits: Any
+    loss: Any = None
+    hidden_states: tuple | None = None
+
+
+@flax.struct.dataclass
+class SequenceClassifierOutput:
+    logits: Any
+    loss: Any = None
+    hidden_states: tuple | None = None
+
+
+@flax.struct.dataclass
+class TokenClassifierOutput:
+    logits: Any
+    loss: Any = None
+    hidden_states: tuple | None = None
+
+
+@flax.struct.dataclass
+class XVectorOutput:
+    logits: Any
+    embeddings: Any
+    loss: Any = None
+    hidden_states: tuple | None = None
