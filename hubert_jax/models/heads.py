@@ -75,6 +75,7 @@ class ForCTC(_Head):
     def _build_head(self, config, opts, rngs):
         if config.vocab_size is None:
             raise ValueError("config.vocab_size is None: a CTC head needs the vocabulary size")
+        self.layer_weights = None  # transformers' CTC heads always read the last layer
         self.lm_head = Linear(config.encoder_output_size, config.vocab_size, axes=("embed", "vocab"),
                               std=config.initializer_range, opts=opts, rngs=rngs)
 
@@ -101,8 +102,12 @@ class ForCTC(_Head):
         label_pad = 1.0 - label_mask.astype(jnp.float32)
         per_seq = optax.ctc_loss(logits.astype(jnp.float32), logit_pad, jnp.where(label_mask, labels, 0), label_pad,
                                  blank_id=cfg.pad_token_id)
-        if cfg.ctc_zero_infinity:
-            per_seq = jnp.where(jnp.isfinite(per_seq) & (per_seq < 1e29), per_seq, 0.0)
+        # optax scores an impossible alignment with a large finite number; torch says inf (or 0 with
+        # zero_infinity). A target fits when frames >= labels + repeated neighbours (each needs a blank).
+        label_len = label_mask.sum(-1)
+        repeats = jnp.sum((labels[:, 1:] == labels[:, :-1]) & label_mask[:, 1:], axis=-1)
+        feasible = lengths >= label_len + repeats
+        per_seq = jnp.where(feasible, per_seq, 0.0 if cfg.ctc_zero_infinity else jnp.inf)
         if cfg.ctc_loss_reduction == "mean":
             return jnp.mean(per_seq / jnp.maximum(label_mask.sum(-1), 1))
         return jnp.sum(per_seq)
