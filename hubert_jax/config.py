@@ -56,7 +56,6 @@ class SpeechConfig:
     mask_time_min_masks: int = 2
     mask_feature_prob: float = 0.0
     mask_feature_length: int = 10
-    mask_feature_min_masks: int = 0
     ctc_loss_reduction: str = "sum"
     ctc_zero_infinity: bool = False
     use_weighted_layer_sum: bool = False
@@ -71,6 +70,8 @@ class SpeechConfig:
 
     # keys transformers derives from other fields: accepted on input, recomputed on output
     _DERIVED: ClassVar[tuple[str, ...]] = ("num_feat_extract_layers", "label2id", "num_labels", "model_type")
+    # fields transformers' class does not declare: written only when set, so config.json stays identical
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         for name in ("conv_dim", "conv_stride", "conv_kernel", "tdnn_dim", "tdnn_kernel", "tdnn_dilation"):
@@ -176,9 +177,9 @@ class SpeechConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.extra)
         for f in dataclasses.fields(self):
-            if f.name in ("extra", "num_labels"):
-                continue
             value = getattr(self, f.name)
+            if f.name in ("extra", "num_labels") or (value is None and f.name in self._OMIT_IF_NONE):
+                continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = self.label2id
@@ -227,8 +228,10 @@ class HubertConfig(SpeechConfig):
 
     feat_proj_layer_norm: bool = True
     conv_pos_batch_norm: bool = False
+    mask_feature_min_masks: int = 0
     # MMS-style attention adapters: transformers' HuBERT reads it with getattr
     adapter_attn_dim: int | None = None
+    _OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("adapter_attn_dim",)
 
     @classmethod
     def base(cls, **kw):
@@ -333,6 +336,7 @@ class Wav2Vec2Config(_Wav2Vec2LikeConfig):
     base_model_prefix: ClassVar[str] = "wav2vec2"
 
     feat_quantizer_dropout: float = 0.0
+    mask_feature_min_masks: int = 0
     adapter_attn_dim: int | None = None
 
     @classmethod

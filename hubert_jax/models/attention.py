@@ -63,7 +63,8 @@ def xla_attention(q, k, v, *, bias=None, key_mask=None, dropout_rate: float = 0.
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=precision)
 
 
-def cudnn_attention(q, k, v, *, bias=None, key_mask=None):
+def cudnn_attention(q, k, v, *, bias=None, key_mask=None, implementation: str = "cudnn"):
+    """jax.nn.dot_product_attention with our mask/bias conventions (`implementation` is for tests)."""
     lengths = None
     if key_mask is not None:
         # our masks are right-padded by construction (built from lengths)
@@ -71,7 +72,7 @@ def cudnn_attention(q, k, v, *, bias=None, key_mask=None):
     if bias is not None:
         bias = jnp.broadcast_to(bias, (q.shape[0], q.shape[2], q.shape[1], k.shape[1])).astype(q.dtype)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, key_value_seq_lengths=lengths,
-                                        implementation="cudnn")
+                                        implementation=implementation)
 
 
 def attention(q, k, v, *, impl: str, bias=None, key_mask=None, dropout_rate: float = 0.0, dropout_key=None,

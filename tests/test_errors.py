@@ -1,0 +1,100 @@
+"""Bad input gets a clear ValueError naming the cause."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hubert_jax
+from tests.reference import TINY, audio
+
+
+@pytest.fixture(scope="module")
+def model():
+    return hubert_jax.HubertModel(hubert_jax.HubertConfig.from_dict(TINY))
+
+
+def test_wrong_rank(model):
+    with pytest.raises(ValueError, match=r"\(batch, samples\).*shape \(4000,\)"):
+        model(jnp.zeros((4000,)))
+    with pytest.raises(ValueError, match=r"shape \(1, 2, 4000\)"):
+        model(jnp.zeros((1, 2, 4000)))
+
+
+def test_wrong_dtype(model):
+    with pytest.raises(ValueError, match="floating point.*int32"):
+        model(jnp.zeros((1, 4000), jnp.int32))
+
+
+def test_too_short_for_receptive_field(model):
+    # tiny conv stack: kernels 10,3,2 strides 5,2,2 -> 10 + 2*5 + 1*10 = 30 samples
+    model(jnp.zeros((1, 30)))
+    with pytest.raises(ValueError, match="29 samples.*receptive field of 30"):
+        model(jnp.zeros((1, 29)))
+    full = hubert_jax.HubertModel(hubert_jax.HubertConfig.base(num_hidden_layers=1))
+    with pytest.raises(ValueError, match="receptive field of 400 samples"):
+        full(jnp.zeros((1, 399)))
+
+
+def test_mask_shape_mismatch(model):
+    x, _ = audio()
+    with pytest.raises(ValueError, match=r"attention_mask shape \(2, 3999\).*\(2, 4000\)"):
+        model(jnp.asarray(x), attention_mask=jnp.ones((2, 3999)))
+    with pytest.raises(ValueError, match="mask_time_indices shape"):
+        model(jnp.asarray(x), mask_time_indices=jnp.zeros((2, 5), bool))
+
+
+def test_errors_also_raised_under_jit(model):
+    from flax import nnx
+
+    with pytest.raises(ValueError, match="receptive field"):
+        nnx.jit(lambda m, x: m(x).last_hidden_state)(model, jnp.zeros((1, 20)))
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(hidden_size=30, num_attention_heads=4), "hidden_size \\(30\\) must be divisible by num_attention_heads"),
+    (dict(conv_stride=(5, 2)), "conv_dim, conv_stride and conv_kernel"),
+    (dict(feat_extract_norm="batch"), "feat_extract_norm"),
+    (dict(num_conv_pos_embedding_groups=5), "num_conv_pos_embedding_groups"),
+    (dict(hidden_dropout=1.5), "hidden_dropout"),
+    (dict(hidden_act="nope"), "hidden_act"),
+])
+def test_bad_configs(changes, match):
+    with pytest.raises(ValueError, match=match):
+        config = hubert_jax.HubertConfig.from_dict({**TINY, **changes})
+        hubert_jax.HubertModel(config)
+
+
+def test_wrong_family_config_for_head():
+    with pytest.raises(ValueError, match="needs a wavlm config"):
+        hubert_jax.WavLMForCTC(hubert_jax.HubertConfig.from_dict(TINY))
+    with pytest.raises(ValueError, match="model_type 'wavlm'.*expects 'hubert'"):
+        hubert_jax.HubertConfig.from_dict({**TINY, "model_type": "wavlm"})
+    with pytest.raises(ValueError, match="unsupported model_type 'bert'"):
+        hubert_jax.SpeechConfig.from_dict({"model_type": "bert"})
+
+
+def test_adapter_refused_by_classification_heads():
+    config = hubert_jax.Wav2Vec2Config.from_dict({**TINY, "add_adapter": True})
+    with pytest.raises(ValueError, match="adapter"):
+        hubert_jax.Wav2Vec2ForSequenceClassification(config)
+
+
+def test_bad_options():
+    config = hubert_jax.HubertConfig.from_dict(TINY)
+    with pytest.raises(ValueError, match="attention_impl='flash'"):
+        hubert_jax.HubertModel(config, attention_impl="flash")
+    with pytest.raises(ValueError, match="remat_policy='some'"):
+        hubert_jax.HubertModel(config, remat_policy="some")
+
+
+def test_loading_mismatched_weights_names_the_parameter(model):
+    from hubert_jax.convert.state import load_flat, model_to_flat
+
+    flat = model_to_flat(model)
+    flat["encoder.layer_norm.scale"] = np.ones((7,), np.float32)
+    with pytest.raises(ValueError, match=r"encoder.layer_norm.scale: checkpoint shape \(7,\)"):
+        load_flat(model, flat)
+    del flat["encoder.layer_norm.scale"]
+    with pytest.raises(ValueError, match="missing \\['encoder.layer_norm.scale'\\]"):
+        load_flat(model, flat)
