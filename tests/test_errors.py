@@ -31,7 +31,10 @@ def test_too_short_for_receptive_field(model):
     model(jnp.zeros((1, 30)))
     with pytest.raises(ValueError, match="29 samples.*receptive field of 30"):
         model(jnp.zeros((1, 29)))
-    full = hubert_jax.HubertModel(hubert_jax.HubertConfig.base(num_hidden_layers=1))
+    # the released conv stack (kernels 10,3,3,3,3,2,2, strides 5,2,...) needs 400 samples
+    full = hubert_jax.HubertModel(hubert_jax.HubertConfig.from_dict(
+        {**TINY, "conv_dim": (8,) * 7, "conv_stride": (5, 2, 2, 2, 2, 2, 2), "conv_kernel": (10, 3, 3, 3, 3, 2, 2)}))
+    full(jnp.zeros((1, 400)))
     with pytest.raises(ValueError, match="receptive field of 400 samples"):
         full(jnp.zeros((1, 399)))
 
