@@ -134,3 +134,33 @@ def test_ctc_mean_reduction_and_zero_infinity(family):
     jloss = float(jmodel(jnp.asarray(x), attention_mask=jnp.asarray(mask), labels=jnp.asarray(labels)).loss)
     assert np.isfinite(jloss)
     assert abs(tloss - jloss) < TOL * max(1.0, abs(tloss))
+
+
+def test_conv_pos_batch_norm_training_mode_uses_batch_statistics_and_updates_running_ones():
+    # all dropouts off so torch's train() forward is deterministic; BatchNorm is the only train-mode change
+    off = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+               layerdrop=0.0, mask_time_prob=0.0, conv_pos_batch_norm=True)  # no SpecAugment either
+    tmodel, jmodel, _ = build_pair("hubert", **off)
+    tmodel.train()
+    x, mask = audio(pad_to=(4000, 3000))
+    tout = run_torch(tmodel, x, mask)
+    jout = jmodel(jnp.asarray(x), attention_mask=jnp.asarray(mask), deterministic=False,
+                  dropout_rng=__import__("jax").random.key(0))
+    assert max_diff(tout.last_hidden_state, jout.last_hidden_state) < TOL
+    bn_t, bn_j = tmodel.encoder.pos_conv_embed.batch_norm, jmodel.encoder.pos_conv_embed.batch_norm
+    assert max_diff(bn_t.running_mean, bn_j.mean[...]) < 1e-5
+    assert max_diff(bn_t.running_var, bn_j.var[...]) < 1e-4
+
+
+def test_loaded_weights_do_not_share_memory_with_torch_or_numpy():
+    from hubert_jax.convert.state import load_flat, model_to_flat
+
+    tmodel, jmodel, _ = build_pair("hubert")
+    before = np.asarray(jmodel.encoder.layer_norm.scale[...]).copy()
+    with torch.no_grad():
+        tmodel.encoder.layer_norm.weight.add_(1.0)  # in place, as an optimizer step would
+    np.testing.assert_array_equal(np.asarray(jmodel.encoder.layer_norm.scale[...]), before)
+    flat = model_to_flat(jmodel)
+    load_flat(jmodel, flat)
+    flat["encoder.layer_norm.scale"] += 1.0
+    np.testing.assert_array_equal(np.asarray(jmodel.encoder.layer_norm.scale[...]), before)

@@ -100,7 +100,9 @@ def torch_to_flat(state_dict: Mapping[str, object], model: nnx.Module) -> dict[s
     for key, tensor in state_dict.items():
         if key.endswith("num_batches_tracked"):
             continue
-        value = tensor.detach().cpu().float().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+        # copy: numpy views of torch tensors (and jax arrays made from them on CPU) share memory, so an
+        # in-place torch update (BatchNorm running stats, optimizer steps) would silently change our weights
+        value = (tensor.detach().cpu().float().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)).copy()
         name = key
         for old, new in _RENAMES:
             if name.endswith(old):
@@ -150,7 +152,7 @@ def load_flat(model: nnx.Module, flat: Mapping[str, np.ndarray], *, strict: bool
         if tuple(value.shape) != tuple(var.shape):
             raise ValueError(f"{name}: checkpoint shape {tuple(value.shape)} does not match the model's "
                              f"{tuple(var.shape)}")
-        var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))
+        var.set_value(jnp.array(value, dtype=var.get_value().dtype, copy=True))  # never alias the caller's buffer
 
 
 def model_to_flat(model: nnx.Module) -> dict[str, np.ndarray]:
