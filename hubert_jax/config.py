@@ -20,6 +20,14 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+# transformer sizes of the released checkpoints (the base size is the default of every config)
+_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+_XLARGE = dict(hidden_size=1280, num_hidden_layers=48, num_attention_heads=16, intermediate_size=5120)
+_XXLARGE = dict(hidden_size=1920, num_hidden_layers=48, num_attention_heads=16, intermediate_size=7680)
+# the large recipes: LayerNorm after every conv, pre-LN ("stable") encoder
+_PRE_LN = dict(feat_extract_norm="layer", do_stable_layer_norm=True)
+
+
 @dataclasses.dataclass(eq=False)
 class SpeechConfig:
     """Fields shared by HuBERT, WavLM and wav2vec2 (transformers names and defaults)."""
@@ -241,21 +249,17 @@ class HubertConfig(SpeechConfig):
     @classmethod
     def large(cls, **kw):
         """facebook/hubert-large-ll60k."""
-        return cls.from_dict(dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                  intermediate_size=4096, feat_extract_norm="layer", do_stable_layer_norm=True,
-                                  conv_bias=True, **kw))
+        return cls.from_dict({**_LARGE, **_PRE_LN, "conv_bias": True, **kw})
 
     @classmethod
     def xlarge(cls, **kw):
         """facebook/hubert-xlarge-ll60k."""
-        return cls.from_dict(dict(hidden_size=1280, num_hidden_layers=48, num_attention_heads=16,
-                                  intermediate_size=5120, feat_extract_norm="layer", do_stable_layer_norm=True,
-                                  conv_bias=True, **kw))
+        return cls.from_dict({**_XLARGE, **_PRE_LN, "conv_bias": True, **kw})
 
     @classmethod
     def korean_base(cls, **kw):
         """hubert-base-korean: the base architecture with 8 attention heads, as its model card states."""
-        return cls.from_dict(dict(num_attention_heads=8, **kw))
+        return cls.from_dict({"num_attention_heads": 8, **kw})
 
     @classmethod
     def korean_large(cls, **kw):
@@ -265,7 +269,7 @@ class HubertConfig(SpeechConfig):
     @classmethod
     def distilhubert(cls, **kw):
         """ntu-spml/distilhubert: 2 post-LN layers, no feature-projection LayerNorm."""
-        return cls.from_dict(dict(num_hidden_layers=2, feat_proj_layer_norm=False, **kw))
+        return cls.from_dict({"num_hidden_layers": 2, "feat_proj_layer_norm": False, **kw})
 
 
 @dataclasses.dataclass(eq=False)
@@ -325,9 +329,7 @@ class WavLMConfig(_Wav2Vec2LikeConfig):
     @classmethod
     def large(cls, **kw):
         """microsoft/wavlm-large."""
-        return cls.from_dict(dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                  intermediate_size=4096, feat_extract_norm="layer", do_stable_layer_norm=True,
-                                  **kw))
+        return cls.from_dict({**_LARGE, **_PRE_LN, **kw})
 
 
 @dataclasses.dataclass(eq=False)
@@ -347,9 +349,7 @@ class Wav2Vec2Config(_Wav2Vec2LikeConfig):
     @classmethod
     def large(cls, **kw):
         """facebook/wav2vec2-large-lv60 (layer-norm extractor, pre-LN encoder)."""
-        return cls.from_dict(dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                  intermediate_size=4096, feat_extract_norm="layer", do_stable_layer_norm=True,
-                                  conv_bias=True, **kw))
+        return cls.from_dict({**_LARGE, **_PRE_LN, "conv_bias": True, **kw})
 
     @classmethod
     def xlsr_53(cls, **kw):
@@ -364,16 +364,12 @@ class Wav2Vec2Config(_Wav2Vec2LikeConfig):
     @classmethod
     def xls_r_1b(cls, **kw):
         """facebook/wav2vec2-xls-r-1b."""
-        return cls.from_dict(dict(hidden_size=1280, num_hidden_layers=48, num_attention_heads=16,
-                                  intermediate_size=5120, feat_extract_norm="layer", do_stable_layer_norm=True,
-                                  conv_bias=True, **kw))
+        return cls.from_dict({**_XLARGE, **_PRE_LN, "conv_bias": True, **kw})
 
     @classmethod
     def xls_r_2b(cls, **kw):
         """facebook/wav2vec2-xls-r-2b."""
-        return cls.from_dict(dict(hidden_size=1920, num_hidden_layers=48, num_attention_heads=16,
-                                  intermediate_size=7680, feat_extract_norm="layer", do_stable_layer_norm=True,
-                                  conv_bias=True, **kw))
+        return cls.from_dict({**_XXLARGE, **_PRE_LN, "conv_bias": True, **kw})
 
 
 CONFIG_CLASSES: dict[str, type[SpeechConfig]] = {
