@@ -17,6 +17,8 @@ CASES = [
                                  conv_bias=True)),
     ("wav2vec2", "ForCTC", dict(add_adapter=True, output_hidden_size=64, num_adapter_layers=1, conv_bias=True,
                                 do_stable_layer_norm=True, adapter_attn_dim=32)),
+    ("wav2vec2", "ForPreTraining", dict(num_codevector_groups=2, num_codevectors_per_group=64, codevector_dim=64,
+                                        proj_codevector_dim=64)),
 ]
 
 

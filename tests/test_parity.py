@@ -164,3 +164,47 @@ def test_loaded_weights_do_not_share_memory_with_torch_or_numpy():
     load_flat(jmodel, flat)
     flat["encoder.layer_norm.scale"] += 1.0
     np.testing.assert_array_equal(np.asarray(jmodel.encoder.layer_norm.scale[...]), before)
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_wav2vec2_pretraining_head(stable):
+    # codebook of 2 groups x 8 entries and a small tiny-model projection; negatives given as indices
+    tmodel, jmodel, config = build_pair("wav2vec2", "ForPreTraining", do_stable_layer_norm=stable,
+                                        num_codevector_groups=2, num_codevectors_per_group=8, codevector_dim=16,
+                                        proj_codevector_dim=12, num_negatives=5)
+    x, mask = audio(pad_to=(4000, 3300))
+    frames = jmodel.base_model(jnp.asarray(x)).last_hidden_state.shape[1]
+    rng = np.random.RandomState(0)
+    mti = rng.rand(2, frames) < 0.3
+    neg = rng.randint(0, frames, size=(2, frames, 5)) + np.arange(2)[:, None, None] * frames
+    tout = run_torch(tmodel, x, mask, mask_time_indices=torch.tensor(mti),
+                     sampled_negative_indices=torch.tensor(neg))
+    jout = jmodel(jnp.asarray(x), attention_mask=jnp.asarray(mask), mask_time_indices=jnp.asarray(mti),
+                  sampled_negative_indices=jnp.asarray(neg))
+    assert max_diff(tout.projected_states, jout.projected_states) < TOL
+    assert max_diff(tout.projected_quantized_states, jout.projected_quantized_states) < TOL
+    assert abs(float(tout.codevector_perplexity) - float(jout.codevector_perplexity)) < TOL
+    for name in ("contrastive_loss", "diversity_loss", "loss"):
+        a, b = float(getattr(tout, name)), float(getattr(jout, name))
+        assert abs(a - b) < TOL * max(1.0, abs(a)), name
+
+
+def test_wav2vec2_pretraining_training_mode_runs_and_differentiates():
+    import jax
+    from flax import nnx
+
+    _, jmodel, _ = build_pair("wav2vec2", "ForPreTraining", num_codevector_groups=2, num_codevectors_per_group=8,
+                              codevector_dim=16, proj_codevector_dim=12)
+    x, _ = audio()
+    frames = jmodel.base_model(jnp.asarray(x)).last_hidden_state.shape[1]
+    mti = jnp.asarray(np.random.RandomState(1).rand(2, frames) < 0.3)
+    neg = jnp.asarray(np.random.RandomState(2).randint(0, 2 * frames, size=(2, frames, 4)))
+
+    def loss(model):
+        return model(jnp.asarray(x), mask_time_indices=mti, sampled_negative_indices=neg, deterministic=False,
+                     dropout_rng=jax.random.key(0)).loss
+
+    value, grads = nnx.value_and_grad(loss)(jmodel)
+    assert np.isfinite(float(value))
+    g = grads.quantizer.weight_proj.kernel.get_value()
+    assert float(jnp.abs(g).sum()) > 0  # straight-through estimator reaches the codebook logits

@@ -257,9 +257,3 @@ Wav2Vec2ForCTC = _family(ForCTC, "Wav2Vec2", "wav2vec2")
 Wav2Vec2ForSequenceClassification = _family(ForSequenceClassification, "Wav2Vec2", "wav2vec2")
 Wav2Vec2ForAudioFrameClassification = _family(ForAudioFrameClassification, "Wav2Vec2", "wav2vec2")
 Wav2Vec2ForXVector = _family(ForXVector, "Wav2Vec2", "wav2vec2")
-
-# transformers class name -> our class (the `architectures` field of config.json)
-ARCHITECTURES = {cls.__name__: cls for cls in (
-    HubertForCTC, HubertForSequenceClassification, WavLMForCTC, WavLMForSequenceClassification,
-    WavLMForAudioFrameClassification, WavLMForXVector, Wav2Vec2ForCTC, Wav2Vec2ForSequenceClassification,
-    Wav2Vec2ForAudioFrameClassification, Wav2Vec2ForXVector)}

@@ -41,3 +41,14 @@ class XVectorOutput:
     embeddings: Any
     loss: Any = None
     hidden_states: tuple | None = None
+
+
+@flax.struct.dataclass
+class PreTrainingOutput:
+    projected_states: Any
+    projected_quantized_states: Any
+    codevector_perplexity: Any
+    loss: Any = None
+    contrastive_loss: Any = None
+    diversity_loss: Any = None
+    hidden_states: tuple | None = None
