@@ -4,5 +4,8 @@ from hubert_jax.config import (PRESETS, HubertConfig, SpeechConfig, Wav2Vec2Conf
                                config_class_for, preset)
 from hubert_jax.models import *  # noqa: F401,F403
 from hubert_jax.models import ModelOptions
+from hubert_jax.pretrained import (FlaxAutoModel, FlaxAutoModelForAudioClassification,
+                                   FlaxAutoModelForAudioFrameClassification, FlaxAutoModelForAudioXVector,
+                                   FlaxAutoModelForCTC, FlaxAutoModelForPreTraining, export_to_transformers)
 
 __version__ = "0.1.0"

@@ -91,13 +91,18 @@ def test_bad_options():
         hubert_jax.HubertModel(config, remat_policy="some")
 
 
-def test_loading_mismatched_weights_names_the_parameter(model):
+def test_loading_mismatched_weights_reports_every_name(model):
     from hubert_jax.convert.state import load_flat, model_to_flat
 
-    flat = model_to_flat(model)
+    flat = dict(model_to_flat(model))
     flat["encoder.layer_norm.scale"] = np.ones((7,), np.float32)
-    with pytest.raises(ValueError, match=r"encoder.layer_norm.scale: checkpoint shape \(7,\)"):
+    flat["encoder.layers.0.layer_norm.bias"] = np.ones((3,), np.float32)
+    del flat["encoder.layers.1.attention.q_proj.kernel"], flat["masked_spec_embed"]
+    flat["lm_head.kernel"] = np.ones((2, 2), np.float32)
+    with pytest.raises(ValueError) as info:
         load_flat(model, flat)
-    del flat["encoder.layer_norm.scale"]
-    with pytest.raises(ValueError, match="missing \\['encoder.layer_norm.scale'\\]"):
-        load_flat(model, flat)
+    message = str(info.value)
+    assert "missing (2): encoder.layers.1.attention.q_proj.kernel, masked_spec_embed" in message
+    assert "unexpected (1): lm_head.kernel" in message
+    assert "encoder.layer_norm.scale (checkpoint (7,), model (32,))" in message
+    assert "encoder.layers.0.layer_norm.bias (checkpoint (3,), model (32,))" in message

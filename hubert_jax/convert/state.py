@@ -123,7 +123,7 @@ def flat_to_torch(flat: Mapping[str, np.ndarray], model: nnx.Module, *, old_weig
     out = {}
     for name, value in flat.items():
         value = _to_torch(name, np.asarray(value, dtype=np.float32))
-        stem, leaf = name.rsplit(".", 1)
+        stem, _, leaf = name.rpartition(".")
         if leaf in ("kernel", "scale", "embedding"):
             key = f"{stem}.weight"
         elif leaf in ("weight_g", "weight_v") and not old_weight_norm:
@@ -136,28 +136,37 @@ def flat_to_torch(flat: Mapping[str, np.ndarray], model: nnx.Module, *, old_weig
     return out
 
 
-def load_flat(model: nnx.Module, flat: Mapping[str, np.ndarray], *, strict: bool = True) -> None:
-    """Write `flat` into the model's variables (cast to each variable's dtype), checking names and shapes."""
-    targets = flat_state(model)
-    missing = sorted(set(targets) - set(flat))
+def check_flat(targets: Mapping[str, object], flat: Mapping[str, np.ndarray], *, allow_missing=(),
+               source: str = "checkpoint") -> None:
+    """Compare names and shapes; one ValueError listing every missing, unexpected and mis-shaped tensor."""
+    missing = sorted(n for n in set(targets) - set(flat) if n not in allow_missing)
     unexpected = sorted(set(flat) - set(targets))
-    if strict and (missing or unexpected):
-        raise ValueError(f"parameter names do not match the model: missing {missing[:10]}"
-                         f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
-                         f"{' ...' if len(unexpected) > 10 else ''}")
+    misshaped = sorted(f"{n} ({source} {tuple(np.shape(flat[n]))}, model {tuple(targets[n].shape)})"
+                       for n in set(flat) & set(targets) if tuple(np.shape(flat[n])) != tuple(targets[n].shape))
+    problems = [f"{label} ({len(names)}): {', '.join(names)}"
+                for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                if names]
+    if problems:
+        raise ValueError(f"{source} does not match the model:\n  " + "\n  ".join(problems))
+
+
+def load_flat(model: nnx.Module, flat: Mapping[str, np.ndarray], *, allow_missing=(),
+              source: str = "checkpoint") -> None:
+    """Write `flat` into the model's variables (cast to each variable's dtype), checking names and shapes.
+
+    Names in `allow_missing` may be absent (e.g. a new task head) and keep their initial values.
+    """
+    targets = flat_state(model)
+    check_flat(targets, flat, allow_missing=allow_missing, source=source)
     for name, var in targets.items():
-        if name not in flat:
-            continue
-        value = np.asarray(flat[name])
-        if tuple(value.shape) != tuple(var.shape):
-            raise ValueError(f"{name}: checkpoint shape {tuple(value.shape)} does not match the model's "
-                             f"{tuple(var.shape)}")
-        var.set_value(jnp.array(value, dtype=var.get_value().dtype, copy=True))  # never alias the caller's buffer
+        if name in flat:
+            # copy: never alias the caller's buffer
+            var.set_value(jnp.array(np.asarray(flat[name]), dtype=var.get_value().dtype, copy=True))
 
 
 def model_to_flat(model: nnx.Module) -> dict[str, np.ndarray]:
     return {name: np.asarray(var.get_value()) for name, var in flat_state(model).items()}
 
 
-def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, object], *, strict: bool = True) -> None:
-    load_flat(model, torch_to_flat(state_dict, model), strict=strict)
+def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, object]) -> None:
+    load_flat(model, torch_to_flat(state_dict, model), source="state dict")

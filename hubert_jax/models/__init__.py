@@ -16,3 +16,14 @@ ARCHITECTURES = {cls.__name__: cls for cls in (
     WavLMForSequenceClassification, WavLMForAudioFrameClassification, WavLMForXVector, Wav2Vec2ForCTC,
     Wav2Vec2ForSequenceClassification, Wav2Vec2ForAudioFrameClassification, Wav2Vec2ForXVector,
     Wav2Vec2ForPreTraining)}
+
+# task -> model_type -> class (what the FlaxAutoModelFor* classes dispatch on)
+TASK_CLASSES = {
+    "ForCTC": {"hubert": HubertForCTC, "wavlm": WavLMForCTC, "wav2vec2": Wav2Vec2ForCTC},
+    "ForSequenceClassification": {"hubert": HubertForSequenceClassification, "wavlm": WavLMForSequenceClassification,
+                                  "wav2vec2": Wav2Vec2ForSequenceClassification},
+    "ForAudioFrameClassification": {"wavlm": WavLMForAudioFrameClassification,
+                                    "wav2vec2": Wav2Vec2ForAudioFrameClassification},
+    "ForXVector": {"wavlm": WavLMForXVector, "wav2vec2": Wav2Vec2ForXVector},
+    "ForPreTraining": {"wav2vec2": Wav2Vec2ForPreTraining},
+}

@@ -11,12 +11,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hubert_jax.lengths import feat_extract_output_lengths, feature_vector_mask
+from hubert_jax.models.hub_mixin import PretrainedMixin
 from hubert_jax.models.layers import Linear, ModelOptions, conv1d, dropout, fold, make_param, normal
 from hubert_jax.models.model import BASE_MODELS, make_options
 from hubert_jax.models.outputs import CTCOutput, SequenceClassifierOutput, TokenClassifierOutput, XVectorOutput
 
 
-class _Head(nnx.Module):
+class _Head(PretrainedMixin, nnx.Module):
     """Builds the base model under its prefix; subclasses add the head."""
 
     def __init__(self, config, *, rngs: nnx.Rngs | None = None, opts: ModelOptions | None = None, dtype=None,
@@ -241,19 +242,22 @@ class ForXVector(_Head):
         return XVectorOutput(logits=logits, embeddings=embeddings, loss=loss, hidden_states=hidden_states)
 
 
-def _family(head_cls, family: str, model_type: str):
+FAMILY_PREFIX = {"hubert": "Hubert", "wavlm": "WavLM", "wav2vec2": "Wav2Vec2"}
+
+
+def _family(head_cls, model_type: str):
     """The transformers class name for one family's head, bound to that family's configs."""
-    name = family + head_cls.__name__
+    name = FAMILY_PREFIX[model_type] + head_cls.__name__
     return type(name, (head_cls,), {"model_type": model_type, "__doc__": f"{name}: {head_cls.__doc__ or ''}"})
 
 
-HubertForCTC = _family(ForCTC, "Hubert", "hubert")
-HubertForSequenceClassification = _family(ForSequenceClassification, "Hubert", "hubert")
-WavLMForCTC = _family(ForCTC, "WavLM", "wavlm")
-WavLMForSequenceClassification = _family(ForSequenceClassification, "WavLM", "wavlm")
-WavLMForAudioFrameClassification = _family(ForAudioFrameClassification, "WavLM", "wavlm")
-WavLMForXVector = _family(ForXVector, "WavLM", "wavlm")
-Wav2Vec2ForCTC = _family(ForCTC, "Wav2Vec2", "wav2vec2")
-Wav2Vec2ForSequenceClassification = _family(ForSequenceClassification, "Wav2Vec2", "wav2vec2")
-Wav2Vec2ForAudioFrameClassification = _family(ForAudioFrameClassification, "Wav2Vec2", "wav2vec2")
-Wav2Vec2ForXVector = _family(ForXVector, "Wav2Vec2", "wav2vec2")
+HubertForCTC = _family(ForCTC, "hubert")
+HubertForSequenceClassification = _family(ForSequenceClassification, "hubert")
+WavLMForCTC = _family(ForCTC, "wavlm")
+WavLMForSequenceClassification = _family(ForSequenceClassification, "wavlm")
+WavLMForAudioFrameClassification = _family(ForAudioFrameClassification, "wavlm")
+WavLMForXVector = _family(ForXVector, "wavlm")
+Wav2Vec2ForCTC = _family(ForCTC, "wav2vec2")
+Wav2Vec2ForSequenceClassification = _family(ForSequenceClassification, "wav2vec2")
+Wav2Vec2ForAudioFrameClassification = _family(ForAudioFrameClassification, "wav2vec2")
+Wav2Vec2ForXVector = _family(ForXVector, "wav2vec2")

@@ -9,6 +9,7 @@ from hubert_jax.config import HubertConfig, SpeechConfig, Wav2Vec2Config, WavLMC
 from hubert_jax.lengths import feature_vector_mask
 from hubert_jax.models.encoder import Adapter, Encoder
 from hubert_jax.models.frontend import FeatureEncoder, FeatureProjection, check_waveform
+from hubert_jax.models.hub_mixin import PretrainedMixin
 from hubert_jax.models.layers import ModelOptions, fold, uniform
 from hubert_jax.models.outputs import ModelOutput
 
@@ -23,7 +24,7 @@ def make_options(opts: ModelOptions | None, **kw) -> ModelOptions:
     return opts
 
 
-class SpeechModel(nnx.Module):
+class SpeechModel(PretrainedMixin, nnx.Module):
     """Feature encoder -> feature projection -> [SpecAugment vector] -> encoder -> [adapter]."""
 
     config_class: type[SpeechConfig] = SpeechConfig

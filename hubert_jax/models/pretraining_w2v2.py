@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hubert_jax.config import Wav2Vec2Config
+from hubert_jax.models.hub_mixin import PretrainedMixin
 from hubert_jax.models.layers import Linear, ModelOptions, dropout, fold, make_param, normal, uniform, zeros
 from hubert_jax.models.model import Wav2Vec2Model, make_options
 from hubert_jax.models.outputs import PreTrainingOutput
@@ -74,7 +75,7 @@ def _cosine(a, b, eps=1e-8):
     return num / (na * nb)
 
 
-class Wav2Vec2ForPreTraining(nnx.Module):
+class Wav2Vec2ForPreTraining(PretrainedMixin, nnx.Module):
     model_type = "wav2vec2"
 
     def __init__(self, config, *, rngs: nnx.Rngs | None = None, opts: ModelOptions | None = None, **opt_kw):

@@ -1,0 +1,8 @@
+"""PyTorch (transformers) <-> hubert-jax weights. See `python convert_pt_to_flax.py --help`."""
+
+import sys
+
+from hubert_jax.convert.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

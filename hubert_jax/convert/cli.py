@@ -1,0 +1,103 @@
+"""convert_pt_to_flax.py: PyTorch checkpoints -> hubert-jax directories, and back with --to-pytorch.
+
+    python convert_pt_to_flax.py SRC OUT [--overwrite] [--no-verify]
+    python convert_pt_to_flax.py SRC OUT --to-pytorch
+
+SRC (forward): a transformers PyTorch model directory (config.json + model.safetensors or
+pytorch_model.bin, sharded or not). With --to-pytorch, SRC is a hubert-jax directory and OUT a
+transformers directory. OUT is written atomically and an existing non-empty OUT is refused
+unless --overwrite. Unless --no-verify, outputs are compared with transformers before OUT is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+import numpy as np
+
+VERIFY_TOL = 1e-4
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", text.upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected e.g. 500MB, 2GB or a byte count")
+    return int(float(m[1]) * 1024 ** " KMGT".index(m[2] or " "))
+
+
+def _torch_model(directory: str):
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(directory)
+    names = getattr(config, "architectures", None) or []
+    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), transformers.AutoModel)
+    return cls.from_pretrained(directory).eval()
+
+
+def compare_with_transformers(model, torch_dir: str, seconds: float = 1.0) -> float:
+    """Max abs difference of the main output on a padded random batch (raises ImportError without torch)."""
+    import jax.numpy as jnp
+    import torch
+
+    tmodel = _torch_model(torch_dir)
+    n = int(seconds * 16000)
+    rng = np.random.RandomState(0)
+    audio = rng.randn(2, n).astype(np.float32)
+    mask = np.ones((2, n), np.int64)
+    mask[1, n * 2 // 3:] = 0
+    audio[1, n * 2 // 3:] = 0.0
+    with torch.no_grad():
+        tout = tmodel(torch.tensor(audio), attention_mask=torch.tensor(mask))
+    jout = model(jnp.asarray(audio), attention_mask=jnp.asarray(mask))
+    key = next(k for k in ("logits", "last_hidden_state", "projected_states") if getattr(jout, k, None) is not None)
+    theirs = getattr(tout, key).float().numpy()
+    return float(np.max(np.abs(theirs - np.asarray(getattr(jout, key), np.float32))))
+
+
+def _verify(model, torch_dir: str, no_verify: bool) -> None:
+    if no_verify:
+        return
+    try:
+        diff = compare_with_transformers(model, torch_dir)
+    except ImportError:
+        print("verification skipped: torch/transformers not installed (--no-verify to silence)", file=sys.stderr)
+        return
+    print(f"max abs difference against transformers: {diff:.3g}")
+    if not diff <= VERIFY_TOL:
+        raise SystemExit(f"verification failed: outputs differ by {diff:.3g} (> {VERIFY_TOL})")
+
+
+def main(argv=None) -> int:
+    from hubert_jax import pretrained
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src")
+    parser.add_argument("out")
+    parser.add_argument("--to-pytorch", action="store_true", help="hubert-jax directory -> transformers directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    parser.add_argument("--no-verify", action="store_true", help="skip the output comparison with transformers")
+    parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("2GB"),
+                        help="shard weights past this size (e.g. 500MB)")
+    args = parser.parse_args(argv)
+
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        parser.error(f"{out} exists and is not empty; pass --overwrite to replace it")
+    if not os.path.isdir(args.src):
+        parser.error(f"{args.src}: not a directory (fairseq/unilm/s3prl .pt files are not supported yet)")
+
+    model = pretrained.load_any(args.src)
+    if args.to_pytorch:
+        def fill(tmp):
+            pretrained.export_to_transformers(model, tmp, max_shard_bytes=args.max_shard_size, overwrite=True)
+            _verify(model, tmp, args.no_verify)
+
+        pretrained.write_directory(out, fill, overwrite=args.overwrite)
+    else:
+        _verify(model, args.src, args.no_verify or pretrained.io.find_weights(args.src)[0] != "torch")
+        pretrained.save_pretrained(model, out, max_shard_bytes=args.max_shard_size, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,274 @@
+"""`from_pretrained` / `save_pretrained`, the FlaxAutoModel classes, and export to a transformers directory.
+
+A hubert-jax directory holds `config.json` and `flax_model.safetensors` (sharded past a size limit), with
+Flax names in the per-layer layout. `from_pretrained` also reads transformers PyTorch directories
+(`model.safetensors` or `pytorch_model.bin`, sharded or not) and converts them on the fly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Mapping
+
+import numpy as np
+from flax import nnx
+
+from hubert_jax.config import SpeechConfig
+from hubert_jax.convert import checkpoint_io as io
+from hubert_jax.convert.state import (flat_to_torch, load_flat, model_to_flat, stack_layers, torch_to_flat,
+                                      unstack_layers)
+
+logger = logging.getLogger(__name__)
+
+_OPTION_KEYS = ("dtype", "param_dtype", "attention_impl", "scan_layers", "remat_policy", "precision")
+
+
+# ----------------------------------------------------------------------------- locating a checkpoint
+def resolve(path_or_id: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
+            local_files_only: bool = False) -> str:
+    """A local directory as is; otherwise a hub id through huggingface_hub (cache first, offline when cached)."""
+    path = os.fspath(path_or_id)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise ValueError(f"{path} is a file: from_pretrained expects a model directory or a hub id")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise FileNotFoundError(f"{path} is not a local directory, and huggingface_hub is not installed to "
+                                f"resolve it as a hub id") from e
+    patterns = ["*.json", "*.safetensors", "*.bin", "*.msgpack", "*.txt"]
+    try:  # the cache first: works offline once downloaded
+        return snapshot_download(path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
+                                 local_files_only=True)
+    except Exception:
+        if local_files_only:
+            raise FileNotFoundError(f"{path}: not a local directory and not in the hub cache") from None
+    return snapshot_download(path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
+
+
+# ----------------------------------------------------------------------------- base model vs head prefixes
+def _head_prefix(model) -> str | None:
+    """'hubert.' for a head model, None for a base model."""
+    base = getattr(model, "base_model", model)
+    return None if base is model else model.base_model_prefix + "."
+
+
+def _adapt_prefix(raw: Mapping[str, object], model) -> tuple[dict, set[str]]:
+    """Match a checkpoint of a base model to a head model and the other way round (like transformers).
+
+    Returns the renamed tensors and the model names allowed to stay at their initial values (a new head).
+    """
+    prefix = _head_prefix(model)
+    config_prefix = model.config.base_model_prefix + "."
+    if prefix is None:  # base model: strip the prefix of a head checkpoint, drop its head
+        if any(k.startswith(config_prefix) for k in raw):
+            dropped = sorted(k for k in raw if not k.startswith(config_prefix))
+            if dropped:
+                logger.info("ignoring head weights not used by %s: %s", type(model).__name__, ", ".join(dropped))
+            return {k[len(config_prefix):]: v for k, v in raw.items() if k.startswith(config_prefix)}, set()
+        return dict(raw), set()
+    if not any(k.startswith(prefix) for k in raw):  # head model from a base checkpoint
+        raw = {prefix + k: v for k, v in raw.items()}
+    head = {name for name in _model_names(model) if not name.startswith(prefix)}
+    return dict(raw), head
+
+
+def _model_names(model) -> set[str]:
+    names = set(model_to_flat(model))
+    scanned = getattr(getattr(model, "opts", None), "scan_layers", False)
+    if scanned:
+        names = set(unstack_layers({n: np.zeros((model.config.num_hidden_layers,)) for n in names},
+                                   model.config.num_hidden_layers))
+    return names
+
+
+def _drop_foreign_head(flat: dict, model, allowed_missing: set[str]) -> dict:
+    """Weights of another task's head (e.g. `lm_head` when loading a classifier) are reported and dropped."""
+    prefix = _head_prefix(model)
+    if prefix is None:
+        return flat
+    names = set(model_to_flat(model))
+    foreign = sorted(k for k in flat if not k.startswith(prefix) and k not in names)
+    if foreign:
+        logger.warning("checkpoint head weights not used by %s: %s", type(model).__name__, ", ".join(foreign))
+    missing_head = sorted(n for n in allowed_missing if n not in flat)
+    if missing_head:
+        logger.warning("%s: newly initialised (not in the checkpoint): %s", type(model).__name__,
+                       ", ".join(missing_head))
+    return {k: v for k, v in flat.items() if k not in foreign}
+
+
+# ----------------------------------------------------------------------------- loading
+def load_weights_into(model, directory: str) -> None:
+    kind, name = io.find_weights(directory)
+    if kind == "msgpack":
+        raise ValueError(f"{os.path.join(directory, name)}: transformers v4 Flax (msgpack) checkpoints are not "
+                         f"supported yet; convert the PyTorch weights of the same model instead")
+    raw = io.read_weights(directory, name)
+    source = os.path.join(directory, name)
+    raw, allowed = _adapt_prefix(raw, model)
+    scanned = getattr(model.opts, "scan_layers", False)
+    if kind == "torch":
+        flat = torch_to_flat(raw, model)
+        if scanned:  # torch_to_flat already stacked; check the head on per-layer names
+            flat = unstack_layers(flat, model.config.num_hidden_layers)
+    else:
+        flat = {k: np.asarray(v) for k, v in raw.items()}
+    flat = _drop_foreign_head(flat, model, allowed)
+    if scanned:
+        flat = stack_layers(flat, model.config.num_hidden_layers)
+    load_flat(model, flat, allow_missing=allowed, source=source)
+
+
+def from_pretrained(cls, path_or_id, *, rngs: nnx.Rngs | None = None, revision=None, cache_dir=None,
+                    local_files_only: bool = False, **options):
+    """Build `cls` from the directory's config.json and fill it with the directory's weights."""
+    unknown = set(options) - set(_OPTION_KEYS)
+    if unknown:
+        raise TypeError(f"from_pretrained got unexpected options {sorted(unknown)}; known: {_OPTION_KEYS}")
+    directory = resolve(path_or_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    config = SpeechConfig.from_pretrained(directory)
+    model = cls(config, rngs=rngs if rngs is not None else nnx.Rngs(0), **options)
+    load_weights_into(model, directory)
+    return model
+
+
+# ----------------------------------------------------------------------------- saving
+def architecture_name(model) -> str:
+    """The transformers class name of `model` (what `architectures` in config.json holds)."""
+    name = type(model).__name__
+    if name.startswith("For"):  # a generic head class: name it after the family
+        from hubert_jax.models.heads import FAMILY_PREFIX
+
+        name = FAMILY_PREFIX[model.config.model_type] + name
+    return name
+
+
+def _write_config(model, directory: str) -> None:
+    data = model.config.to_dict()
+    data["architectures"] = [architecture_name(model)]
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def write_directory(directory: str, fill, *, overwrite: bool = True) -> str:
+    """Write a model directory atomically: `fill(tmp)` writes into a temp dir next to `directory`, which then
+    replaces it. A failure leaves the previous contents (or nothing) in place, never a half-written directory."""
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{directory} exists and is not a directory")
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        raise FileExistsError(f"{directory} exists and is not empty (pass overwrite=True / --overwrite)")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    try:
+        fill(tmp)
+        if os.path.isdir(directory):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
+            os.rename(directory, os.path.join(old, "previous"))
+            os.rename(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def save_pretrained(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
+                    overwrite: bool = True) -> str:
+    """config.json + flax_model.safetensors (per-layer layout, parameters in their storage dtype)."""
+    flat = model_to_flat(model)
+    if getattr(model.opts, "scan_layers", False):
+        flat = unstack_layers(flat, model.config.num_hidden_layers)
+
+    def fill(tmp):
+        _write_config(model, tmp)
+        io.write_safetensors(flat, tmp, io.FLAX_WEIGHTS[: -len(".safetensors")], max_shard_bytes=max_shard_bytes,
+                             metadata={"format": "hubert-jax", "layout": "per-layer"})
+
+    return write_directory(directory, fill, overwrite=overwrite)
+
+
+def export_to_transformers(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
+                           overwrite: bool = True, old_weight_norm: bool = False) -> str:
+    """A transformers PyTorch directory (config.json + model.safetensors, float32) that
+    `transformers.AutoModel*.from_pretrained` loads. Needs no torch."""
+    flat = model_to_flat(model)
+    state = {k: v.astype(np.float32) for k, v in flat_to_torch(flat, model, old_weight_norm=old_weight_norm).items()}
+
+    def fill(tmp):
+        _write_config(model, tmp)
+        io.write_safetensors(state, tmp, io.TORCH_SAFETENSORS[: -len(".safetensors")],
+                             max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
+
+    return write_directory(directory, fill, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- the Auto classes
+class _AutoBase:
+    """Picks the model class from config.json's model_type (and, for the plain loader, `architectures`)."""
+
+    task: str = ""
+
+    @classmethod
+    def model_class(cls, config: SpeechConfig):
+        from hubert_jax.models import BASE_MODELS, TASK_CLASSES
+
+        if cls.task == "":
+            return BASE_MODELS[config.model_type]
+        try:
+            return TASK_CLASSES[cls.task][config.model_type]
+        except KeyError:
+            raise ValueError(f"{cls.__name__}: transformers has no {cls.task} head for model_type "
+                             f"{config.model_type!r}") from None
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, *, revision=None, cache_dir=None, local_files_only=False, **kw):
+        directory = resolve(path_or_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        config = SpeechConfig.from_pretrained(directory)
+        return from_pretrained(cls.model_class(config), directory, **kw)
+
+
+class FlaxAutoModel(_AutoBase):
+    task = ""
+
+
+class FlaxAutoModelForCTC(_AutoBase):
+    task = "ForCTC"
+
+
+class FlaxAutoModelForAudioClassification(_AutoBase):
+    task = "ForSequenceClassification"
+
+
+class FlaxAutoModelForAudioFrameClassification(_AutoBase):
+    task = "ForAudioFrameClassification"
+
+
+class FlaxAutoModelForAudioXVector(_AutoBase):
+    task = "ForXVector"
+
+
+class FlaxAutoModelForPreTraining(_AutoBase):
+    task = "ForPreTraining"
+
+
+def load_any(path_or_id, **kw):
+    """The class named by config.json's `architectures` (the base model when it names none we know)."""
+    from hubert_jax.models import ARCHITECTURES, BASE_MODELS
+
+    directory = resolve(path_or_id, revision=kw.pop("revision", None), cache_dir=kw.pop("cache_dir", None),
+                        local_files_only=kw.pop("local_files_only", False))
+    config = SpeechConfig.from_pretrained(directory)
+    names = config.extra.get("architectures") or []
+    cls = next((ARCHITECTURES[n] for n in names if n in ARCHITECTURES), BASE_MODELS[config.model_type])
+    return from_pretrained(cls, directory, **kw)
