@@ -1,0 +1,197 @@
+"""Input and output processing compatible with transformers' Wav2Vec2FeatureExtractor and
+Wav2Vec2CTCTokenizer: same files (`preprocessor_config.json`, `vocab.json`), same numbers. NumPy only."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+VOCAB_FILE = "vocab.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+@dataclasses.dataclass
+class FeatureExtractor:
+    """Wav2Vec2FeatureExtractor: pad a batch of waveforms, zero-mean/unit-variance normalise each over its
+    real samples, return `input_values` (float32) and `attention_mask` (int32)."""
+
+    sampling_rate: int = 16000
+    padding_value: float = 0.0
+    do_normalize: bool = True
+    return_attention_mask: bool = False
+    feature_size: int = 1
+    padding_side: str = "right"
+
+    def __call__(self, raw_speech, *, sampling_rate: int | None = None, padding: bool | str = True,
+                 max_length: int | None = None, pad_to_multiple_of: int | None = None,
+                 return_attention_mask: bool | None = None) -> dict[str, np.ndarray]:
+        if sampling_rate is not None and sampling_rate != self.sampling_rate:
+            raise ValueError(f"audio sampled at {sampling_rate} Hz; this model expects {self.sampling_rate} Hz "
+                             f"(resample first)")
+        batch = self._as_batch(raw_speech)
+        if padding is True or padding == "longest":
+            target = max(len(x) for x in batch)
+        elif padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            target = max_length
+        elif padding is False or padding == "do_not_pad":
+            if len({len(x) for x in batch}) > 1:
+                raise ValueError("waveforms of different lengths need padding=True")
+            target = len(batch[0])
+        else:
+            raise ValueError(f"padding={padding!r}: expected True, 'longest', 'max_length' or False")
+        if pad_to_multiple_of:
+            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        if any(len(x) > target for x in batch):
+            raise ValueError(f"a waveform is longer than max_length={target}")
+        lengths = np.array([len(x) for x in batch])
+        values = np.full((len(batch), target), self.padding_value, np.float32)
+        for row, x in zip(values, batch):
+            row[: len(x)] = x
+        mask = (np.arange(target)[None] < lengths[:, None]).astype(np.int32)
+        want_mask = self.return_attention_mask if return_attention_mask is None else return_attention_mask
+        if self.do_normalize:
+            # as transformers: statistics over the real samples only when a mask is returned; without one
+            # (e.g. hubert-base's config) the padding takes part, and what the model saw in training is kept
+            by_length = want_mask and padding is not False and padding != "do_not_pad"
+            for row, n in zip(values, lengths if by_length else [target] * len(batch)):
+                real = row[:n]
+                row[:] = (row - real.mean()) / np.sqrt(real.var() + 1e-7)
+                row[n:] = self.padding_value
+        out = {"input_values": values}
+        if want_mask:
+            out["attention_mask"] = mask
+        return out
+
+    @staticmethod
+    def _as_batch(raw_speech) -> list[np.ndarray]:
+        if isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 2:
+            return [np.asarray(x, np.float32) for x in raw_speech]
+        if isinstance(raw_speech, np.ndarray) and raw_speech.ndim > 2:
+            raise ValueError(f"only mono audio is supported: got an array of shape {raw_speech.shape}")
+        if isinstance(raw_speech, (list, tuple)) and raw_speech and isinstance(raw_speech[0], (np.ndarray, list, tuple)):
+            batch = [np.asarray(x, np.float32) for x in raw_speech]
+        else:
+            batch = [np.asarray(raw_speech, np.float32)]
+        for i, x in enumerate(batch):
+            if x.ndim != 1:
+                raise ValueError(f"waveform {i} has shape {x.shape}: expected mono (samples,)")
+            if x.size == 0:
+                raise ValueError(f"waveform {i} is empty")
+        return batch
+
+    # ----------------------------------------------------------------------- files
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "FeatureExtractor":
+        data = _read_json(os.path.join(directory, PREPROCESSOR_CONFIG))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save_pretrained(self, directory: str) -> str:
+        os.makedirs(directory, exist_ok=True)
+        data = {**dataclasses.asdict(self), "feature_extractor_type": "Wav2Vec2FeatureExtractor"}
+        path = os.path.join(directory, PREPROCESSOR_CONFIG)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        return path
+
+
+@dataclasses.dataclass
+class CTCTokenizer:
+    """Wav2Vec2CTCTokenizer: characters to ids (space -> word delimiter), greedy CTC decoding."""
+
+    vocab: dict[str, int]
+    pad_token: str = "<pad>"
+    unk_token: str = "<unk>"
+    bos_token: str = "<s>"
+    eos_token: str = "</s>"
+    word_delimiter_token: str = "|"
+    do_lower_case: bool = False
+
+    def __post_init__(self):
+        for name in ("pad_token", "unk_token", "word_delimiter_token"):
+            if getattr(self, name) not in self.vocab:
+                raise ValueError(f"vocabulary has no {name} {getattr(self, name)!r}")
+        self.id_to_token = {i: t for t, i in self.vocab.items()}
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.vocab[self.pad_token]
+
+    @property
+    def special_tokens(self) -> set[str]:
+        return {self.pad_token, self.unk_token, self.bos_token, self.eos_token}
+
+    def encode(self, text: str) -> list[int]:
+        """Characters not in the vocabulary map to unk_token (as transformers does)."""
+        if self.do_lower_case:
+            text = text.upper()
+        unk = self.vocab[self.unk_token]
+        return [self.vocab.get(ch, unk) for ch in text.replace(" ", self.word_delimiter_token)]
+
+    def decode(self, ids: Sequence[int], *, group_tokens: bool = True, skip_special_tokens: bool = False) -> str:
+        tokens = [self.id_to_token.get(int(i), self.unk_token) for i in ids]
+        if skip_special_tokens:
+            tokens = [t for t in tokens if t not in self.special_tokens or t == self.word_delimiter_token]
+        if group_tokens:
+            tokens = [t for t, _ in itertools.groupby(tokens)]
+        chars = [" " if t == self.word_delimiter_token else t for t in tokens if t != self.pad_token]
+        text = "".join(chars).strip()
+        return text.lower() if self.do_lower_case else text
+
+    def batch_decode(self, batch_ids, **kw) -> list[str]:
+        return [self.decode(ids, **kw) for ids in batch_ids]
+
+    def decode_logits(self, logits, lengths=None) -> list[str]:
+        """Greedy CTC: argmax per frame (up to each row's length), collapse repeats, drop blanks."""
+        ids = np.asarray(logits).argmax(-1)
+        if lengths is None:
+            lengths = [ids.shape[1]] * ids.shape[0]
+        return [self.decode(row[: int(n)]) for row, n in zip(ids, lengths)]
+
+    # ----------------------------------------------------------------------- files
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "CTCTokenizer":
+        vocab = _read_json(os.path.join(directory, VOCAB_FILE))
+        if not all(isinstance(v, int) for v in vocab.values()):
+            raise ValueError(f"{os.path.join(directory, VOCAB_FILE)}: expected {{token: id}} with integer ids "
+                             f"(per-language vocabularies are not supported)")
+        config_path = os.path.join(directory, TOKENIZER_CONFIG)
+        config = _read_json(config_path) if os.path.exists(config_path) else {}
+        fields = ("pad_token", "unk_token", "bos_token", "eos_token", "word_delimiter_token", "do_lower_case")
+        return cls(vocab=vocab, **{k: config[k] for k in fields if isinstance(config.get(k), (str, bool))})
+
+    def save_pretrained(self, directory: str) -> list[str]:
+        os.makedirs(directory, exist_ok=True)
+        files = {
+            VOCAB_FILE: self.vocab,
+            TOKENIZER_CONFIG: {"tokenizer_class": "Wav2Vec2CTCTokenizer", "pad_token": self.pad_token,
+                               "unk_token": self.unk_token, "bos_token": self.bos_token, "eos_token": self.eos_token,
+                               "word_delimiter_token": self.word_delimiter_token,
+                               "do_lower_case": self.do_lower_case, "replace_word_delimiter_char": " "},
+            SPECIAL_TOKENS_MAP: {"pad_token": self.pad_token, "unk_token": self.unk_token,
+                                 "bos_token": self.bos_token, "eos_token": self.eos_token},
+        }
+        for name, data in files.items():
+            with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2, ensure_ascii=False)
+        return list(files)
