@@ -19,8 +19,8 @@ from flax import nnx
 
 from hubert_jax.config import SpeechConfig
 from hubert_jax.convert import checkpoint_io as io
-from hubert_jax.convert.state import (flat_to_torch, load_flat, model_to_flat, stack_layers, torch_to_flat,
-                                      unstack_layers)
+from hubert_jax.convert.state import (flat_to_torch, load_flat, model_to_flat, per_layer_names, stack_layers,
+                                      torch_to_flat, unstack_layers)
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +74,8 @@ def _adapt_prefix(raw: Mapping[str, object], model) -> tuple[dict, set[str]]:
         return dict(raw), set()
     if not any(k.startswith(prefix) for k in raw):  # head model from a base checkpoint
         raw = {prefix + k: v for k, v in raw.items()}
-    head = {name for name in _model_names(model) if not name.startswith(prefix)}
+    head = {name for name in per_layer_names(model) if not name.startswith(prefix)}
     return dict(raw), head
-
-
-def _model_names(model) -> set[str]:
-    names = set(model_to_flat(model))
-    scanned = getattr(getattr(model, "opts", None), "scan_layers", False)
-    if scanned:
-        names = set(unstack_layers({n: np.zeros((model.config.num_hidden_layers,)) for n in names},
-                                   model.config.num_hidden_layers))
-    return names
 
 
 def _drop_foreign_head(flat: dict, model, allowed_missing: set[str]) -> dict:
@@ -92,7 +83,7 @@ def _drop_foreign_head(flat: dict, model, allowed_missing: set[str]) -> dict:
     prefix = _head_prefix(model)
     if prefix is None:
         return flat
-    names = set(model_to_flat(model))
+    names = per_layer_names(model)
     foreign = sorted(k for k in flat if not k.startswith(prefix) and k not in names)
     if foreign:
         logger.warning("checkpoint head weights not used by %s: %s", type(model).__name__, ", ".join(foreign))
@@ -112,15 +103,12 @@ def load_weights_into(model, directory: str) -> None:
     raw = io.read_weights(directory, name)
     source = os.path.join(directory, name)
     raw, allowed = _adapt_prefix(raw, model)
-    scanned = getattr(model.opts, "scan_layers", False)
     if kind == "torch":
-        flat = torch_to_flat(raw, model)
-        if scanned:  # torch_to_flat already stacked; check the head on per-layer names
-            flat = unstack_layers(flat, model.config.num_hidden_layers)
+        flat = torch_to_flat(raw, model, stacked=False)
     else:
         flat = {k: np.asarray(v) for k, v in raw.items()}
     flat = _drop_foreign_head(flat, model, allowed)
-    if scanned:
+    if getattr(model.opts, "scan_layers", False):
         flat = stack_layers(flat, model.config.num_hidden_layers)
     load_flat(model, flat, allow_missing=allowed, source=source)
 

@@ -91,11 +91,19 @@ def _num_layers(model: nnx.Module) -> int:
     return model.config.num_hidden_layers
 
 
-def torch_to_flat(state_dict: Mapping[str, object], model: nnx.Module) -> dict[str, np.ndarray]:
-    """A transformers state dict -> our flat names and layouts (per-layer or stacked, as `model` is)."""
-    targets = flat_state(model)
-    ours_unstacked = set(unstack_layers({k: np.zeros((_num_layers(model),)) for k in targets},
-                                        _num_layers(model))) if _is_scanned(model) else set(targets)
+def per_layer_names(model: nnx.Module) -> set[str]:
+    """The model's parameter names in the per-layer layout, whether or not it scans its layers."""
+    names = flat_state(model)
+    if not _is_scanned(model):
+        return set(names)
+    return set(unstack_layers({k: np.zeros((_num_layers(model),)) for k in names}, _num_layers(model)))
+
+
+def torch_to_flat(state_dict: Mapping[str, object], model: nnx.Module, *, stacked: bool | None = None
+                  ) -> dict[str, np.ndarray]:
+    """A transformers state dict -> our flat names and layouts; stacked for a scanned model unless
+    `stacked=False` asks for the per-layer layout."""
+    ours_unstacked = per_layer_names(model)
     out = {}
     for key, tensor in state_dict.items():
         if key.endswith("num_batches_tracked"):
@@ -112,7 +120,9 @@ def torch_to_flat(state_dict: Mapping[str, object], model: nnx.Module) -> dict[s
             stem = name[: -len(".weight")]
             name = next((f"{stem}.{t}" for t in _WEIGHT_TARGETS if f"{stem}.{t}" in ours_unstacked), name)
         out[name] = _to_ours(name, value)
-    return stack_layers(out, _num_layers(model)) if _is_scanned(model) else out
+    if stacked is None:
+        stacked = _is_scanned(model)
+    return stack_layers(out, _num_layers(model)) if stacked else out
 
 
 def flat_to_torch(flat: Mapping[str, np.ndarray], model: nnx.Module, *, old_weight_norm: bool = False
