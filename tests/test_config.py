@@ -6,7 +6,7 @@ import pytest
 
 import hubert_jax
 from hubert_jax.config import PRESETS, preset
-from tests.reference import TINY, TINY_BY_FAMILY, torch_config
+from tests.reference import TINY, torch_config
 
 
 @pytest.mark.parametrize("family", ["hubert", "wavlm", "wav2vec2"])

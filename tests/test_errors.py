@@ -1,6 +1,5 @@
 """Bad input gets a clear ValueError naming the cause."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
