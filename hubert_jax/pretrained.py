@@ -97,11 +97,8 @@ def _drop_foreign_head(flat: dict, model, allowed_missing: set[str]) -> dict:
 # ----------------------------------------------------------------------------- loading
 def load_weights_into(model, directory: str) -> None:
     kind, name = io.find_weights(directory)
-    if kind == "msgpack":
-        raise ValueError(f"{os.path.join(directory, name)}: transformers v4 Flax (msgpack) checkpoints are not "
-                         f"supported yet; convert the PyTorch weights of the same model instead")
-    raw = io.read_weights(directory, name)
     source = os.path.join(directory, name)
+    raw = io.read_flax_msgpack(source) if kind == "msgpack" else io.read_weights(directory, name)
     raw, allowed = _adapt_prefix(raw, model)
     if kind == "torch":
         flat = torch_to_flat(raw, model, stacked=False)

@@ -217,3 +217,36 @@ def test_convert_cli_both_directions(tmp_path, capsys):
     assert convert_main([str(tmp_path / "jax"), str(tmp_path / "pt"), "--to-pytorch"]) == 0
     back = transformers.AutoModelForAudioClassification.from_pretrained(tmp_path / "pt").eval()
     assert max_diff(ref, run_torch(back, x, mask).logits) < TOL
+
+
+@pytest.mark.parametrize("head", ["Model", "ForCTC"])
+def test_transformers_v4_flax_msgpack_loads(tmp_path, head):
+    # fixture in v4's FlaxWav2Vec2 naming (nested params, pos-conv weight_v/weight_g in torch layout);
+    # v4 Flax supported only the layer-norm extractor with the pre-LN encoder
+    from flax.serialization import msgpack_serialize
+
+    from hubert_jax.convert.state import model_to_flat
+
+    tmodel, hf_dir = _save_torch(tmp_path, "wav2vec2", head, feat_extract_norm="layer", do_stable_layer_norm=True,
+                                 conv_bias=True)
+    flat = model_to_flat(AUTO[head].from_pretrained(hf_dir))
+    tree = {}
+    for name, value in flat.items():
+        if name.endswith((".weight_v", ".weight_g")):
+            value = value.transpose(2, 1, 0)
+        node = tree
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = np.asarray(value)
+    v4 = tmp_path / "v4"
+    v4.mkdir()
+    (v4 / "config.json").write_text((hf_dir / "config.json").read_text())
+    (v4 / io.FLAX_MSGPACK).write_bytes(msgpack_serialize(tree))
+    x, mask = audio(pad_to=(4000, 2600))
+    ref = _main_output(run_torch(tmodel, x, mask))
+    model = AUTO[head].from_pretrained(v4)
+    assert max_diff(ref, _main_output(model(jnp.asarray(x), attention_mask=jnp.asarray(mask)))) < TOL
+    (v4 / io.FLAX_MSGPACK).write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="flax_model.msgpack: not a readable Flax msgpack checkpoint"):
+        AUTO[head].from_pretrained(v4)

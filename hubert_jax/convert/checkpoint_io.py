@@ -43,6 +43,40 @@ def read_torch_file(path: str) -> dict[str, object]:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
 
 
+def read_flax_msgpack(path: str) -> dict[str, np.ndarray]:
+    """A transformers v4 Flax checkpoint (FlaxWav2Vec2*), in our names and layouts.
+
+    Its names already match ours ('wav2vec2.encoder.layers.0.attention.q_proj.kernel'); only the
+    weight-normed positional conv keeps torch's (out, in/groups, K) layout there, so it is transposed.
+    """
+    from flax.serialization import msgpack_restore
+
+    try:
+        with open(path, "rb") as f:
+            tree = msgpack_restore(f.read())
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable Flax msgpack checkpoint ({type(e).__name__}: {e})") from e
+    if isinstance(tree, dict) and set(tree) == {"params"}:
+        tree = tree["params"]
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                walk(value, name)
+            else:
+                value = np.asarray(value)
+                if name.endswith((".weight_v", ".weight_g")):
+                    value = value.transpose(2, 1, 0)
+                flat[name] = value
+
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected a tree of parameters, got {type(tree).__name__}")
+    walk(tree, "")
+    return flat
+
+
 def _read_index(directory: str, index_name: str, reader: Callable[[str], Mapping]) -> dict:
     index_path = os.path.join(directory, index_name)
     try:
