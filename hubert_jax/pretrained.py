@@ -168,19 +168,56 @@ def write_directory(directory: str, fill, *, overwrite: bool = True) -> str:
     return directory
 
 
-def save_pretrained(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
-                    overwrite: bool = True) -> str:
-    """config.json + flax_model.safetensors (per-layer layout, parameters in their storage dtype)."""
+def _write_flax_weights(model, directory: str, max_shard_bytes: int) -> None:
     flat = model_to_flat(model)
     if getattr(model.opts, "scan_layers", False):
         flat = unstack_layers(flat, model.config.num_hidden_layers)
+    _write_config(model, directory)
+    io.write_safetensors(flat, directory, io.FLAX_WEIGHTS[: -len(".safetensors")], max_shard_bytes=max_shard_bytes,
+                         metadata={"format": "hubert-jax", "layout": "per-layer"})
+
+
+def save_pretrained(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
+                    overwrite: bool = True) -> str:
+    """config.json + flax_model.safetensors (per-layer layout, parameters in their storage dtype)."""
+    return write_directory(directory, lambda tmp: _write_flax_weights(model, tmp, max_shard_bytes),
+                           overwrite=overwrite)
+
+
+PRETRAINING_HEADS = "pretraining_heads.safetensors"
+
+
+def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
+                                overwrite: bool = False):
+    """A fairseq HuBERT/wav2vec 2.0, unilm WavLM or s3prl DistilHuBERT checkpoint -> a hubert-jax directory.
+
+    HuBERT's pretraining heads go to `pretraining_heads.safetensors` (Flax layout: `final_proj.kernel`,
+    `final_proj.bias`, `label_embs_concat`) with their settings under `hubert_pretraining` in config.json,
+    so pretraining can continue from them. Returns the converted model."""
+    from hubert_jax.convert import fairseq
+    from hubert_jax.models import BASE_MODELS, TASK_CLASSES
+
+    fields, state, heads, kind = fairseq.convert_checkpoint(fairseq.load_checkpoint(path))
+    config = SpeechConfig.from_dict(fields)
+    cls = BASE_MODELS[config.model_type] if kind == "Model" else TASK_CLASSES[kind][config.model_type]
+    model = cls(config, rngs=nnx.Rngs(0))
+    load_flat(model, torch_to_flat(state, model), source=path)
+    head_arrays = {}
+    for key, value in heads.items():
+        value = value.detach().cpu().float().numpy().copy() if hasattr(value, "detach") else np.array(value)
+        if key == "final_proj.weight":
+            head_arrays["final_proj.kernel"] = value.T
+        else:
+            head_arrays[key] = value
 
     def fill(tmp):
-        _write_config(model, tmp)
-        io.write_safetensors(flat, tmp, io.FLAX_WEIGHTS[: -len(".safetensors")], max_shard_bytes=max_shard_bytes,
-                             metadata={"format": "hubert-jax", "layout": "per-layer"})
+        _write_flax_weights(model, tmp, max_shard_bytes)
+        if head_arrays:
+            io.write_safetensors(head_arrays, tmp, PRETRAINING_HEADS[: -len(".safetensors")],
+                                 metadata={"format": "hubert-jax", "source": "fairseq"})
 
-    return write_directory(directory, fill, overwrite=overwrite)
+    write_directory(directory, fill, overwrite=overwrite)
+    return model
 
 
 def export_to_transformers(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,

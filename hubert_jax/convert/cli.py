@@ -4,7 +4,8 @@
     python convert_pt_to_flax.py SRC OUT --to-pytorch
 
 SRC (forward): a transformers PyTorch model directory (config.json + model.safetensors or
-pytorch_model.bin, sharded or not). With --to-pytorch, SRC is a hubert-jax directory and OUT a
+pytorch_model.bin, sharded or not), or a fairseq HuBERT / wav2vec 2.0, unilm WavLM or s3prl
+DistilHuBERT checkpoint file. With --to-pytorch, SRC is a hubert-jax directory and OUT a
 transformers directory. OUT is written atomically and an existing non-empty OUT is refused
 unless --overwrite. Unless --no-verify, outputs are compared with transformers before OUT is written.
 """
@@ -86,8 +87,15 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.out)
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
         parser.error(f"{out} exists and is not empty; pass --overwrite to replace it")
-    if not os.path.isdir(args.src):
-        parser.error(f"{args.src}: not a directory (fairseq/unilm/s3prl .pt files are not supported yet)")
+    if not os.path.exists(args.src):
+        parser.error(f"{args.src}: no such file or directory")
+    if os.path.isfile(args.src):  # fairseq / unilm / s3prl checkpoint
+        if args.to_pytorch:
+            parser.error("--to-pytorch takes a hubert-jax directory as SRC")
+        pretrained.convert_original_checkpoint(args.src, out, max_shard_bytes=args.max_shard_size,
+                                               overwrite=args.overwrite)
+        print(f"wrote {out} (no reference run: fairseq itself is not a dependency)")
+        return 0
 
     model = pretrained.load_any(args.src)
     if args.to_pytorch:
