@@ -19,8 +19,8 @@ from flax import nnx
 
 from hubert_jax.config import SpeechConfig
 from hubert_jax.convert import checkpoint_io as io
-from hubert_jax.convert.state import (flat_to_torch, load_flat, model_to_flat, per_layer_names, stack_layers,
-                                      torch_to_flat, unstack_layers)
+from hubert_jax.convert.state import (check_flat, flat_state, flat_to_torch, load_flat, model_to_flat,
+                                      per_layer_names, stack_layers, torch_to_flat, unstack_layers)
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,9 @@ def _drop_foreign_head(flat: dict, model, allowed_missing: set[str]) -> dict:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_weights_into(model, directory: str) -> None:
+def checkpoint_flat(model, directory: str) -> tuple[dict, set[str], str]:
+    """The directory's weights in `model`'s names and layout (per-layer or stacked), the names allowed to
+    stay at their initial values (a new head), and the file they came from. `model` may be abstract."""
     kind, name = io.find_weights(directory)
     source = os.path.join(directory, name)
     raw = io.read_flax_msgpack(source) if kind == "msgpack" else io.read_weights(directory, name)
@@ -107,18 +109,63 @@ def load_weights_into(model, directory: str) -> None:
     flat = _drop_foreign_head(flat, model, allowed)
     if getattr(model.opts, "scan_layers", False):
         flat = stack_layers(flat, model.config.num_hidden_layers)
+    return flat, allowed, source
+
+
+def load_weights_into(model, directory: str) -> None:
+    flat, allowed, source = checkpoint_flat(model, directory)
     load_flat(model, flat, allow_missing=allowed, source=source)
 
 
+def _sharded_from_pretrained(build, directory: str, mesh, rules):
+    """Build the model abstractly and place each checkpoint tensor straight into its shards: each device
+    receives only its slice of the one host copy (the rules map logical axes onto the mesh)."""
+    import jax
+
+    from hubert_jax.sharding import DEFAULT_RULES, variable_sharding
+
+    rules = DEFAULT_RULES if rules is None else rules
+    abstract = nnx.eval_shape(build)
+    flat, allowed, source = checkpoint_flat(abstract, directory)
+    targets = flat_state(abstract)
+    check_flat(targets, flat, allow_missing=allowed, source=source)
+    shardings = {name: variable_sharding(var, mesh, rules) for name, var in targets.items()}
+    names = list(targets)
+    initial = {}
+    if any(name not in flat for name in names):  # a new head: initialise the whole model, sharded
+        init = jax.jit(lambda: [v.get_value() for v in flat_state(build()).values()],
+                       out_shardings=[shardings[n] for n in names])
+        initial = dict(zip(names, init()))
+    graphdef, state = nnx.split(abstract)
+    for path, var in nnx.to_flat_state(state):
+        name = ".".join(map(str, path))
+        if name in flat:
+            host, dtype = flat[name], var.get_value().dtype
+            value = jax.make_array_from_callback(tuple(var.shape), shardings[name],
+                                                 lambda index, a=host, d=dtype: np.asarray(a[index], dtype=d))
+        else:
+            value = initial[name]
+        var.set_value(value)
+    return nnx.merge(graphdef, state)
+
+
 def from_pretrained(cls, path_or_id, *, rngs: nnx.Rngs | None = None, revision=None, cache_dir=None,
-                    local_files_only: bool = False, **options):
-    """Build `cls` from the directory's config.json and fill it with the directory's weights."""
+                    local_files_only: bool = False, mesh=None, rules=None, **options):
+    """Build `cls` from the directory's config.json and fill it with the directory's weights.
+
+    With `mesh`, parameters are created as sharded arrays (logical axes mapped by `rules`, default
+    `hubert_jax.sharding.DEFAULT_RULES`), with no full copy on any device."""
     unknown = set(options) - set(_OPTION_KEYS)
     if unknown:
         raise TypeError(f"from_pretrained got unexpected options {sorted(unknown)}; known: {_OPTION_KEYS}")
     directory = resolve(path_or_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     config = SpeechConfig.from_pretrained(directory)
-    model = cls(config, rngs=rngs if rngs is not None else nnx.Rngs(0), **options)
+    seed = rngs if rngs is not None else nnx.Rngs(0)
+    if mesh is not None:
+        key = seed.params()
+        return _sharded_from_pretrained(lambda: cls(config, rngs=nnx.Rngs(params=key), **options), directory,
+                                        mesh, rules)
+    model = cls(config, rngs=seed, **options)
     load_weights_into(model, directory)
     return model
 

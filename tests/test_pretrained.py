@@ -250,3 +250,32 @@ def test_transformers_v4_flax_msgpack_loads(tmp_path, head):
     (v4 / io.FLAX_MSGPACK).write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="flax_model.msgpack: not a readable Flax msgpack checkpoint"):
         AUTO[head].from_pretrained(v4)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_loading_straight_into_sharded_arrays(tmp_path, scan):
+    import jax
+
+    from hubert_jax.sharding import make_mesh
+
+    assert jax.device_count() == 8  # tests/conftest.py
+    tmodel, hf_dir = _save_torch(tmp_path, "hubert", "ForCTC", hidden_size=64, intermediate_size=128,
+                                 conv_dim=(32, 32, 32))
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": -1})
+    model = hubert_jax.FlaxAutoModelForCTC.from_pretrained(hf_dir, mesh=mesh, scan_layers=scan)
+    q = model.hubert.encoder.layers.attention.q_proj.kernel[...] if scan else \
+        model.hubert.encoder.layers[0].attention.q_proj.kernel[...]
+    expected = ((None,) if scan else ()) + ("fsdp", "tensor")
+    assert tuple(q.sharding.spec) == expected
+    # each device holds a quarter of the matrix (fsdp=2 x tensor=2), not a full copy
+    assert {s.data.shape[-2:] for s in q.addressable_shards} == {(32, 32)}
+    ff = model.hubert.encoder.layers.feed_forward.intermediate_dense.kernel[...] if scan else \
+        model.hubert.encoder.layers[0].feed_forward.intermediate_dense.kernel[...]
+    assert {s.data.shape[-2:] for s in ff.addressable_shards} == {(32, 64)}
+    x, _ = audio()
+    ref = run_torch(tmodel, x).logits
+    assert max_diff(ref, model(jnp.asarray(x)).logits) < TOL
+    # a base checkpoint into a new head still works sharded (the head is initialised on the mesh)
+    hubert_jax.FlaxAutoModel.from_pretrained(hf_dir).save_pretrained(tmp_path / "base")
+    clf = hubert_jax.FlaxAutoModelForAudioClassification.from_pretrained(tmp_path / "base", mesh=mesh)
+    assert clf.classifier.kernel[...].sharding.mesh == mesh
