@@ -279,3 +279,40 @@ def test_loading_straight_into_sharded_arrays(tmp_path, scan):
     hubert_jax.FlaxAutoModel.from_pretrained(hf_dir).save_pretrained(tmp_path / "base")
     clf = hubert_jax.FlaxAutoModelForAudioClassification.from_pretrained(tmp_path / "base", mesh=mesh)
     assert clf.classifier.kernel[...].sharding.mesh == mesh
+
+
+def test_batch_norm_statistics_roundtrip(tmp_path):
+    import transformers
+
+    tmodel, hf_dir = _save_torch(tmp_path, "hubert", conv_pos_batch_norm=True)
+    bn = tmodel.encoder.pos_conv_embed.batch_norm
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.1, 0.1)
+        bn.running_var.uniform_(0.5, 1.5)
+    tmodel.save_pretrained(hf_dir)
+    x, _ = audio()
+    ref = run_torch(tmodel, x).last_hidden_state
+    model = hubert_jax.HubertModel.from_pretrained(hf_dir)
+    assert max_diff(bn.running_var, model.encoder.pos_conv_embed.batch_norm.var[...]) == 0
+    hubert_jax.export_to_transformers(model, tmp_path / "back")
+    back = transformers.HubertModel.from_pretrained(tmp_path / "back").eval()
+    assert max_diff(bn.running_mean, back.encoder.pos_conv_embed.batch_norm.running_mean) == 0
+    assert max_diff(ref, run_torch(back, x).last_hidden_state) < TOL
+
+
+def test_hub_id_resolves_from_the_cache_offline(tmp_path):
+    # the layout huggingface_hub keeps on disk: models--{org}--{name}/refs/main + snapshots/{revision}/
+    _, hf_dir = _save_torch(tmp_path, "wavlm")
+    repo = tmp_path / "cache" / "models--acme--tiny-wavlm"
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef0123456789abcdef01234567")
+    for f in hf_dir.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    model = hubert_jax.FlaxAutoModel.from_pretrained("acme/tiny-wavlm", cache_dir=str(tmp_path / "cache"),
+                                                     local_files_only=True)
+    assert type(model).__name__ == "WavLMModel"
+    with pytest.raises(FileNotFoundError, match="not in the hub cache"):
+        hubert_jax.FlaxAutoModel.from_pretrained("acme/missing", cache_dir=str(tmp_path / "cache"),
+                                                 local_files_only=True)
