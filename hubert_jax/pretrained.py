@@ -215,7 +215,8 @@ def write_directory(directory: str, fill, *, overwrite: bool = True) -> str:
     return directory
 
 
-def _write_flax_weights(model, directory: str, max_shard_bytes: int) -> None:
+def write_model_files(model, directory: str, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES) -> None:
+    """config.json + flax_model.safetensors into an existing directory (use save_pretrained for atomicity)."""
     flat = model_to_flat(model)
     if getattr(model.opts, "scan_layers", False):
         flat = unstack_layers(flat, model.config.num_hidden_layers)
@@ -227,7 +228,7 @@ def _write_flax_weights(model, directory: str, max_shard_bytes: int) -> None:
 def save_pretrained(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
                     overwrite: bool = True) -> str:
     """config.json + flax_model.safetensors (per-layer layout, parameters in their storage dtype)."""
-    return write_directory(directory, lambda tmp: _write_flax_weights(model, tmp, max_shard_bytes),
+    return write_directory(directory, lambda tmp: write_model_files(model, tmp, max_shard_bytes),
                            overwrite=overwrite)
 
 
@@ -258,7 +259,7 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
             head_arrays[key] = value
 
     def fill(tmp):
-        _write_flax_weights(model, tmp, max_shard_bytes)
+        write_model_files(model, tmp, max_shard_bytes)
         if head_arrays:
             io.write_safetensors(head_arrays, tmp, PRETRAINING_HEADS[: -len(".safetensors")],
                                  metadata={"format": "hubert-jax", "source": "fairseq"})
@@ -267,19 +268,36 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
     return model
 
 
+def write_transformers_files(model, directory: str, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
+                             old_weight_norm: bool = False) -> None:
+    """config.json + model.safetensors (torch names, float32) into an existing directory."""
+    flat = model_to_flat(model)
+    state = {k: v.astype(np.float32) for k, v in flat_to_torch(flat, model, old_weight_norm=old_weight_norm).items()}
+    _write_config(model, directory)
+    io.write_safetensors(state, directory, io.TORCH_SAFETENSORS[: -len(".safetensors")],
+                         max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
+
+
 def export_to_transformers(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
                            overwrite: bool = True, old_weight_norm: bool = False) -> str:
     """A transformers PyTorch directory (config.json + model.safetensors, float32) that
     `transformers.AutoModel*.from_pretrained` loads. Needs no torch."""
-    flat = model_to_flat(model)
-    state = {k: v.astype(np.float32) for k, v in flat_to_torch(flat, model, old_weight_norm=old_weight_norm).items()}
+    return write_directory(directory, lambda tmp: write_transformers_files(
+        model, tmp, max_shard_bytes=max_shard_bytes, old_weight_norm=old_weight_norm), overwrite=overwrite)
 
-    def fill(tmp):
-        _write_config(model, tmp)
-        io.write_safetensors(state, tmp, io.TORCH_SAFETENSORS[: -len(".safetensors")],
-                             max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
 
-    return write_directory(directory, fill, overwrite=overwrite)
+# files of the feature extractor and tokenizer, carried along by conversions
+PROCESSOR_FILES = ("preprocessor_config.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def copy_processor_files(src: str, dst: str) -> list[str]:
+    copied = []
+    for name in PROCESSOR_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+            copied.append(name)
+    return copied
 
 
 # ----------------------------------------------------------------------------- the Auto classes

@@ -203,6 +203,7 @@ def test_convert_cli_both_directions(tmp_path, capsys):
     import transformers
 
     tmodel, hf_dir = _save_torch(tmp_path, "wavlm", "ForSequenceClassification")
+    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(hf_dir)
     x, mask = audio(pad_to=(4000, 3500))
     ref = run_torch(tmodel, x, mask).logits
     assert convert_main([str(hf_dir), str(tmp_path / "jax")]) == 0
@@ -217,6 +218,9 @@ def test_convert_cli_both_directions(tmp_path, capsys):
     assert convert_main([str(tmp_path / "jax"), str(tmp_path / "pt"), "--to-pytorch"]) == 0
     back = transformers.AutoModelForAudioClassification.from_pretrained(tmp_path / "pt").eval()
     assert max_diff(ref, run_torch(back, x, mask).logits) < TOL
+    # the feature extractor travels with the weights, both ways
+    assert (tmp_path / "jax" / "preprocessor_config.json").exists()
+    assert transformers.Wav2Vec2FeatureExtractor.from_pretrained(tmp_path / "pt").return_attention_mask
 
 
 @pytest.mark.parametrize("head", ["Model", "ForCTC"])

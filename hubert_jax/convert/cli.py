@@ -100,12 +100,16 @@ def main(argv=None) -> int:
     model = pretrained.load_any(args.src)
     if args.to_pytorch:
         def fill(tmp):
-            pretrained.export_to_transformers(model, tmp, max_shard_bytes=args.max_shard_size, overwrite=True)
+            pretrained.write_transformers_files(model, tmp, max_shard_bytes=args.max_shard_size)
+            pretrained.copy_processor_files(args.src, tmp)
             _verify(model, tmp, args.no_verify)
-
-        pretrained.write_directory(out, fill, overwrite=args.overwrite)
     else:
         _verify(model, args.src, args.no_verify or pretrained.io.find_weights(args.src)[0] != "torch")
-        pretrained.save_pretrained(model, out, max_shard_bytes=args.max_shard_size, overwrite=args.overwrite)
+
+        def fill(tmp):
+            pretrained.write_model_files(model, tmp, max_shard_bytes=args.max_shard_size)
+            pretrained.copy_processor_files(args.src, tmp)
+
+    pretrained.write_directory(out, fill, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
