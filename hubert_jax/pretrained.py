@@ -236,7 +236,7 @@ PRETRAINING_HEADS = "pretraining_heads.safetensors"
 
 
 def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
-                                overwrite: bool = False):
+                                overwrite: bool = False, dictionary: str | None = None):
     """A fairseq HuBERT/wav2vec 2.0, unilm WavLM or s3prl DistilHuBERT checkpoint -> a hubert-jax directory.
 
     HuBERT's pretraining heads go to `pretraining_heads.safetensors` (Flax layout: `final_proj.kernel`,
@@ -246,6 +246,17 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
     from hubert_jax.models import BASE_MODELS, TASK_CLASSES
 
     fields, state, heads, kind = fairseq.convert_checkpoint(fairseq.load_checkpoint(path))
+    tokenizer = None
+    if dictionary is not None:
+        from hubert_jax.processing import CTCTokenizer
+
+        if kind != "ForCTC":
+            raise ValueError(f"{dictionary}: a dictionary only goes with a fine-tuned (CTC) checkpoint")
+        tokenizer = CTCTokenizer(vocab=fairseq.read_fairseq_dictionary(dictionary))
+        if len(tokenizer.vocab) != fields["vocab_size"]:
+            raise ValueError(f"{dictionary} gives {len(tokenizer.vocab)} symbols, the checkpoint's CTC head has "
+                             f"{fields['vocab_size']} outputs")
+        fields.update(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     config = SpeechConfig.from_dict(fields)
     cls = BASE_MODELS[config.model_type] if kind == "Model" else TASK_CLASSES[kind][config.model_type]
     model = cls(config, rngs=nnx.Rngs(0))
@@ -263,6 +274,11 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
         if head_arrays:
             io.write_safetensors(head_arrays, tmp, PRETRAINING_HEADS[: -len(".safetensors")],
                                  metadata={"format": "hubert-jax", "source": "fairseq"})
+        if tokenizer is not None:
+            from hubert_jax.processing import FeatureExtractor
+
+            tokenizer.save_pretrained(tmp)
+            FeatureExtractor(return_attention_mask=config.feat_extract_norm == "layer").save_pretrained(tmp)
 
     write_directory(directory, fill, overwrite=overwrite)
     return model

@@ -131,9 +131,21 @@ def test_fairseq_wav2vec2_finetuned_ctc(tmp_path):
     state["w2v_encoder.proj.bias"] = tmodel.lm_head.bias.detach().clone()
     cfg = {"_name": "wav2vec_ctc", "w2v_args": {"model": model_cfg(_name="wav2vec2")}}
     torch.save({"cfg": {"model": cfg}, "model": state}, tmp_path / "ctc.pt")
-    assert convert_main([str(tmp_path / "ctc.pt"), str(tmp_path / "out")]) == 0
+    # fairseq's letter dictionary: "symbol count" lines after its 4 implicit specials (vocab_size is 11)
+    (tmp_path / "dict.ltr.txt").write_text("| 100\nE 50\nT 40\nA 30\nO 20\nN 10\nI 5\n")
+    assert convert_main([str(tmp_path / "ctc.pt"), str(tmp_path / "out"), "--dict",
+                         str(tmp_path / "dict.ltr.txt")]) == 0
     model = _compare(tmodel, tmp_path / "out", "ForCTC", "logits")
-    assert model.config.vocab_size == tmodel.config.vocab_size
+    assert model.config.vocab_size == tmodel.config.vocab_size and model.config.pad_token_id == 0
+    vocab = json.loads((tmp_path / "out" / "vocab.json").read_text())
+    assert vocab["<pad>"] == 0 and vocab["<s>"] == 1 and vocab["|"] == 4 and vocab["I"] == 10
+    import transformers
+
+    tok = transformers.Wav2Vec2CTCTokenizer.from_pretrained(tmp_path / "out")
+    assert tok.decode([5, 5, 0, 6, 4, 7]) == "ET A"
+    (tmp_path / "dict.ltr.txt").write_text("| 1\nE 1\n")
+    with pytest.raises(ValueError, match="gives 6 symbols, the checkpoint's CTC head has 11 outputs"):
+        convert_main([str(tmp_path / "ctc.pt"), str(tmp_path / "out2"), "--dict", str(tmp_path / "dict.ltr.txt")])
 
 
 def test_fairseq_wav2vec2_pretraining_checkpoint(tmp_path):

@@ -80,6 +80,8 @@ def main(argv=None) -> int:
     parser.add_argument("--to-pytorch", action="store_true", help="hubert-jax directory -> transformers directory")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     parser.add_argument("--no-verify", action="store_true", help="skip the output comparison with transformers")
+    parser.add_argument("--dict", dest="dictionary", help="fairseq dict.ltr.txt of a fine-tuned CTC checkpoint: "
+                        "written as vocab.json (with a feature extractor config)")
     parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("2GB"),
                         help="shard weights past this size (e.g. 500MB)")
     args = parser.parse_args(argv)
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
         if args.to_pytorch:
             parser.error("--to-pytorch takes a hubert-jax directory as SRC")
         pretrained.convert_original_checkpoint(args.src, out, max_shard_bytes=args.max_shard_size,
-                                               overwrite=args.overwrite)
+                                               overwrite=args.overwrite, dictionary=args.dictionary)
         print(f"wrote {out} (no reference run: fairseq itself is not a dependency)")
         return 0
 

@@ -243,3 +243,23 @@ def load_checkpoint(path: str) -> dict:
         except Exception as e:
             hint = "" if len(allowed) > 1 else " (if its config is an omegaconf object: pip install omegaconf)"
             raise ValueError(f"{path}: not a readable checkpoint{hint}: {e}") from first
+
+
+def read_fairseq_dictionary(path: str) -> dict[str, int]:
+    """A fairseq `dict.ltr.txt` -> a transformers CTC vocabulary.
+
+    fairseq numbers <s>, <pad>, </s>, <unk> 0..3 before the file's symbols and uses index 0 (<s>) as the
+    CTC blank; transformers' blank is the pad token, so <pad> takes id 0 and <s> id 1 (the layout of
+    facebook/wav2vec2-base-960h's vocab.json). Other ids keep fairseq's numbering.
+    """
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            symbol = line.rsplit(" ", 1)[0] if " " in line else line
+            if symbol in vocab:
+                raise ValueError(f"{path}:{line_no}: symbol {symbol!r} appears twice")
+            vocab[symbol] = len(vocab)
+    return vocab
