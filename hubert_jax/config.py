@@ -16,6 +16,18 @@ from typing import Any, ClassVar
 CONFIG_NAME = "config.json"
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file holding an object; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _as_tuple(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
@@ -200,14 +212,7 @@ class SpeechConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "SpeechConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "SpeechConfig":

@@ -11,21 +11,12 @@ from typing import Sequence
 
 import numpy as np
 
+from hubert_jax.config import read_json_object
+
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 VOCAB_FILE = "vocab.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
 
 
 @dataclasses.dataclass
@@ -102,7 +93,7 @@ class FeatureExtractor:
     # ----------------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, directory: str) -> "FeatureExtractor":
-        data = _read_json(os.path.join(directory, PREPROCESSOR_CONFIG))
+        data = read_json_object(os.path.join(directory, PREPROCESSOR_CONFIG))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -171,12 +162,12 @@ class CTCTokenizer:
     # ----------------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, directory: str) -> "CTCTokenizer":
-        vocab = _read_json(os.path.join(directory, VOCAB_FILE))
+        vocab = read_json_object(os.path.join(directory, VOCAB_FILE))
         if not all(isinstance(v, int) for v in vocab.values()):
             raise ValueError(f"{os.path.join(directory, VOCAB_FILE)}: expected {{token: id}} with integer ids "
                              f"(per-language vocabularies are not supported)")
         config_path = os.path.join(directory, TOKENIZER_CONFIG)
-        config = _read_json(config_path) if os.path.exists(config_path) else {}
+        config = read_json_object(config_path) if os.path.exists(config_path) else {}
         fields = ("pad_token", "unk_token", "bos_token", "eos_token", "word_delimiter_token", "do_lower_case")
         return cls(vocab=vocab, **{k: config[k] for k in fields if isinstance(config.get(k), (str, bool))})
 
