@@ -1,0 +1,126 @@
+"""Kaldi MFCC (torchaudio.compliance.kaldi.mfcc with fairseq's HuBERT options) plus deltas: 39-d at 100 Hz.
+
+fairseq's `dump_mfcc_feature.py` calls kaldi.mfcc(sample_frequency=16000, use_energy=False) on float
+audio in [-1, 1], then stacks torchaudio's compute_deltas twice. The defaults that matter: 25 ms Povey
+windows every 10 ms with snip_edges, DC removal, pre-emphasis 0.97, no dither, 512-point power spectrum,
+23 Kaldi mel bins from 20 Hz to Nyquist, log floored at float32 epsilon, orthonormal DCT to 13
+coefficients, cepstral lifter 22. NumPy, vectorised over all frames of a batch of utterances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class MfccOptions:
+    sample_rate: int = 16000
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    preemphasis: float = 0.97
+    num_mel_bins: int = 23
+    num_ceps: int = 13
+    low_freq: float = 20.0
+    high_freq: float = 0.0  # <= 0: offset from Nyquist, as Kaldi
+    cepstral_lifter: float = 22.0
+    delta_window: int = 2  # compute_deltas(win_length=5)
+
+    @property
+    def window_size(self) -> int:
+        return int(self.sample_rate * self.frame_length_ms / 1000)
+
+    @property
+    def window_shift(self) -> int:
+        return int(self.sample_rate * self.frame_shift_ms / 1000)
+
+    @property
+    def fft_size(self) -> int:
+        return 1 << (self.window_size - 1).bit_length()
+
+
+def num_frames(num_samples: int, opts: MfccOptions = MfccOptions()) -> int:
+    """Kaldi's snip_edges frame count (0 when shorter than one window)."""
+    if num_samples < opts.window_size:
+        return 0
+    return 1 + (num_samples - opts.window_size) // opts.window_shift
+
+
+def _mel(freq):
+    return 1127.0 * np.log(1.0 + np.asarray(freq, np.float64) / 700.0)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_banks(opts: MfccOptions) -> np.ndarray:
+    """(fft_size // 2 + 1, num_mel_bins) triangular Kaldi mel filters (zero weight on the Nyquist bin)."""
+    nyquist = opts.sample_rate / 2
+    high = opts.high_freq if opts.high_freq > 0 else nyquist + opts.high_freq
+    mel_low, mel_high = _mel(opts.low_freq), _mel(high)
+    delta = (mel_high - mel_low) / (opts.num_mel_bins + 1)
+    bins = np.arange(opts.num_mel_bins)[:, None]
+    left, center, right = mel_low + bins * delta, mel_low + (bins + 1) * delta, mel_low + (bins + 2) * delta
+    mel = _mel(np.arange(opts.fft_size // 2) * opts.sample_rate / opts.fft_size)[None, :]
+    weights = np.maximum(0.0, np.minimum((mel - left) / (center - left), (right - mel) / (right - center)))
+    return np.concatenate([weights, np.zeros((opts.num_mel_bins, 1))], axis=1).T
+
+
+@functools.lru_cache(maxsize=8)
+def dct_lifter(opts: MfccOptions) -> np.ndarray:
+    """(num_mel_bins, num_ceps) orthonormal DCT-II with the cepstral lifter folded in."""
+    n = opts.num_mel_bins
+    k = np.arange(opts.num_ceps)[None, :]
+    dct = np.sqrt(2.0 / n) * np.cos(math.pi / n * (np.arange(n)[:, None] + 0.5) * k)
+    dct[:, 0] = math.sqrt(1.0 / n)
+    lifter = 1.0 + 0.5 * opts.cepstral_lifter * np.sin(math.pi * np.arange(opts.num_ceps) / opts.cepstral_lifter)
+    return dct * lifter[None, :]
+
+
+@functools.lru_cache(maxsize=8)
+def povey_window(size: int) -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2 * math.pi * np.arange(size) / (size - 1))) ** 0.85
+
+
+def _frames(waveform: np.ndarray, opts: MfccOptions) -> np.ndarray:
+    n = num_frames(len(waveform), opts)
+    if n == 0:
+        return np.zeros((0, opts.window_size))
+    view = np.lib.stride_tricks.sliding_window_view(waveform, opts.window_size)
+    return view[:: opts.window_shift][:n]
+
+
+def mfcc_batch(waveforms: Sequence[np.ndarray], opts: MfccOptions = MfccOptions()) -> list[np.ndarray]:
+    """13 Kaldi MFCCs per frame for each waveform: a list of (frames, 13) float32 arrays."""
+    frames = [_frames(np.asarray(w, np.float64), opts) for w in waveforms]
+    counts = [len(f) for f in frames]
+    x = np.concatenate(frames) if frames else np.zeros((0, opts.window_size))
+    x = x - x.mean(axis=1, keepdims=True)
+    x = x - opts.preemphasis * np.concatenate([x[:, :1], x[:, :-1]], axis=1)
+    x = x * povey_window(opts.window_size)[None, :]
+    power = np.abs(np.fft.rfft(x, n=opts.fft_size, axis=1)) ** 2
+    mel = np.log(np.maximum(power @ mel_banks(opts), np.finfo(np.float32).eps))
+    ceps = (mel @ dct_lifter(opts)).astype(np.float32)
+    return np.split(ceps, np.cumsum(counts)[:-1]) if counts else []
+
+
+def deltas(features: np.ndarray, window: int = 2) -> np.ndarray:
+    """torchaudio.functional.compute_deltas along time (rows): replicate padding, sum n (c[t+n] - c[t-n])
+    over n = 1..window, divided by 2 * sum n^2."""
+    t = len(features)
+    padded = np.concatenate([np.repeat(features[:1], window, 0), features, np.repeat(features[-1:], window, 0)])
+    out = np.zeros_like(features, dtype=np.float64)
+    for n in range(1, window + 1):
+        out += n * (padded[window + n: window + n + t] - padded[window - n: window - n + t])
+    return (out / (2 * sum(n * n for n in range(1, window + 1)))).astype(features.dtype)
+
+
+def mfcc_with_deltas(waveforms: Sequence[np.ndarray], opts: MfccOptions = MfccOptions()) -> list[np.ndarray]:
+    """fairseq's iteration-1 HuBERT features: [mfcc, delta, delta-delta], (frames, 39) float32 at 100 Hz."""
+    out = []
+    for ceps in mfcc_batch(waveforms, opts):
+        d = deltas(ceps, opts.delta_window)
+        out.append(np.concatenate([ceps, d, deltas(d, opts.delta_window)], axis=1))
+    return out
