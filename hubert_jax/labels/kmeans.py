@@ -1,0 +1,203 @@
+"""Mini-batch k-means in JAX (the HuBERT recipe's MiniBatchKMeans: k-means++ init, mini-batch updates).
+
+Assignments and the per-centroid sums of a batch are one jitted step; give it a mesh and the batch is
+sharded over the mesh's devices, so the sums become an all-reduce and features from thousands of hours
+never need one device (or host). All randomness comes from `seed`: a NumPy Generator for batch order
+and JAX keys for the initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class KMeansConfig:
+    n_clusters: int
+    batch_size: int = 10000
+    max_iter: int = 100  # passes over the data, as scikit-learn counts them
+    n_init: int = 20  # k-means++ trials on the init sample; the lowest inertia wins
+    init_size: int | None = None  # points for the init trials (default 3 * batch_size, like scikit-learn)
+    max_no_improvement: int | None = 100  # stop after this many batches without a better smoothed inertia
+    seed: int = 0
+
+
+def _sq_dists(x, centers):
+    return (jnp.sum(x * x, 1, keepdims=True) - 2.0 * x @ centers.T + jnp.sum(centers * centers, 1)[None, :])
+
+
+def assign(x, centers):
+    """(labels, squared distance to the nearest centre) for each row of x."""
+    d2 = _sq_dists(x, centers)
+    return jnp.argmin(d2, axis=1), jnp.maximum(jnp.min(d2, axis=1), 0.0)
+
+
+def _kmeans_plus_plus(key, x, x_sq, k: int):
+    trials = 2 + int(np.log(k))
+    first_key, key = jax.random.split(key)
+    first = x[jax.random.randint(first_key, (), 0, x.shape[0])]
+    centers = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
+    d2 = jnp.maximum(x_sq - 2.0 * x @ first + jnp.sum(first * first), 0.0)
+
+    def body(i, state):
+        centers, d2 = state
+        # inverse-CDF sampling (as scikit-learn): a few uniforms instead of Gumbel noise for every point
+        cdf = jnp.cumsum(d2)
+        u = jax.random.uniform(jax.random.fold_in(key, i), (trials,)) * cdf[-1]
+        idx = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), x.shape[0] - 1)
+        cand = x[idx]
+        cand_d2 = jnp.maximum(x_sq[:, None] - 2.0 * x @ cand.T + x_sq[idx][None, :], 0.0)
+        cand_d2 = jnp.minimum(d2[:, None], cand_d2)  # (m, trials)
+        best = jnp.argmin(cand_d2.sum(0))
+        return centers.at[i].set(cand[best]), cand_d2[:, best]
+
+    centers, d2 = jax.lax.fori_loop(1, k, body, (centers, d2))
+    return centers, d2.sum()
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def kmeans_plus_plus(keys, x, k: int):
+    """Greedy k-means++ seeding on x (m, d), as scikit-learn does it: at each step 2 + log(k) candidates are
+    drawn with probability proportional to D(x)^2 and the one that lowers the potential most is kept.
+    One run per key, all at once; returns the centres of the run with the lowest inertia on x."""
+    x_sq = jnp.sum(x * x, axis=1)
+    centers, scores = jax.vmap(_kmeans_plus_plus, in_axes=(0, None, None, None))(keys, x, x_sq, k)
+    return centers[jnp.argmin(scores)]
+
+
+@dataclasses.dataclass
+class _State:
+    centers: jax.Array
+    counts: jax.Array
+    smoothed: jax.Array  # exponentially smoothed per-sample batch inertia (scikit-learn's early stop)
+    best: jax.Array
+    stale: jax.Array  # batches since `best` last improved
+    stopped: jax.Array
+
+
+jax.tree_util.register_dataclass(_State, data_fields=[f.name for f in dataclasses.fields(_State)], meta_fields=[])
+
+
+@functools.partial(jax.jit, static_argnames=("max_no_improvement",), donate_argnums=(0,))
+def minibatch_step(state: _State, batch, weights, alpha, max_no_improvement: int | None):
+    """One scikit-learn-style mini-batch update; rows with weight 0 are padding.
+
+    Each centre moves to the running mean of every point ever assigned to it,
+    c <- (c * n + sum_batch) / (n + n_batch). Once the smoothed inertia has not improved for
+    `max_no_improvement` batches the state freezes, so the host need not check after every step."""
+    labels, d2 = assign(batch, state.centers)
+    k = state.centers.shape[0]
+    sums = jax.ops.segment_sum(batch * weights[:, None], labels, num_segments=k)
+    n = jax.ops.segment_sum(weights, labels, num_segments=k)
+    new_counts = state.counts + n
+    moved = (state.centers * state.counts[:, None] + sums) / jnp.maximum(new_counts, 1.0)[:, None]
+    centers = jnp.where((n > 0)[:, None], moved, state.centers)
+    value = jnp.sum(d2 * weights) / jnp.sum(weights)
+    smoothed = jnp.where(jnp.isinf(state.smoothed), value, state.smoothed * (1 - alpha) + value * alpha)
+    improved = smoothed < state.best
+    stale = jnp.where(improved, 0, state.stale + 1)
+    stopped = state.stopped | (False if max_no_improvement is None else stale >= max_no_improvement)
+    keep = state.stopped  # a stopped run changes nothing any more
+    return _State(jnp.where(keep, state.centers, centers), jnp.where(keep, state.counts, new_counts),
+                  jnp.where(keep, state.smoothed, smoothed), jnp.where(keep, state.best, jnp.minimum(smoothed, state.best)),
+                  jnp.where(keep, state.stale, stale), stopped)
+
+
+def _batch_sharding(mesh):
+    if mesh is None:
+        return None
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+
+
+def _put(array, sharding, multiple: int):
+    """Pad rows to a multiple of the device count (weight 0) and place the batch on the mesh."""
+    n = len(array)
+    pad = (-n) % multiple
+    weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    if pad:
+        array = np.concatenate([array, np.zeros((pad, array.shape[1]), array.dtype)])
+    if sharding is None:
+        return jnp.asarray(array), jnp.asarray(weights)
+    return jax.device_put(array, sharding), jax.device_put(weights, sharding)
+
+
+def inertia(features: np.ndarray, centers, *, chunk: int = 65536, mesh=None) -> float:
+    """Sum of squared distances to the nearest centre, computed in chunks."""
+    total = 0.0
+    sharding = _batch_sharding(mesh)
+    devices = mesh.size if mesh is not None else 1
+    for start in range(0, len(features), chunk):
+        x, w = _put(np.asarray(features[start: start + chunk], np.float32), sharding, devices)
+        total += float(jnp.sum(assign(x, centers)[1] * w))
+    return total
+
+
+def predict(features: np.ndarray, centers, *, chunk: int = 65536) -> np.ndarray:
+    """Nearest-centre label for every row, in chunks."""
+    out = [np.asarray(assign(jnp.asarray(features[s: s + chunk], jnp.float32), jnp.asarray(centers))[0])
+           for s in range(0, len(features), chunk)]
+    return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+
+def fit(features: np.ndarray, config: KMeansConfig, *, mesh=None, verbose: bool = False) -> np.ndarray:
+    """Mini-batch k-means on (N, d) features; returns (n_clusters, d) float32 centroids."""
+    features = np.asarray(features, np.float32)
+    n = len(features)
+    if n < config.n_clusters:
+        raise ValueError(f"{n} feature rows for {config.n_clusters} clusters: need at least as many rows")
+    rng = np.random.default_rng(config.seed)
+    key = jax.random.key(config.seed)
+    sharding = _batch_sharding(mesh)
+    devices = mesh.size if mesh is not None else 1
+
+    init_size = min(n, config.init_size or 3 * config.batch_size)
+    init_sample = features[rng.choice(n, init_size, replace=False)] if init_size < n else features
+    keys = jax.random.split(key, config.n_init)
+    best = kmeans_plus_plus(keys, jnp.asarray(init_sample), config.n_clusters)
+    state = _State(best, jnp.zeros((config.n_clusters,), jnp.float32), jnp.asarray(jnp.inf),
+                   jnp.asarray(jnp.inf), jnp.asarray(0), jnp.asarray(False))
+    if sharding is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+
+    batch_size = min(config.batch_size, n)
+    steps = max(1, config.max_iter * n // batch_size)
+    alpha = jnp.float32(min(1.0, batch_size * 2.0 / (n + 1)))
+    order, cursor = rng.permutation(n), 0
+    for step in range(steps):
+        if cursor + batch_size > n:
+            order, cursor = rng.permutation(n), 0
+        idx = np.sort(order[cursor: cursor + batch_size])
+        cursor += batch_size
+        batch, weights = _put(features[idx], sharding, devices)
+        state = minibatch_step(state, batch, weights, alpha, config.max_no_improvement)
+        if step % 50 == 49 and bool(state.stopped):  # a sync every 50 batches, not every batch
+            if verbose:
+                print(f"k-means: converged within {step + 1} batches")
+            break
+    return np.asarray(state.centers, np.float32)
+
+
+def save_centroids(path: str, centers: np.ndarray) -> None:
+    tmp = f"{path}.tmp.npy"
+    np.save(tmp, np.asarray(centers, np.float32))
+    os.replace(tmp, path)  # never a half-written file under the real name
+
+
+def load_centroids(path: str) -> np.ndarray:
+    try:
+        centers = np.load(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a centroid file saved by hubert-jax ({e})") from e
+    if centers.ndim != 2:
+        raise ValueError(f"{path}: expected (clusters, dims) centroids, got shape {centers.shape}")
+    return centers
