@@ -1,0 +1,137 @@
+"""fairseq-style manifests, audio reading and per-utterance label files, with errors that name the file
+and line.
+
+A manifest (`.tsv`) has a root directory on its first line, then `relative/path<TAB>num_samples` per
+utterance. A relative root is taken relative to the manifest's own directory. Label files (`.km`, `.phn`,
+`.ltr`, ...) hold one line per utterance, in manifest order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    path: str  # absolute path of the audio file
+    num_samples: int
+    line: int  # line number in the manifest (1-based), for error messages
+
+
+def read_manifest(path: str) -> list[Entry]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read the manifest ({e})") from e
+    if not lines:
+        raise ValueError(f"{path}: empty manifest (expected a root line, then path<TAB>num_samples lines)")
+    root = lines[0].strip()
+    if not os.path.isabs(root):
+        root = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), root))
+    entries = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[1].strip().isdigit():
+            raise ValueError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', got {line!r}")
+        entries.append(Entry(os.path.join(root, parts[0]), int(parts[1]), number))
+    return entries
+
+
+def check_files_exist(manifest: str, entries: list[Entry]) -> None:
+    missing = [e for e in entries if not os.path.isfile(e.path)]
+    if missing:
+        listed = ", ".join(f"line {e.line}: {e.path}" for e in missing[:10])
+        raise FileNotFoundError(f"{manifest}: {len(missing)} audio file(s) missing ({listed}"
+                                f"{' ...' if len(missing) > 10 else ''})")
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used (unreadable, empty, NaN, too short)."""
+
+
+def read_audio(path: str, *, min_samples: int = 400) -> np.ndarray:
+    """Mono float32 at 16 kHz: stereo is averaged, other rates resampled (polyphase, scipy)."""
+    import soundfile as sf
+
+    try:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(f"{path}: unreadable audio ({type(e).__name__}: {e})") from e
+    audio = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(rate, SAMPLE_RATE)
+        audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
+    if audio.size == 0:
+        raise AudioError(f"{path}: empty audio")
+    if not np.all(np.isfinite(audio)):
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    if audio.size < min_samples:
+        raise AudioError(f"{path}: {audio.size} samples, fewer than the {min_samples} one frame needs")
+    return audio
+
+
+def iter_audio(entries: list[Entry], *, strict: bool = False, min_samples: int = 400):
+    """(entry, audio) for every usable file. Unusable ones are logged by path and skipped (counted in
+    the returned `skipped` list), or raise with strict=True."""
+    skipped: list[str] = []
+
+    def generate():
+        for entry in entries:
+            try:
+                yield entry, read_audio(entry.path, min_samples=min_samples)
+            except AudioError as e:
+                if strict:
+                    raise
+                logger.warning("skipping %s", e)
+                skipped.append(str(e))
+
+    return generate(), skipped
+
+
+def read_label_lines(path: str, expected_lines: int) -> list[list[str]]:
+    """Tokens per utterance; the line count must equal the manifest's utterance count."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if len(lines) != expected_lines:
+        raise ValueError(f"{path}: {len(lines)} lines, but the manifest has {expected_lines} utterances")
+    return [line.split() for line in lines]
+
+
+def read_int_labels(path: str, expected_frames: list[int], *, tolerance: int = 0) -> list[np.ndarray]:
+    """Integer frame labels (.km, .phn), checked line by line against the expected frame counts."""
+    rows = read_label_lines(path, len(expected_frames))
+    out = []
+    for number, (tokens, frames) in enumerate(zip(rows, expected_frames), start=1):
+        try:
+            labels = np.asarray([int(t) for t in tokens], np.int64)
+        except ValueError:
+            raise ValueError(f"{path}:{number}: expected integers, got {' '.join(tokens[:5])!r}...") from None
+        if abs(len(labels) - frames) > tolerance:
+            raise ValueError(f"{path}:{number}: {len(labels)} labels, expected {frames} frames"
+                             f"{f' (+-{tolerance})' if tolerance else ''}: is the label rate right?")
+        out.append(labels[:frames] if len(labels) > frames else np.pad(labels, (0, frames - len(labels)), mode="edge"))
+    return out
+
+
+def write_int_labels(path: str, labels: list[np.ndarray]) -> None:
+    """One line of space-separated ints per utterance (fairseq .km), written atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in labels:
+            f.write(" ".join(map(str, np.asarray(row).tolist())) + "\n")
+    os.replace(tmp, path)

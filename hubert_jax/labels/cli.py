@@ -1,0 +1,157 @@
+"""Unit-label stages of the HuBERT recipe, one subcommand each:
+
+    python -m hubert_jax.labels mfcc    --manifest data/demo/train.tsv --out work/mfcc/train
+    python -m hubert_jax.labels kmeans  --feats work/mfcc/train --clusters 100 --out work/km100.npy
+    python -m hubert_jax.labels label   --feats work/mfcc/train --centroids work/km100.npy --out work/train.km
+    python -m hubert_jax.labels quality --km work/train.km --phones data/demo/train.phn --manifest data/demo/train.tsv
+
+Features are stored like fairseq's dumps: `{out}.npy` (all frames, float32) and `{out}.len` (frames per
+utterance, in manifest order; 0 for an unusable file that was skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from hubert_jax.data.manifest import (check_files_exist, iter_audio, read_int_labels, read_manifest,
+                                      write_int_labels)
+from hubert_jax.labels.mfcc import mfcc_with_deltas, num_frames
+
+
+def _save_features(out: str, features: list[np.ndarray]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    dims = next((f.shape[1] for f in features if f.size), 0)
+    stacked = np.concatenate([f.reshape(-1, dims) for f in features]) if features else np.zeros((0, 0))
+    np.save(f"{out}.tmp.npy", stacked.astype(np.float32))
+    with open(f"{out}.len.tmp", "w") as f:
+        f.writelines(f"{len(x)}\n" for x in features)
+    os.replace(f"{out}.tmp.npy", f"{out}.npy")
+    os.replace(f"{out}.len.tmp", f"{out}.len")
+
+
+def load_features(prefix: str) -> tuple[np.ndarray, list[int]]:
+    for suffix in (".npy", ".len"):
+        if not os.path.exists(prefix + suffix):
+            raise FileNotFoundError(f"{prefix}{suffix} not found (write it with `mfcc` or `dump` first)")
+    feats = np.load(prefix + ".npy", mmap_mode="r")
+    with open(prefix + ".len") as f:
+        lengths = [int(line) for line in f]
+    if sum(lengths) != len(feats):
+        raise ValueError(f"{prefix}.len sums to {sum(lengths)} frames but {prefix}.npy has {len(feats)}")
+    return feats, lengths
+
+
+def cmd_mfcc(args) -> None:
+    entries = read_manifest(args.manifest)
+    check_files_exist(args.manifest, entries)
+    stream, skipped = iter_audio(entries, strict=args.strict)
+    features, batch, seconds, start = [], [], 0.0, time.perf_counter()
+    done = {e.path: None for e in entries}
+    for entry, audio in stream:
+        batch.append((entry, audio))
+        seconds += len(audio) / 16000
+        if len(batch) == args.batch:
+            for (e, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
+                done[e.path] = f
+            batch = []
+    for (e, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
+        done[e.path] = f
+    elapsed = time.perf_counter() - start
+    features = [done[e.path] if done[e.path] is not None else np.zeros((0, 39), np.float32) for e in entries]
+    _save_features(args.out, features)
+    print(f"{args.out}.npy: {sum(len(f) for f in features)} frames of 39-d MFCC from {len(entries) - len(skipped)} "
+          f"files ({len(skipped)} skipped); {seconds:.0f} s of audio in {elapsed:.1f} s = "
+          f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")
+
+
+def cmd_kmeans(args) -> None:
+    from hubert_jax.labels.kmeans import KMeansConfig, fit, inertia, save_centroids
+
+    feats, _ = load_features(args.feats)
+    rng = np.random.default_rng(args.seed)
+    take = max(args.clusters, int(len(feats) * args.percent)) if args.percent < 1 else len(feats)
+    sample = np.asarray(feats[np.sort(rng.choice(len(feats), take, replace=False))] if take < len(feats) else feats)
+    config = KMeansConfig(args.clusters, batch_size=args.batch_size, max_iter=args.max_iter, n_init=args.n_init,
+                          seed=args.seed)
+    start = time.perf_counter()
+    centers = fit(sample, config)
+    save_centroids(args.out, centers)
+    print(f"{args.out}: {args.clusters} centroids from {len(sample)} frames in {time.perf_counter() - start:.1f} s; "
+          f"inertia per frame {inertia(sample, centers) / len(sample):.4g}")
+
+
+def cmd_label(args) -> None:
+    from hubert_jax.labels.kmeans import load_centroids, predict
+
+    feats, lengths = load_features(args.feats)
+    centers = load_centroids(args.centroids)
+    if centers.shape[1] != feats.shape[1]:
+        raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
+                         f"in {args.feats}.npy")
+    labels = predict(np.asarray(feats), centers)
+    bounds = np.cumsum([0] + lengths)
+    write_int_labels(args.out, [labels[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
+
+
+def cmd_quality(args) -> None:
+    from hubert_jax.labels.quality import joint_counts, label_quality
+
+    entries = read_manifest(args.manifest)
+    frames = [num_frames(e.num_samples) for e in entries]
+    phones = read_int_labels(args.phones, frames)
+    ratio = 100 // args.label_rate
+    km_frames = [(-(-f // ratio)) for f in frames] if ratio > 1 else frames
+    # model features at 50 Hz may differ from MFCC frame counts by a frame or two (conv padding)
+    clusters = read_int_labels(args.km, km_frames, tolerance=2 if ratio > 1 else 0)
+    if ratio > 1:
+        clusters = [np.repeat(c, ratio)[: len(p)] for c, p in zip(clusters, phones)]
+        clusters = [np.pad(c, (0, len(p) - len(c)), mode="edge") for c, p in zip(clusters, phones)]
+    q = label_quality(joint_counts(phones, clusters))
+    print(f"{args.km}: phone purity {q.phone_purity:.3f}  cluster purity {q.cluster_purity:.3f}  "
+          f"PNMI {q.pnmi:.3f}  ({q.frames} frames)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hubert_jax.labels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("mfcc", help="39-d Kaldi MFCC + deltas for every utterance of a manifest")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="output prefix: {out}.npy and {out}.len")
+    p.add_argument("--batch", type=int, default=32, help="utterances per vectorised batch")
+    p.add_argument("--strict", action="store_true", help="stop at the first unusable audio file")
+    p.set_defaults(func=cmd_mfcc)
+    p = sub.add_parser("kmeans", help="fit mini-batch k-means on (a sample of) dumped features")
+    p.add_argument("--feats", required=True)
+    p.add_argument("--clusters", type=int, required=True)
+    p.add_argument("--out", required=True, help="centroids .npy")
+    p.add_argument("--percent", type=float, default=1.0, help="fraction of frames to fit on (recipe: 0.1)")
+    p.add_argument("--batch-size", type=int, default=10000)
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--n-init", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_kmeans)
+    p = sub.add_parser("label", help="write a fairseq .km file: nearest centroid per frame")
+    p.add_argument("--feats", required=True)
+    p.add_argument("--centroids", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_label)
+    p = sub.add_parser("quality", help="phone purity, cluster purity and PNMI of a .km file")
+    p.add_argument("--km", required=True)
+    p.add_argument("--phones", required=True, help="frame-level phone ids at 100 Hz (the corpus' .phn)")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--label-rate", type=int, default=100, choices=(100, 50))
+    p.set_defaults(func=cmd_quality)
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

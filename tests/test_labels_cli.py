@@ -1,0 +1,85 @@
+"""The label stages end to end on the shipped corpus, and their errors for bad input."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from hubert_jax.data.manifest import read_int_labels, read_manifest
+from hubert_jax.labels.cli import load_features, main
+
+DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo")
+
+
+def test_mfcc_kmeans_label_quality_on_the_demo_corpus(tmp_path, capsys):
+    manifest = os.path.join(DEMO, "valid.tsv")
+    assert main(["mfcc", "--manifest", manifest, "--out", str(tmp_path / "valid")]) == 0
+    feats, lengths = load_features(str(tmp_path / "valid"))
+    assert feats.shape[1] == 39 and len(lengths) == len(read_manifest(manifest))
+    assert main(["kmeans", "--feats", str(tmp_path / "valid"), "--clusters", "20", "--out", str(tmp_path / "c.npy"),
+                 "--batch-size", "2000", "--max-iter", "10", "--n-init", "3"]) == 0
+    assert main(["label", "--feats", str(tmp_path / "valid"), "--centroids", str(tmp_path / "c.npy"),
+                 "--out", str(tmp_path / "valid.km")]) == 0
+    km = read_int_labels(str(tmp_path / "valid.km"), lengths)
+    assert all(k.max() < 20 for k in km)
+    capsys.readouterr()
+    assert main(["quality", "--km", str(tmp_path / "valid.km"), "--phones", os.path.join(DEMO, "valid.phn"),
+                 "--manifest", manifest]) == 0
+    pnmi = float(capsys.readouterr().out.split("PNMI")[1].split()[0])
+    assert pnmi > 0.3  # chance is ~0; 20 MFCC clusters on the demo corpus measured 0.4-0.5
+
+
+def _copy_manifest(tmp_path, lines):
+    src = read_manifest(os.path.join(DEMO, "valid.tsv"))[:3]
+    for e in src:
+        shutil.copy(e.path, tmp_path / os.path.basename(e.path))
+    rows = [f"{os.path.basename(e.path)}\t{e.num_samples}" for e in src]
+    (tmp_path / "m.tsv").write_text("\n".join(["."] + rows + lines) + "\n")
+    return src
+
+
+def test_missing_audio_is_named_with_its_line(tmp_path):
+    _copy_manifest(tmp_path, ["gone.flac\t16000"])
+    with pytest.raises(FileNotFoundError, match=r"m.tsv: 1 audio file\(s\) missing \(line 5: .*gone.flac"):
+        main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "f")])
+
+
+def test_bad_manifest_line(tmp_path):
+    (tmp_path / "m.tsv").write_text(".\na.flac 123\n")
+    with pytest.raises(ValueError, match=r"m.tsv:2: expected 'relative/path<TAB>num_samples'"):
+        read_manifest(str(tmp_path / "m.tsv"))
+
+
+def test_unusable_audio_is_skipped_with_a_count_or_stops_with_strict(tmp_path, capsys):
+    import soundfile as sf
+
+    _copy_manifest(tmp_path, ["short.flac\t100", "broken.flac\t16000", "nan.wav\t16000"])
+    sf.write(tmp_path / "short.flac", np.zeros(100, np.float32), 16000)
+    (tmp_path / "broken.flac").write_bytes(b"not audio")
+    sf.write(tmp_path / "nan.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    assert main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "f")]) == 0
+    assert "from 3 files (3 skipped)" in capsys.readouterr().out
+    _, lengths = load_features(str(tmp_path / "f"))
+    assert lengths[3:] == [0, 0, 0] and all(n > 0 for n in lengths[:3])  # manifest order kept
+    with pytest.raises(ValueError, match="short.flac: 100 samples"):
+        main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "g"), "--strict"])
+
+
+def test_label_files_checked_against_the_manifest(tmp_path):
+    manifest = os.path.join(DEMO, "valid.tsv")
+    lines = open(os.path.join(DEMO, "valid.phn")).read().splitlines()
+    (tmp_path / "short.km").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match=r"short.km: 26 lines, but the manifest has 27 utterances"):
+        main(["quality", "--km", str(tmp_path / "short.km"), "--phones", os.path.join(DEMO, "valid.phn"),
+              "--manifest", manifest])
+    bad = list(lines)
+    bad[4] = " ".join(bad[4].split()[:-7])
+    (tmp_path / "frames.km").write_text("\n".join(bad) + "\n")
+    with pytest.raises(ValueError, match=r"frames.km:5: .* labels, expected .* frames: is the label rate right"):
+        main(["quality", "--km", str(tmp_path / "frames.km"), "--phones", os.path.join(DEMO, "valid.phn"),
+              "--manifest", manifest])
+    # 100 Hz labels declared as 50 Hz: every line has twice the frames expected
+    with pytest.raises(ValueError, match=r"valid.phn:1: .* is the label rate right"):
+        main(["quality", "--km", os.path.join(DEMO, "valid.phn"), "--phones", os.path.join(DEMO, "valid.phn"),
+              "--manifest", manifest, "--label-rate", "50"])
