@@ -3,6 +3,8 @@
     python -m hubert_jax.labels mfcc    --manifest data/demo/train.tsv --out work/mfcc/train
     python -m hubert_jax.labels kmeans  --feats work/mfcc/train --clusters 100 --out work/km100.npy
     python -m hubert_jax.labels label   --feats work/mfcc/train --centroids work/km100.npy --out work/train.km
+    python -m hubert_jax.labels dump    --manifest data/demo/train.tsv --preset hubert-base --layer 6 \
+                                        --out work/l6/train --rank 0 --world 1
     python -m hubert_jax.labels quality --km work/train.km --phones data/demo/train.phn --manifest data/demo/train.tsv
 
 Features are stored like fairseq's dumps: `{out}.npy` (all frames, float32) and `{out}.len` (frames per
@@ -34,7 +36,11 @@ def _save_features(out: str, features: list[np.ndarray]) -> None:
     os.replace(f"{out}.len.tmp", f"{out}.len")
 
 
-def load_features(prefix: str) -> tuple[np.ndarray, list[int]]:
+def load_features(prefix: str, nshard: int = 0) -> tuple[np.ndarray, list[int]]:
+    """`{prefix}.npy/.len`, or with nshard > 0 the dump shards `{prefix}_{rank}_{nshard}` in rank order."""
+    if nshard > 0:
+        parts = [load_features(f"{prefix}_{rank}_{nshard}") for rank in range(nshard)]
+        return np.concatenate([p[0] for p in parts]), [n for p in parts for n in p[1]]
     for suffix in (".npy", ".len"):
         if not os.path.exists(prefix + suffix):
             raise FileNotFoundError(f"{prefix}{suffix} not found (write it with `mfcc` or `dump` first)")
@@ -72,7 +78,7 @@ def cmd_mfcc(args) -> None:
 def cmd_kmeans(args) -> None:
     from hubert_jax.labels.kmeans import KMeansConfig, fit, inertia, save_centroids
 
-    feats, _ = load_features(args.feats)
+    feats, _ = load_features(args.feats, args.nshard)
     rng = np.random.default_rng(args.seed)
     take = max(args.clusters, int(len(feats) * args.percent)) if args.percent < 1 else len(feats)
     sample = np.asarray(feats[np.sort(rng.choice(len(feats), take, replace=False))] if take < len(feats) else feats)
@@ -88,7 +94,7 @@ def cmd_kmeans(args) -> None:
 def cmd_label(args) -> None:
     from hubert_jax.labels.kmeans import load_centroids, predict
 
-    feats, lengths = load_features(args.feats)
+    feats, lengths = load_features(args.feats, args.nshard)
     centers = load_centroids(args.centroids)
     if centers.shape[1] != feats.shape[1]:
         raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
@@ -97,6 +103,38 @@ def cmd_label(args) -> None:
     bounds = np.cumsum([0] + lengths)
     write_int_labels(args.out, [labels[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
     print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
+
+
+def cmd_dump(args) -> None:
+    import jax
+
+    from hubert_jax.config import preset
+    from hubert_jax.labels.dump import dump_features
+    from hubert_jax.models import BASE_MODELS
+    from hubert_jax.pretrained import FlaxAutoModel
+
+    if (args.model is None) == (args.preset is None):
+        raise SystemExit("dump: give exactly one of --model DIR (trained) or --preset NAME (random weights)")
+    if args.model is not None:
+        model = FlaxAutoModel.from_pretrained(args.model)
+    else:
+        from flax import nnx
+
+        config = preset(args.preset)
+        model = BASE_MODELS[config.model_type](config, rngs=nnx.Rngs(args.seed))
+    entries = read_manifest(args.manifest)
+    check_files_exist(args.manifest, entries)
+    rank = jax.process_index() if args.rank is None else args.rank
+    world = jax.process_count() if args.world is None else args.world
+    prefix = f"{args.out}_{rank}_{world}"
+    start = time.perf_counter()
+    stats = dump_features(model, entries, prefix, layer=args.layer, rank=rank, world=world,
+                          chunk_size=args.chunk_size, bucket=args.bucket, strict=args.strict)
+    elapsed = time.perf_counter() - start
+    print(f"{prefix}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
+          f"{stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "
+          f"{stats['audio_seconds']:.0f} s of audio in {elapsed:.1f} s = "
+          f"{stats['audio_seconds'] / max(elapsed, 1e-9):.1f} audio seconds per second")
 
 
 def cmd_quality(args) -> None:
@@ -127,8 +165,22 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32, help="utterances per vectorised batch")
     p.add_argument("--strict", action="store_true", help="stop at the first unusable audio file")
     p.set_defaults(func=cmd_mfcc)
+    p = sub.add_parser("dump", help="layer-L features of a hubert-jax model, sharded by rank/world, resumable")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="prefix; writes {out}_{rank}_{world}.npy/.len")
+    p.add_argument("--layer", type=int, required=True, help="hidden_states index (fairseq output_layer)")
+    p.add_argument("--model", help="a hubert-jax or transformers model directory")
+    p.add_argument("--preset", help="a random-weight preset instead of --model (e.g. hubert-base)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", type=int, help="this shard (default: jax.process_index())")
+    p.add_argument("--world", type=int, help="number of shards (default: jax.process_count())")
+    p.add_argument("--chunk-size", type=int, default=64, help="utterances per resumable chunk")
+    p.add_argument("--bucket", type=int, default=16000, help="pad to a multiple of this many samples (0: exact)")
+    p.add_argument("--strict", action="store_true")
+    p.set_defaults(func=cmd_dump)
     p = sub.add_parser("kmeans", help="fit mini-batch k-means on (a sample of) dumped features")
     p.add_argument("--feats", required=True)
+    p.add_argument("--nshard", type=int, default=0, help="read the dump shards {feats}_{rank}_{nshard}")
     p.add_argument("--clusters", type=int, required=True)
     p.add_argument("--out", required=True, help="centroids .npy")
     p.add_argument("--percent", type=float, default=1.0, help="fraction of frames to fit on (recipe: 0.1)")
@@ -139,6 +191,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_kmeans)
     p = sub.add_parser("label", help="write a fairseq .km file: nearest centroid per frame")
     p.add_argument("--feats", required=True)
+    p.add_argument("--nshard", type=int, default=0, help="read the dump shards {feats}_{rank}_{nshard}")
     p.add_argument("--centroids", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_label)

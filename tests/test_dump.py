@@ -1,0 +1,82 @@
+"""Layer-feature dumping: exact features, host sharding in manifest order, resumption after a crash."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import hubert_jax
+from hubert_jax.data.manifest import read_audio, read_manifest
+from hubert_jax.labels import dump as dump_module
+from hubert_jax.labels.cli import load_features
+from hubert_jax.labels.dump import dump_features, shard_range
+from tests.reference import TINY
+
+DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = hubert_jax.HubertModel(hubert_jax.HubertConfig.from_dict(TINY), rngs=nnx.Rngs(0))
+    return model, read_manifest(os.path.join(DEMO, "valid.tsv"))[:7]
+
+
+def test_exact_features_match_the_model(tmp_path, setup):
+    model, entries = setup
+    dump_features(model, entries, str(tmp_path / "f"), layer=2, chunk_size=3, bucket=0)
+    feats, lengths = load_features(str(tmp_path / "f"))
+    bounds = np.cumsum([0] + lengths)
+    for i, entry in enumerate(entries[:3]):
+        audio = read_audio(entry.path)
+        ref = model(jnp.asarray(audio)[None], output_hidden_states=True).hidden_states[2][0]
+        np.testing.assert_allclose(feats[bounds[i]: bounds[i + 1]], np.asarray(ref), atol=1e-5)
+    assert not [p for p in os.listdir(tmp_path) if ".chunk" in p]  # chunks merged and removed
+
+
+def test_bucketed_shapes_stay_close_and_shards_keep_manifest_order(tmp_path, setup):
+    model, entries = setup
+    dump_features(model, entries, str(tmp_path / "all"), layer=1, chunk_size=2)
+    for rank in range(3):
+        dump_features(model, entries, str(tmp_path / f"part_{rank}_3"), layer=1, rank=rank, world=3, chunk_size=2)
+    whole, lengths = load_features(str(tmp_path / "all"))
+    parts, part_lengths = load_features(str(tmp_path / "part"), nshard=3)
+    np.testing.assert_array_equal(parts, whole)
+    assert part_lengths == lengths
+    exact_dir = tmp_path / "exact"
+    dump_features(model, entries, str(exact_dir), layer=1, bucket=0)
+    exact, _ = load_features(str(exact_dir))
+    # padding changes the group-norm statistics a little; the features stay close
+    assert np.abs(exact - whole).mean() < 0.05 * np.abs(exact).mean()
+    assert shard_range(7, 3, 0) == (0, 2) and shard_range(7, 3, 2) == (5, 7)
+
+
+def test_an_interrupted_dump_resumes_and_gives_the_same_result(tmp_path, setup, monkeypatch):
+    model, entries = setup
+    dump_features(model, entries, str(tmp_path / "ref"), layer=1, chunk_size=2)
+    real = dump_module._layer_features
+    calls = {"n": 0}
+
+    def crash_on_fifth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("preempted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dump_module, "_layer_features", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        dump_features(model, entries, str(tmp_path / "run"), layer=1, chunk_size=2)
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("run.chunk")) == [
+        "run.chunk00000.len", "run.chunk00000.npy", "run.chunk00001.len", "run.chunk00001.npy"]
+    monkeypatch.setattr(dump_module, "_layer_features", real)
+    stats = dump_features(model, entries, str(tmp_path / "run"), layer=1, chunk_size=2)
+    assert stats["computed"] == 2 and stats["chunks"] == 4  # two chunks were reused
+    np.testing.assert_array_equal(load_features(str(tmp_path / "run"))[0], load_features(str(tmp_path / "ref"))[0])
+    assert dump_features(model, entries, str(tmp_path / "run"), layer=1, chunk_size=2)["computed"] == 0
+
+
+def test_layer_out_of_range(tmp_path, setup):
+    model, entries = setup
+    with pytest.raises(ValueError, match="layer 9: the model has hidden states 0..3"):
+        dump_features(model, entries, str(tmp_path / "x"), layer=9)
