@@ -18,7 +18,7 @@ def test_mfcc_kmeans_label_quality_on_the_demo_corpus(tmp_path, capsys):
     feats, lengths = load_features(str(tmp_path / "valid"))
     assert feats.shape[1] == 39 and len(lengths) == len(read_manifest(manifest))
     assert main(["kmeans", "--feats", str(tmp_path / "valid"), "--clusters", "20", "--out", str(tmp_path / "c.npy"),
-                 "--batch-size", "2000", "--max-iter", "10", "--n-init", "3"]) == 0
+                 "--batch-size", "2000", "--max-iter", "10", "--n-init", "3", "--data-parallel"]) == 0
     assert main(["label", "--feats", str(tmp_path / "valid"), "--centroids", str(tmp_path / "c.npy"),
                  "--out", str(tmp_path / "valid.km")]) == 0
     km = read_int_labels(str(tmp_path / "valid.km"), lengths)

@@ -84,8 +84,13 @@ def cmd_kmeans(args) -> None:
     sample = np.asarray(feats[np.sort(rng.choice(len(feats), take, replace=False))] if take < len(feats) else feats)
     config = KMeansConfig(args.clusters, batch_size=args.batch_size, max_iter=args.max_iter, n_init=args.n_init,
                           seed=args.seed)
+    mesh = None
+    if args.data_parallel:
+        from hubert_jax.sharding import make_mesh
+
+        mesh = make_mesh({"data": -1})
     start = time.perf_counter()
-    centers = fit(sample, config)
+    centers = fit(sample, config, mesh=mesh)
     save_centroids(args.out, centers)
     print(f"{args.out}: {args.clusters} centroids from {len(sample)} frames in {time.perf_counter() - start:.1f} s; "
           f"inertia per frame {inertia(sample, centers) / len(sample):.4g}")
@@ -187,6 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=10000)
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--n-init", type=int, default=20)
+    p.add_argument("--data-parallel", action="store_true", help="shard every batch over all devices")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_kmeans)
     p = sub.add_parser("label", help="write a fairseq .km file: nearest centroid per frame")
