@@ -57,18 +57,18 @@ def cmd_mfcc(args) -> None:
     check_files_exist(args.manifest, entries)
     stream, skipped = iter_audio(entries, strict=args.strict)
     features, batch, seconds, start = [], [], 0.0, time.perf_counter()
-    done = {e.path: None for e in entries}
+    done = {e.line: None for e in entries}  # keyed by manifest line: a file may be listed twice
     for entry, audio in stream:
         batch.append((entry, audio))
         seconds += len(audio) / 16000
         if len(batch) == args.batch:
             for (e, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
-                done[e.path] = f
+                done[e.line] = f
             batch = []
     for (e, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
-        done[e.path] = f
+        done[e.line] = f
     elapsed = time.perf_counter() - start
-    features = [done[e.path] if done[e.path] is not None else np.zeros((0, 39), np.float32) for e in entries]
+    features = [done[e.line] if done[e.line] is not None else np.zeros((0, 39), np.float32) for e in entries]
     _save_features(args.out, features)
     print(f"{args.out}.npy: {sum(len(f) for f in features)} frames of 39-d MFCC from {len(entries) - len(skipped)} "
           f"files ({len(skipped)} skipped); {seconds:.0f} s of audio in {elapsed:.1f} s = "

@@ -72,13 +72,13 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
         if os.path.exists(path + ".npy") and os.path.exists(path + ".len"):
             continue  # done before an interruption
         stream, skipped = iter_audio(chunk, strict=strict)
-        by_path = {}
+        by_line = {}  # keyed by manifest line: a file may be listed twice
         for entry, audio in stream:
-            by_path[entry.path] = _layer_features(model, layer, audio, bucket)
+            by_line[entry.line] = _layer_features(model, layer, audio, bucket)
             seconds += len(audio) / 16000
         skipped_files += skipped
         dims = model.config.hidden_size
-        feats = [by_path.get(e.path, np.zeros((0, dims), np.float32)) for e in chunk]
+        feats = [by_line.get(e.line, np.zeros((0, dims), np.float32)) for e in chunk]
         np.save(path + ".tmp.npy", np.concatenate(feats) if feats else np.zeros((0, dims), np.float32))
         with open(path + ".len.tmp", "w") as f:
             f.writelines(f"{len(x)}\n" for x in feats)
