@@ -10,7 +10,7 @@ from flax import nnx
 import hubert_jax
 from hubert_jax.data.manifest import read_audio, read_manifest
 from hubert_jax.labels import dump as dump_module
-from hubert_jax.labels.cli import load_features
+from hubert_jax.labels.features import load_features
 from hubert_jax.labels.dump import dump_features, shard_range
 from tests.reference import TINY
 

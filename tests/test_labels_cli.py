@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from hubert_jax.data.manifest import read_int_labels, read_manifest
-from hubert_jax.labels.cli import load_features, main
+from hubert_jax.labels.cli import main
+from hubert_jax.labels.features import load_features
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo")
 

@@ -14,7 +14,6 @@ utterance, in manifest order; 0 for an unusable file that was skipped).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -22,34 +21,8 @@ import numpy as np
 
 from hubert_jax.data.manifest import (check_files_exist, iter_audio, read_int_labels, read_manifest,
                                       write_int_labels)
+from hubert_jax.labels.features import load_features, save_features, split_utterances
 from hubert_jax.labels.mfcc import mfcc_with_deltas, num_frames
-
-
-def _save_features(out: str, features: list[np.ndarray]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    dims = next((f.shape[1] for f in features if f.size), 0)
-    stacked = np.concatenate([f.reshape(-1, dims) for f in features]) if features else np.zeros((0, 0))
-    np.save(f"{out}.tmp.npy", stacked.astype(np.float32))
-    with open(f"{out}.len.tmp", "w") as f:
-        f.writelines(f"{len(x)}\n" for x in features)
-    os.replace(f"{out}.tmp.npy", f"{out}.npy")
-    os.replace(f"{out}.len.tmp", f"{out}.len")
-
-
-def load_features(prefix: str, nshard: int = 0) -> tuple[np.ndarray, list[int]]:
-    """`{prefix}.npy/.len`, or with nshard > 0 the dump shards `{prefix}_{rank}_{nshard}` in rank order."""
-    if nshard > 0:
-        parts = [load_features(f"{prefix}_{rank}_{nshard}") for rank in range(nshard)]
-        return np.concatenate([p[0] for p in parts]), [n for p in parts for n in p[1]]
-    for suffix in (".npy", ".len"):
-        if not os.path.exists(prefix + suffix):
-            raise FileNotFoundError(f"{prefix}{suffix} not found (write it with `mfcc` or `dump` first)")
-    feats = np.load(prefix + ".npy", mmap_mode="r")
-    with open(prefix + ".len") as f:
-        lengths = [int(line) for line in f]
-    if sum(lengths) != len(feats):
-        raise ValueError(f"{prefix}.len sums to {sum(lengths)} frames but {prefix}.npy has {len(feats)}")
-    return feats, lengths
 
 
 def cmd_mfcc(args) -> None:
@@ -69,7 +42,7 @@ def cmd_mfcc(args) -> None:
         done[e.line] = f
     elapsed = time.perf_counter() - start
     features = [done[e.line] if done[e.line] is not None else np.zeros((0, 39), np.float32) for e in entries]
-    _save_features(args.out, features)
+    save_features(args.out, features, dims=39)
     print(f"{args.out}.npy: {sum(len(f) for f in features)} frames of 39-d MFCC from {len(entries) - len(skipped)} "
           f"files ({len(skipped)} skipped); {seconds:.0f} s of audio in {elapsed:.1f} s = "
           f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")
@@ -105,8 +78,7 @@ def cmd_label(args) -> None:
         raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
                          f"in {args.feats}.npy")
     labels = predict(np.asarray(feats), centers)
-    bounds = np.cumsum([0] + lengths)
-    write_int_labels(args.out, [labels[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    write_int_labels(args.out, split_utterances(labels, lengths))
     print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
 
 

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from hubert_jax.data.manifest import Entry, iter_audio
+from hubert_jax.labels.features import load_features, save_features, split_utterances
 
 
 def shard_range(total: int, world: int, rank: int) -> tuple[int, int]:
@@ -78,14 +79,9 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
             seconds += len(audio) / 16000
         skipped_files += skipped
         dims = model.config.hidden_size
-        feats = [by_line.get(e.line, np.zeros((0, dims), np.float32)) for e in chunk]
-        np.save(path + ".tmp.npy", np.concatenate(feats) if feats else np.zeros((0, dims), np.float32))
-        with open(path + ".len.tmp", "w") as f:
-            f.writelines(f"{len(x)}\n" for x in feats)
-        os.replace(path + ".tmp.npy", path + ".npy")  # the .len marks the chunk done, so it goes last
-        os.replace(path + ".len.tmp", path + ".len")
+        save_features(path, [by_line.get(e.line, np.zeros((0, dims), np.float32)) for e in chunk], dims)
         computed += 1
-    _merge(prefix, len(chunks))
+    _merge(prefix, len(chunks), model.config.hidden_size)
     return {"utterances": len(mine), "chunks": len(chunks), "computed": computed, "skipped": len(skipped_files),
             "audio_seconds": seconds}
 
@@ -97,18 +93,8 @@ def _complete(prefix: str, utterances: int) -> bool:
         return sum(1 for _ in f) == utterances
 
 
-def _merge(prefix: str, num_chunks: int) -> None:
-    arrays, lengths = [], []
-    for i in range(num_chunks):
-        path = f"{prefix}.chunk{i:05d}"
-        arrays.append(np.load(path + ".npy"))
-        with open(path + ".len") as f:
-            lengths += [int(line) for line in f]
-    stacked = np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
-    np.save(prefix + ".tmp.npy", stacked)
-    with open(prefix + ".len.tmp", "w") as f:
-        f.writelines(f"{n}\n" for n in lengths)
-    os.replace(prefix + ".tmp.npy", prefix + ".npy")
-    os.replace(prefix + ".len.tmp", prefix + ".len")
+def _merge(prefix: str, num_chunks: int, dims: int) -> None:
+    parts = [load_features(f"{prefix}.chunk{i:05d}") for i in range(num_chunks)]
+    save_features(prefix, [u for feats, lengths in parts for u in split_utterances(feats, lengths)], dims)
     for path in glob.glob(f"{glob.escape(prefix)}.chunk*"):
         os.remove(path)
