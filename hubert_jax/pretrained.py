@@ -20,7 +20,8 @@ from flax import nnx
 from hubert_jax.config import SpeechConfig
 from hubert_jax.convert import checkpoint_io as io
 from hubert_jax.convert.state import (check_flat, flat_state, flat_to_torch, load_flat, model_to_flat,
-                                      per_layer_names, stack_layers, torch_to_flat, unstack_layers)
+                                      per_layer_names, stack_layers, torch_to_flat, torch_to_ours,
+                                      unstack_layers)
 
 logger = logging.getLogger(__name__)
 
@@ -262,12 +263,9 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
     model = cls(config, rngs=nnx.Rngs(0))
     load_flat(model, torch_to_flat(state, model), source=path)
     head_arrays = {}
-    for key, value in heads.items():
-        value = value.detach().cpu().float().numpy().copy() if hasattr(value, "detach") else np.array(value)
-        if key == "final_proj.weight":
-            head_arrays["final_proj.kernel"] = value.T
-        else:
-            head_arrays[key] = value
+    for key, value in heads.items():  # torch Linear weights become kernels in our layout
+        name = key[: -len(".weight")] + ".kernel" if key.endswith(".weight") else key
+        head_arrays[name] = torch_to_ours(name, value)
 
     def fill(tmp):
         write_model_files(model, tmp, max_shard_bytes)

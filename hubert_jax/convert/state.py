@@ -47,6 +47,21 @@ def _to_ours(name: str, value: np.ndarray) -> np.ndarray:
 _to_torch = _to_ours  # both transforms are their own inverse
 
 
+def torch_to_ours(name: str, tensor) -> np.ndarray:
+    """One torch tensor, given our name for it, as a float32 numpy array in our layout."""
+    return _to_ours(name, to_numpy(tensor))
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """A float32 numpy copy of a torch tensor or array.
+
+    Copy: numpy views of torch tensors (and jax arrays made from them on CPU) share memory, so an in-place
+    torch update (BatchNorm running stats, optimizer steps) would silently change our weights."""
+    if hasattr(tensor, "detach"):
+        return tensor.detach().cpu().float().numpy().copy()
+    return np.array(tensor, copy=True)
+
+
 def stack_layers(flat: Mapping[str, np.ndarray], num_layers: int) -> dict[str, np.ndarray]:
     """Per-layer names (`encoder.layers.3.x`) -> one stacked array per name (`encoder.layers.x`)."""
     out, per_layer = {}, {}
@@ -108,9 +123,7 @@ def torch_to_flat(state_dict: Mapping[str, object], model: nnx.Module, *, stacke
     for key, tensor in state_dict.items():
         if key.endswith("num_batches_tracked"):
             continue
-        # copy: numpy views of torch tensors (and jax arrays made from them on CPU) share memory, so an
-        # in-place torch update (BatchNorm running stats, optimizer steps) would silently change our weights
-        value = (tensor.detach().cpu().float().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)).copy()
+        value = to_numpy(tensor)
         name = key
         for old, new in _RENAMES:
             if name.endswith(old):
