@@ -2,7 +2,9 @@
 and line.
 
 A manifest (`.tsv`) has a root directory on its first line, then `relative/path<TAB>num_samples` per
-utterance. A relative root is taken relative to the manifest's own directory. Label files (`.km`, `.phn`,
+utterance. A relative root is taken relative to the manifest's own directory. A root of the form
+`tfds://NAME/SPLIT` reads a prepared tensorflow-datasets split instead, with example indices for paths
+(see `hubert_jax.data.tfds_source`). Label files (`.km`, `.phn`,
 `.ltr`, ...) hold one line per utterance, in manifest order.
 """
 
@@ -35,8 +37,14 @@ def read_manifest(path: str) -> list[Entry]:
     if not lines:
         raise ValueError(f"{path}: empty manifest (expected a root line, then path<TAB>num_samples lines)")
     root = lines[0].strip()
+    if root.startswith("tfds://"):
+        return _read_rows(path, lines, lambda rel: f"{root}#{rel}")
     if not os.path.isabs(root):
         root = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), root))
+    return _read_rows(path, lines, lambda rel: os.path.join(root, rel))
+
+
+def _read_rows(path: str, lines: list[str], locate) -> list[Entry]:
     entries = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -44,16 +52,34 @@ def read_manifest(path: str) -> list[Entry]:
         parts = line.split("\t")
         if len(parts) != 2 or not parts[1].strip().isdigit():
             raise ValueError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', got {line!r}")
-        entries.append(Entry(os.path.join(root, parts[0]), int(parts[1]), number))
+        entries.append(Entry(locate(parts[0]), int(parts[1]), number))
     return entries
 
 
+def _is_tfds(path: str) -> bool:
+    return path.startswith("tfds://")
+
+
+def _tfds_example(path: str):
+    from hubert_jax.data.tfds_source import open_split
+
+    address, _, index = path.rpartition("#")
+    return open_split(address), int(index) if index.isdigit() else -1
+
+
 def check_files_exist(manifest: str, entries: list[Entry]) -> None:
-    missing = [e for e in entries if not os.path.isfile(e.path)]
+    missing = [e for e in entries if not _exists(e.path)]
     if missing:
         listed = ", ".join(f"line {e.line}: {e.path}" for e in missing[:10])
         raise FileNotFoundError(f"{manifest}: {len(missing)} audio file(s) missing ({listed}"
                                 f"{' ...' if len(missing) > 10 else ''})")
+
+
+def _exists(path: str) -> bool:
+    if _is_tfds(path):
+        split, index = _tfds_example(path)
+        return 0 <= index < len(split)
+    return os.path.isfile(path)
 
 
 class AudioError(ValueError):
@@ -65,7 +91,11 @@ def read_audio(path: str, *, min_samples: int = 400) -> np.ndarray:
     import soundfile as sf
 
     try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        if _is_tfds(path):
+            split, index = _tfds_example(path)
+            audio, rate = split.audio(index)
+        else:
+            audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:
         raise AudioError(f"{path}: unreadable audio ({type(e).__name__}: {e})") from e
     audio = audio.mean(axis=1)

@@ -6,6 +6,10 @@
     python -m hubert_jax.labels dump    --manifest data/demo/train.tsv --preset hubert-base --layer 6 \
                                         --out work/l6/train --rank 0 --world 1
     python -m hubert_jax.labels quality --km work/train.km --phones data/demo/train.phn --manifest data/demo/train.tsv
+    python -m hubert_jax.labels tfds    --dataset tfds://librispeech/train_clean100 --out work/ls/train_clean100
+
+The `tfds` command writes a manifest (and `.wrd` transcripts) for a prepared tensorflow-datasets split;
+the other commands then read that split's audio from its ArrayRecord files.
 
 Features are stored like fairseq's dumps: `{out}.npy` (all frames, float32) and `{out}.len` (frames per
 utterance, in manifest order; 0 for an unusable file that was skipped).
@@ -19,8 +23,13 @@ import time
 
 import numpy as np
 
-from hubert_jax.data.manifest import (check_files_exist, iter_audio, read_int_labels, read_manifest,
-                                      write_int_labels)
+from hubert_jax.data.manifest import (
+    check_files_exist,
+    iter_audio,
+    read_int_labels,
+    read_manifest,
+    write_int_labels,
+)
 from hubert_jax.labels.features import load_features, save_features, split_utterances
 from hubert_jax.labels.mfcc import mfcc_with_deltas, num_frames
 
@@ -132,6 +141,15 @@ def cmd_quality(args) -> None:
           f"PNMI {q.pnmi:.3f}  ({q.frames} frames)")
 
 
+def cmd_tfds(args) -> None:
+    from hubert_jax.data.tfds_source import Address, write_manifest
+
+    address = Address.parse(args.dataset, data_dir=args.data_dir)
+    start = time.perf_counter()
+    count = write_manifest(address, args.out)
+    print(f"{args.out}.tsv: {count} examples of {address} in {time.perf_counter() - start:.1f} s")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hubert_jax.labels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,6 +197,11 @@ def main(argv=None) -> int:
     p.add_argument("--manifest", required=True)
     p.add_argument("--label-rate", type=int, default=100, choices=(100, 50))
     p.set_defaults(func=cmd_quality)
+    p = sub.add_parser("tfds", help="a manifest (+ .wrd) for a prepared tensorflow-datasets split")
+    p.add_argument("--dataset", required=True, help="tfds://NAME[/CONFIG][:VERSION]/SPLIT")
+    p.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument("--out", required=True, help="output prefix: {out}.tsv and {out}.wrd")
+    p.set_defaults(func=cmd_tfds)
     args = parser.parse_args(argv)
     args.func(args)
     return 0
