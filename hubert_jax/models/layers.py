@@ -63,6 +63,12 @@ def kaiming_normal(fan_in: int) -> Initializer:
     return normal(math.sqrt(2.0 / fan_in))
 
 
+def torch_linear_init(in_features: int) -> dict:
+    """torch.nn.Linear.reset_parameters: weight and bias ~ U(-1/sqrt(in), 1/sqrt(in))."""
+    bound = 1.0 / math.sqrt(in_features)
+    return dict(kernel_init=uniform(-bound, bound), bias_init=uniform(-bound, bound))
+
+
 def make_param(rngs: nnx.Rngs, init: Initializer, shape, axes, dtype) -> nnx.Param:
     """A parameter carrying its logical axis names (mapped to a mesh by the sharding rules)."""
     if len(axes) != len(shape):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -11,15 +10,10 @@ from flax import nnx
 
 from hubert_jax.config import Wav2Vec2Config
 from hubert_jax.models.hub_mixin import PretrainedMixin
-from hubert_jax.models.layers import Linear, ModelOptions, dropout, fold, make_param, normal, uniform, zeros
+from hubert_jax.models.layers import (Linear, ModelOptions, dropout, fold, make_param, normal, torch_linear_init,
+                                      uniform, zeros)
 from hubert_jax.models.model import Wav2Vec2Model, make_options
 from hubert_jax.models.outputs import PreTrainingOutput
-
-
-def _torch_default_linear(in_features: int):
-    """torch.nn.Linear.reset_parameters: weight and bias ~ U(-1/sqrt(in), 1/sqrt(in))."""
-    bound = 1.0 / math.sqrt(in_features)
-    return dict(kernel_init=uniform(-bound, bound), bias_init=uniform(-bound, bound))
 
 
 def _perplexity(probs, mask):
@@ -88,9 +82,9 @@ class Wav2Vec2ForPreTraining(PretrainedMixin, nnx.Module):
         self.wav2vec2 = Wav2Vec2Model(config, opts=opts, rngs=rngs)
         self.quantizer = GumbelVectorQuantizer(config, opts=opts, rngs=rngs)
         self.project_hid = Linear(config.hidden_size, config.proj_codevector_dim, axes=("embed", None), opts=opts,
-                                  rngs=rngs, **_torch_default_linear(config.hidden_size))
+                                  rngs=rngs, **torch_linear_init(config.hidden_size))
         self.project_q = Linear(config.codevector_dim, config.proj_codevector_dim, axes=(None, None), opts=opts,
-                                rngs=rngs, **_torch_default_linear(config.codevector_dim))
+                                rngs=rngs, **torch_linear_init(config.codevector_dim))
 
     @property
     def base_model(self):

@@ -1,0 +1,61 @@
+"""Span masking for masked prediction, with fairseq's `compute_mask_indices` semantics, in JAX.
+
+fairseq (data_utils.compute_mask_indices, mask_type "static", no_overlap False, as HuBERT and wav2vec 2.0
+pretraining call it) does, per utterance of `sz` valid frames:
+  num_spans = max(min_masks, int(mask_prob * sz / mask_length + u)),  u ~ U(0, 1)
+  (one u for the whole batch when there is no padding, one per utterance otherwise);
+  span starts: num_spans distinct positions drawn uniformly from [0, sz - mask_length)
+  (from [0, num_spans + 1) when the utterance is too short for that); each span covers mask_length
+  frames, spans may overlap, frames past sz are dropped;
+  then (require_same_masks) every utterance keeps a random subset of its masked frames, as many as the
+  batch's least-masked utterance has, so every row masks the same number of frames.
+
+Here the same draws are made from an explicit key with static shapes, so the function jits and a
+resumed run draws the same masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _keep_top(scores, count):
+    """Boolean mask of each row's `count` highest scores (ties broken by position)."""
+    order = jnp.argsort(-scores, axis=-1, stable=True)
+    ranks = jnp.argsort(order, axis=-1, stable=True)
+    return ranks < count[:, None]
+
+
+def span_mask(key, shape: tuple[int, int], *, mask_prob: float, mask_length: int, min_masks: int = 2,
+              lengths=None, require_same_masks: bool = True):
+    """(B, T) boolean mask of masked frames. `lengths` (B,) are the valid frames per row (None: all T)."""
+    batch, frames = shape
+    if mask_prob <= 0:
+        return jnp.zeros(shape, bool)
+    if mask_length < 1:
+        raise ValueError(f"mask_length must be at least 1, got {mask_length}")
+    k_num, k_start, k_subset = jax.random.split(key, 3)
+    if lengths is None:
+        sizes = jnp.full((batch,), frames, jnp.int32)
+        u = jnp.broadcast_to(jax.random.uniform(k_num, ()), (batch,))
+    else:
+        sizes = jnp.minimum(jnp.asarray(lengths, jnp.int32), frames)
+        u = jax.random.uniform(k_num, (batch,))
+    num_spans = jnp.maximum(min_masks, jnp.floor(mask_prob * sizes / mask_length + u).astype(jnp.int32))
+    min_len = jnp.where(sizes - mask_length <= num_spans, sizes - num_spans - 1, mask_length)
+    start_range = jnp.maximum(sizes - min_len, 1)
+    num_spans = jnp.minimum(num_spans, start_range)
+
+    positions = jnp.arange(frames)[None, :]
+    scores = jnp.where(positions < start_range[:, None], jax.random.uniform(k_start, shape), -1.0)
+    starts = _keep_top(scores, num_spans).astype(jnp.int32)
+    covered = jnp.cumsum(starts, axis=-1)
+    shifted = jnp.pad(covered, ((0, 0), (mask_length, 0)))[:, :frames]
+    mask = ((covered - shifted) > 0) & (positions < sizes[:, None])
+
+    if require_same_masks:
+        target = jnp.min(mask.sum(-1))
+        scores = jnp.where(mask, jax.random.uniform(k_subset, shape), -1.0)
+        mask = _keep_top(scores, jnp.broadcast_to(target, (batch,))) & mask
+    return mask
