@@ -1,0 +1,132 @@
+"""The pretraining input pipeline on Grain: manifest (or tfds split) + `.km` labels -> shuffled, randomly
+cropped, statically shaped batches, sharded by host, with a checkpointable iterator.
+
+Every batch has the same shape, which TPUs (and jit caches) want: utterances longer than `crop_samples`
+are cropped at a random offset (fairseq's `random_crop`), shorter ones are zero-padded with an
+attention mask and `-1` labels. Utterances shorter than `min_samples` are dropped, as fairseq's
+`min_sample_size` does. All randomness (shuffle order per epoch, crop offsets) comes from the seed and
+the element's position, so the iterator's state is a position and a resumed run reads the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+
+from hubert_jax.data.manifest import (SAMPLE_RATE, AudioError, check_files_exist, read_audio, read_int_labels,
+                                      read_manifest)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    manifest: str = ""
+    labels: tuple[str, ...] = ()  # one .km file per label set, lines in manifest order
+    label_rate: float = 50.0  # labels per second (100: MFCC, 50: model features)
+    crop_samples: int = 250000  # fairseq max_sample_size
+    min_samples: int = 32000  # fairseq min_sample_size
+    normalize: bool = False  # layer-norm each waveform (fairseq `normalize`, true for large/xlarge)
+    label_tolerance_s: float = 0.1  # allowed label/audio duration mismatch (fairseq's tol)
+
+    @property
+    def label_length(self) -> int:
+        return int(round(self.crop_samples * self.label_rate / SAMPLE_RATE))
+
+
+class LabeledAudio:
+    """Random-access source: (audio, labels) of the utterances of a manifest long enough to train on."""
+
+    def __init__(self, config: DataConfig):
+        if not config.labels:
+            raise ValueError(f"{config.manifest}: no label files given (data.labels)")
+        entries = read_manifest(config.manifest)
+        if not entries:
+            raise ValueError(f"{config.manifest}: no utterances")
+        check_files_exist(config.manifest, entries)
+        expected = [int(round(e.num_samples * config.label_rate / SAMPLE_RATE)) for e in entries]
+        tolerance = max(1, int(math.ceil(config.label_tolerance_s * config.label_rate)))
+        self.labels = [[lab.astype(np.int32) for lab in read_int_labels(path, expected, tolerance=tolerance)]
+                       for path in config.labels]
+        self.entries = [e for e in entries if e.num_samples >= config.min_samples]
+        keep = [i for i, e in enumerate(entries) if e.num_samples >= config.min_samples]
+        self.labels = [[labs[i] for i in keep] for labs in self.labels]
+        # the largest label of each set, to be checked against the model's cluster counts
+        self.max_label = [max((int(lab.max()) for lab in labs if len(lab)), default=-1) for labs in self.labels]
+        if not self.entries:
+            raise ValueError(f"{config.manifest}: no utterance has the {config.min_samples} samples "
+                             f"data.min_samples asks for")
+        dropped = len(entries) - len(self.entries)
+        if dropped:
+            logger.info("%s: %d utterances shorter than %d samples left out", config.manifest, dropped,
+                        config.min_samples)
+        self.config = config
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def check_num_classes(self, num_classes) -> None:
+        """Every label must have a label embedding: a label >= K would silently turn the loss into NaN."""
+        if len(num_classes) != len(self.config.labels):
+            raise ValueError(f"{len(self.config.labels)} label files given ({', '.join(self.config.labels)}), but "
+                             f"config.model.head.num_classes has {len(num_classes)} entries")
+        for path, top, k in zip(self.config.labels, self.max_label, num_classes):
+            if top >= k:
+                raise ValueError(f"{path}: labels go up to {top}, but config.model.head.num_classes gives {k} "
+                                 f"clusters for this label set")
+
+    def __getitem__(self, index: int):
+        entry = self.entries[index]
+        try:
+            audio = read_audio(entry.path)
+        except AudioError as e:
+            raise AudioError(f"{self.config.manifest}:{entry.line}: {e}") from e
+        if self.config.normalize:
+            audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-5)
+        return {"audio": audio, "labels": [labs[index] for labs in self.labels]}
+
+
+def crop_and_pad(example, rng: np.random.Generator, config: DataConfig):
+    """A `crop_samples` window at a random offset (labels cut at the same time), or zero padding."""
+    audio, size = example["audio"], config.crop_samples
+    start = int(rng.integers(0, len(audio) - size + 1)) if len(audio) > size else 0
+    clip = audio[start:start + size]
+    out_audio = np.zeros(size, np.float32)
+    out_audio[: len(clip)] = clip
+    mask = np.zeros(size, np.int32)
+    mask[: len(clip)] = 1
+    label_start = int(round(start * config.label_rate / SAMPLE_RATE))
+    labels = []
+    for lab in example["labels"]:
+        cut = lab[label_start: label_start + config.label_length]
+        labels.append(np.pad(cut, (0, config.label_length - len(cut)), constant_values=-1))
+    return {"input_values": out_audio, "attention_mask": mask, "labels": np.stack(labels)}
+
+
+def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, shuffle: bool = True, repeat: bool = True):
+    """A grain MapDataset of batches for this host: `batch_size` is the per-host batch."""
+    import grain
+
+    if len(source) < process_count:
+        raise ValueError(f"{config.manifest}: {len(source)} utterances cannot be shared by {process_count} hosts")
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    if repeat:
+        ds = ds.repeat(None)
+    ds = ds.random_map(lambda ex, rng: crop_and_pad(ex, rng, config), seed=seed)
+    return ds.batch(batch_size, drop_remainder=True)
+
+
+def make_iterator(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1, num_threads: int = 2, prefetch: int = 4):
+    """An endless, checkpointable iterator (grain DatasetIterator: get_state / set_state)."""
+    import grain
+
+    ds = make_dataset(source, config, batch_size=batch_size, seed=seed, process_index=process_index,
+                      process_count=process_count)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))

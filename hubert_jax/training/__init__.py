@@ -1,0 +1,1 @@
+"""Training: optimizer and schedules, the pretraining step, checkpoints, logging and the loop."""

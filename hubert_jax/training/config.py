@@ -1,0 +1,82 @@
+"""The pretraining configuration: every field a recipe file in `configs/` may set, with fairseq's HuBERT base
+values as defaults. Recipe files start from `pretraining_defaults()` and change what differs;
+`python train.py --config FILE --config.a.b=v` overrides any field (ml_collections: unknown keys and
+type mismatches are errors that name the key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from hubert_jax.config import HubertConfig, preset
+
+
+def pretraining_defaults() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "hubert-base"
+    # architecture fields changed from the preset (HubertConfig names); fairseq base's dropouts
+    c.model.overrides = ml_collections.ConfigDict(dict(
+        hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1, layerdrop=0.05,
+        mask_time_prob=0.05))
+    c.model.head = ml_collections.ConfigDict(dict(num_classes=(100,), final_dim=256, logit_temp=0.1,
+                                                  untie_final_proj=False, label_rate=100.0))
+    c.model.dtype = "float32"  # compute dtype: bfloat16 on accelerators
+    c.model.param_dtype = "float32"
+    c.model.scan_layers = False
+    c.model.remat_policy = "none"
+    c.model.attention_impl = "auto"
+    c.model.init_from = ""  # a hubert-jax directory (e.g. a converted fairseq HuBERT with its heads)
+
+    c.masking = ml_collections.ConfigDict(dict(mask_prob=0.8, mask_length=10, min_masks=2))
+    c.loss = ml_collections.ConfigDict(dict(masked=1.0, unmasked=0.0, features_pen=10.0, feature_grad_mult=0.1))
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = ml_collections.ConfigDict(dict(manifest="", labels=("",)))
+    c.data.valid = ml_collections.ConfigDict(dict(manifest="", labels=("",)))
+    c.data.crop_samples = 250000
+    c.data.min_samples = 32000
+    c.data.normalize = False
+    # global batch in utterances. fairseq base: 32 GPUs x 1.4M samples (87.5 s) of crops of at most
+    # 250k samples (15.6 s), i.e. 5 full crops per GPU = 160
+    c.data.batch_size = 160
+    c.data.num_threads = 2
+
+    c.optim = ml_collections.ConfigDict(dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=10.0))
+    c.optim.schedule = ml_collections.ConfigDict(dict(
+        kind="polynomial", peak=5e-4, warmup_steps=32000, total_steps=400000, end_ratio=0.0, power=1.0,
+        warmup_ratio=0.1, hold_ratio=0.4, init_ratio=0.01))
+
+    c.train = ml_collections.ConfigDict(dict(
+        steps=400000, log_every=100, eval_every=5000, eval_batches=20, checkpoint_every=5000, keep_checkpoints=3,
+        max_nan_in_a_row=10, tensorboard=True))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    return c
+
+
+def model_config(model_cfg) -> HubertConfig:
+    """The preset with `model.overrides` applied; an override that is no HubertConfig field is an error."""
+    base = preset(model_cfg.preset)
+    overrides = dict(model_cfg.overrides)
+    unknown = sorted(set(overrides) - type(base).field_names())
+    if unknown:
+        raise ValueError(f"config.model.overrides: {unknown} are not {type(base).__name__} fields")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    config = base.replace(**overrides)
+    config.validate()
+    return config
+
+
+def head_config(model_cfg):
+    from hubert_jax.models.pretraining_hubert import HeadConfig
+
+    fields = {f.name for f in dataclasses.fields(HeadConfig)}
+    head = dict(model_cfg.head)
+    unknown = sorted(set(head) - fields)
+    if unknown:
+        raise ValueError(f"config.model.head: unknown keys {unknown} (known: {sorted(fields)})")
+    return HeadConfig(**head)

@@ -1,0 +1,176 @@
+"""The pretraining run: mesh, input pipeline, state (fresh, resumed or initialised from a model), the loop
+with logging, validation, checkpoints, preemption and non-finite-step handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+from hubert_jax.data.manifest import SAMPLE_RATE
+from hubert_jax.data.pipeline import DataConfig, LabeledAudio, make_dataset, make_iterator
+from hubert_jax.sharding import make_mesh
+from hubert_jax.training.checkpoint import Checkpoints
+from hubert_jax.training.metrics_log import MetricLog
+from hubert_jax.training.pretrain import Pretrainer, load_initial_weights, param_count
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many steps in a row with a NaN/Inf loss or gradient."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    step: int
+    preempted: bool
+    train: dict
+    valid: dict
+    skipped_steps: int
+    trainer: Pretrainer
+    state: dict
+
+
+def data_config(cfg, split: str) -> DataConfig:
+    part = cfg.data[split]
+    return DataConfig(manifest=part.manifest, labels=tuple(part.labels), label_rate=cfg.model.head.label_rate,
+                      crop_samples=cfg.data.crop_samples, min_samples=cfg.data.min_samples,
+                      normalize=cfg.data.normalize)
+
+
+def _per_host_batch(cfg) -> int:
+    hosts = jax.process_count()
+    if cfg.data.batch_size % hosts:
+        raise ValueError(f"config.data.batch_size ({cfg.data.batch_size}) must be divisible by the {hosts} hosts")
+    return cfg.data.batch_size // hosts
+
+
+def _global_batch(trainer: Pretrainer, batch: dict) -> dict:
+    return {k: jax.make_array_from_process_local_data(trainer.batch_sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def evaluate(trainer: Pretrainer, state, source, data_cfg: DataConfig, batch_size: int, max_batches: int) -> dict:
+    """Masked/unmasked accuracy and loss on the first `max_batches` batches of the valid split (same crops
+    and masks every time)."""
+    ds = make_dataset(source, data_cfg, batch_size=batch_size, seed=trainer.cfg.seed, shuffle=False, repeat=False,
+                      process_index=jax.process_index(), process_count=jax.process_count())
+    sums: dict = {}
+    count = min(len(ds), max_batches)
+    if count == 0:
+        raise ValueError(f"{data_cfg.manifest}: fewer utterances than one batch ({batch_size}) to validate on")
+    for i in range(count):
+        metrics = jax.device_get(trainer.eval_step(state, _global_batch(trainer, ds[i]), trainer.eval_key(i)))
+        for k in ("correct_m", "correct_u", "masked_frames", "unmasked_frames"):
+            sums[k] = sums.get(k, 0) + int(metrics[k])
+        sums["loss"] = sums.get("loss", 0.0) + float(metrics["loss"]) / count
+    return {"loss": sums["loss"], "accuracy_m": sums["correct_m"] / max(sums["masked_frames"], 1),
+            "accuracy_u": sums["correct_u"] / max(sums["unmasked_frames"], 1)}
+
+
+def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
+    """Train to cfg.train.steps (or `stop_after` more steps), resuming from the workdir's latest checkpoint."""
+    # ------------------------------------------------------------------ setup
+    os.makedirs(workdir, exist_ok=True)
+    main_process = jax.process_index() == 0
+    config_json = cfg.to_json(sort_keys=True)
+    if main_process:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config_json + "\n")
+    mesh = make_mesh(dict(cfg.mesh))
+    total = cfg.train.steps
+    log = MetricLog(workdir, total, tensorboard=cfg.train.tensorboard, enabled=main_process)
+
+    # ------------------------------------------------------------------ input pipeline
+    batch_size = _per_host_batch(cfg)
+    train_cfg = data_config(cfg, "train")
+    train_source = LabeledAudio(train_cfg)
+    iterator = make_iterator(train_source, train_cfg, batch_size=batch_size, seed=cfg.seed,
+                             process_index=jax.process_index(), process_count=jax.process_count(),
+                             num_threads=cfg.data.num_threads)
+    valid_cfg = data_config(cfg, "valid") if cfg.data.valid.manifest else None
+    valid_source = LabeledAudio(valid_cfg) if valid_cfg else None
+    for source in (train_source, valid_source):
+        if source is not None:
+            source.check_num_classes(tuple(cfg.model.head.num_classes))
+
+    # ------------------------------------------------------------------ state: resume, init_from or fresh
+    trainer = Pretrainer(cfg, mesh)
+    checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
+                              config_json=config_json)
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        state = checkpoints.restore(latest, trainer.abstract_state, trainer.state_shardings, iterator)
+        log.message(f"resumed from {checkpoints.directory}/{latest}")
+    else:
+        state = trainer.init()
+        if cfg.model.init_from:
+            state = load_initial_weights(trainer, state, cfg.model.init_from)
+            log.message(f"initialised from {cfg.model.init_from}")
+    step = int(jax.device_get(state["step"]))
+    log.message(f"{param_count(state['params']):,} parameters; mesh {dict(mesh.shape)}; global batch "
+                f"{cfg.data.batch_size} x {cfg.data.crop_samples / SAMPLE_RATE:.2f} s; steps {step} -> {total}")
+
+    # ------------------------------------------------------------------ preemption
+    preempted = {"flag": False}
+
+    def on_sigterm(signum, frame):
+        preempted["flag"] = True
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+    # ------------------------------------------------------------------ loop
+    end = total if stop_after is None else min(total, step + stop_after)
+    window: dict = {}
+    last_train: dict = {}
+    last_valid: dict = {}
+    audio_seconds = 0.0
+    tick = time.perf_counter()
+    try:
+        while step < end:
+            batch = next(iterator)
+            audio_seconds += float(batch["attention_mask"].sum()) / SAMPLE_RATE * jax.process_count()
+            state, metrics = trainer.train_step(state, _global_batch(trainer, batch))
+            step += 1
+            metrics = jax.device_get(metrics)
+            for k, v in metrics.items():
+                window.setdefault(k, []).append(float(v))
+            if not metrics["finite"]:
+                nan_run = int(jax.device_get(state["nan_run"]))
+                logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, nan_run)
+                if nan_run >= cfg.train.max_nan_in_a_row:
+                    raise NonFiniteLoss(
+                        f"step {step}: {nan_run} steps in a row had a NaN/Inf loss or gradient "
+                        f"(config.train.max_nan_in_a_row={cfg.train.max_nan_in_a_row}); stopping. The last "
+                        f"checkpoint in {checkpoints.directory} is from step {checkpoints.latest_step()}: lower "
+                        f"the learning rate or check the data, then resume.")
+            if step % cfg.train.log_every == 0 or step == end:
+                elapsed = time.perf_counter() - tick
+                last_train = {k: float(np.mean(v)) for k, v in window.items()
+                              if k in ("loss", "accuracy_m", "accuracy_u", "lr", "grad_norm", "features_pen",
+                                       "loss_m", "loss_u")}
+                last_train["audio_s_per_s"] = audio_seconds / max(elapsed, 1e-9)
+                last_train["skipped_steps"] = float(jax.device_get(state["nan_total"]))
+                log.write(step, "train", last_train)
+                window, audio_seconds, tick = {}, 0.0, time.perf_counter()
+            if valid_source is not None and (step % cfg.train.eval_every == 0 or step == end):
+                last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
+                log.write(step, "valid", last_valid)
+            stopping = preempted["flag"]
+            checkpoints.save(step, state, iterator, force=stopping or step == end)
+            if stopping:
+                log.message(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
+                break
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        log.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    return RunResult(step=step, preempted=preempted["flag"], train=last_train, valid=last_valid,
+                     skipped_steps=int(jax.device_get(state["nan_total"])), trainer=trainer, state=state)

@@ -1,0 +1,74 @@
+"""Where a run's numbers go: a console progress line, `{workdir}/metrics.jsonl` and TensorBoard.
+
+Only the main process (process 0) writes; the others keep quiet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+logger = logging.getLogger(__name__)
+
+
+class MetricLog:
+    def __init__(self, workdir: str, total_steps: int, *, tensorboard: bool = True, enabled: bool = True,
+                 stream=None):
+        self.total, self.enabled = total_steps, enabled
+        self.stream = stream or sys.stdout
+        self.start = time.perf_counter()
+        self.jsonl = None
+        self.tb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:
+                logger.warning("tensorboardX is not installed: no TensorBoard logs (pip install tensorboardX)")
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        values = {k: float(v) for k, v in values.items()}
+        self.jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{split}/{k}", v, step)
+            self.tb.flush()
+        self.stream.write(self._line(step, split, values) + "\n")
+        self.stream.flush()
+
+    def _line(self, step: int, split: str, values: dict) -> str:
+        if split != "train":
+            shown = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+            return f"  [{split} @ {step}] {shown}"
+        done = min(step / max(self.total, 1), 1.0)
+        bar = "#" * int(done * 20) + "-" * (20 - int(done * 20))
+        elapsed = time.perf_counter() - self.start
+        keys = ("loss", "accuracy_m", "accuracy_u", "lr", "grad_norm", "audio_s_per_s")
+        shown = "  ".join(f"{k} {_fmt(values[k])}" for k in keys if k in values)
+        return f"[{bar}] {step}/{self.total} {shown}  ({elapsed:.0f} s)"
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3e}" if (v != 0 and abs(v) < 1e-2) else f"{v:.4g}"
