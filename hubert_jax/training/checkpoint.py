@@ -81,9 +81,9 @@ class Checkpoints:
             state=ocp.args.StandardSave(flatten(state)), data=grain.checkpoint.CheckpointSave(iterator),
             config=ocp.args.JsonSave(json.loads(self.config_json))), force=force)
 
-    def restore(self, step: int, abstract_state, shardings, iterator):
-        """The state at `step` on the given shardings, with the iterator moved to where it was. Refuses a
-        checkpoint whose config differs in the model, or whose arrays do not match this run's."""
+    def restore(self, step: int, abstract_state, shardings, iterator=None):
+        """The state at `step` on the given shardings, with the iterator (if given) moved to where it was.
+        Refuses a checkpoint whose config differs in the model, or whose arrays do not match this run's."""
         import grain.checkpoint
         import orbax.checkpoint as ocp
 
@@ -105,8 +105,10 @@ class Checkpoints:
                              + "\n  ".join(problems[:20]))
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)
                   for (k, v), s in zip(wanted.items(), flatten(shardings).values())}
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(iterator)))
+        items = dict(state=ocp.args.StandardRestore(target))
+        if iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return unflatten(abstract_state, restored["state"])
 
     def wait(self) -> None:

@@ -51,6 +51,27 @@ def _per_host_batch(cfg) -> int:
     return cfg.data.batch_size // hosts
 
 
+def _check_batch_fits_mesh(cfg, mesh) -> None:
+    shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    if cfg.data.batch_size % shards:
+        raise ValueError(f"config.data.batch_size ({cfg.data.batch_size}) must be divisible by the mesh's data x fsdp "
+                         f"axes ({shards} = {dict(mesh.shape)})")
+
+
+def restore_latest(cfg, workdir: str, step: int | None = None):
+    """(trainer, state) of a workdir's newest (or given) checkpoint, e.g. to export or inspect a run."""
+    trainer = Pretrainer(cfg, make_mesh(dict(cfg.mesh)))
+    checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
+                              config_json=cfg.to_json(sort_keys=True))
+    try:
+        step = checkpoints.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{checkpoints.directory}: no checkpoint")
+        return trainer, checkpoints.restore(step, trainer.abstract_state, trainer.state_shardings)
+    finally:
+        checkpoints.close()
+
+
 def _global_batch(trainer: Pretrainer, batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(trainer.batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
@@ -83,6 +104,7 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_json + "\n")
     mesh = make_mesh(dict(cfg.mesh))
+    _check_batch_fits_mesh(cfg, mesh)
     total = cfg.train.steps
     log = MetricLog(workdir, total, tensorboard=cfg.train.tensorboard, enabled=main_process)
 

@@ -112,7 +112,7 @@ class Pretrainer:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
         grad_fn = jax.value_and_grad(self._forward, has_aux=True)
         (loss, (metrics, rest)), grads = grad_fn(state["params"], state["rest"], batch, key, False)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)

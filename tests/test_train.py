@@ -1,0 +1,182 @@
+"""The pretraining run: exact resume (in process and after kill -9), SIGTERM, interrupted saves, non-finite
+steps, config and workdir errors. A tiny model on the demo corpus (tests/tiny_config.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from hubert_jax.training.loop import NonFiniteLoss, restore_latest, run
+from tests import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "tests", "tiny_config.py")]
+
+
+def params_of(state):
+    return jax.tree.leaves(jax.device_get(state["params"]))
+
+
+def assert_same_params(a, b):
+    a, b = params_of(a), params_of(b)
+    assert len(a) == len(b)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)), "parameters differ"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """12 uninterrupted steps."""
+    return run(tiny_config.get_config(), str(tmp_path_factory.mktemp("reference")))
+
+
+def test_resume_in_process_is_bit_identical(reference, tmp_path):
+    first = run(tiny_config.get_config(), str(tmp_path), stop_after=7)
+    assert first.step == 7
+    resumed = run(tiny_config.get_config(), str(tmp_path))
+    assert resumed.step == 12
+    assert_same_params(reference.state, resumed.state)
+    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert {"train", "valid"} <= {x["split"] for x in lines}
+    assert all(np.isfinite(x["loss"]) for x in lines)
+
+
+def _progress(workdir) -> int:
+    try:
+        lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+    except FileNotFoundError:
+        return 0
+    return max((json.loads(x)["step"] for x in lines if x.strip().endswith("}")), default=0)
+
+
+def _start(workdir, *extra):
+    log = open(os.path.join(workdir, "train.log"), "w")  # a file: a full pipe would block the run
+    return subprocess.Popen(TRAIN + ["--workdir", str(workdir), *extra], stdout=log, stderr=subprocess.STDOUT,
+                            text=True, cwd=ROOT)
+
+
+def _output(workdir) -> str:
+    return open(os.path.join(workdir, "train.log")).read()
+
+
+def _wait_for_step(proc, workdir, step, timeout=300):
+    deadline = time.time() + timeout
+    while _progress(workdir) < step:
+        if proc.poll() is not None:
+            raise AssertionError(f"train.py exited early ({proc.returncode}):\n{_output(workdir)[-3000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"train.py made no progress:\n{_output(workdir)[-3000:]}")
+        time.sleep(0.05)
+
+
+def test_kill_9_at_a_random_step_then_restart_is_bit_identical(reference, tmp_path):
+    # saves every step, so the kill most likely lands during an (async) save as well
+    kill_at = int(np.random.default_rng(1234).integers(2, 10))
+    proc = _start(tmp_path, "--config.train.checkpoint_every=1")
+    _wait_for_step(proc, tmp_path, kill_at)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = subprocess.run(TRAIN + ["--workdir", str(tmp_path), "--config.train.checkpoint_every=1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    cfg = tiny_config.get_config()
+    cfg.train.checkpoint_every = 1
+    _, state = restore_latest(cfg, str(tmp_path))
+    assert int(state["step"]) == 12
+    assert_same_params(reference.state, state)
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(tmp_path):
+    proc = _start(tmp_path, "--config.train.steps=400", "--config.train.checkpoint_every=1000",
+                  "--config.optim.schedule.total_steps=400")
+    _wait_for_step(proc, tmp_path, 3)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    out = _output(tmp_path)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM: saved step" in out
+    saved = int(out.split("SIGTERM: saved step ")[1].split()[0])
+    assert 3 <= saved < 400
+    cfg = tiny_config.get_config()
+    cfg.train.steps = cfg.optim.schedule.total_steps = 400
+    _, state = restore_latest(cfg, str(tmp_path))
+    assert int(state["step"]) == saved
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint(reference, tmp_path):
+    first = run(tiny_config.get_config(), str(tmp_path), stop_after=6)
+    ckpts = tmp_path / "checkpoints"
+    assert (ckpts / "6").is_dir()
+    # what a crash in the middle of writing step 9 leaves: Orbax's temporary folder, half written
+    partial = ckpts / "9.orbax-checkpoint-tmp-1234567"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "half_written").write_bytes(b"\0" * 10)
+    resumed = run(tiny_config.get_config(), str(tmp_path))
+    assert resumed.step == 12 and first.step == 6
+    assert_same_params(reference.state, resumed.state)
+    assert not partial.exists()
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
+    cfg = tiny_config.get_config()
+    # an absurd constant learning rate: the first update blows the weights up, every later loss is NaN/Inf
+    cfg.optim.schedule.update(dict(kind="constant", peak=1e30))
+    cfg.optim.clip_norm = 0.0
+    cfg.train.max_nan_in_a_row = 3
+    with pytest.raises(NonFiniteLoss, match="3 steps in a row had a NaN/Inf loss"):
+        run(cfg, str(tmp_path))
+
+
+def test_skipped_step_leaves_the_state_unchanged(reference):
+    trainer, state = reference.trainer, reference.state
+    batch = {"input_values": np.full((8, 8000), np.nan, np.float32), "attention_mask": np.ones((8, 8000), np.int32),
+             "labels": np.zeros((8, 1, 50), np.int32)}
+    before = jax.device_get(state)
+    state_copy = jax.device_put(before, trainer.state_shardings)
+    new, metrics = trainer.train_step(state_copy, batch)
+    assert not bool(metrics["finite"])
+    assert int(new["nan_total"]) == int(before["nan_total"]) + 1 and int(new["nan_run"]) == 1
+    assert int(new["step"]) == int(before["step"]) + 1
+    assert_same_params(before, new)
+
+
+def test_incompatible_workdir_refuses_to_resume(tmp_path):
+    run(tiny_config.get_config(), str(tmp_path), stop_after=3)
+    cfg = tiny_config.get_config()
+    cfg.model.overrides.hidden_size = 48
+    with pytest.raises(ValueError, match=r"(?s)incompatible config.*model.overrides.hidden_size: checkpoint has 32, "
+                                         r"config has 48"):
+        run(cfg, str(tmp_path))
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model.overidess.hidden_size=8", "overidess"),
+    ("--config.train.steps=many", "steps"),
+])
+def test_override_errors_name_the_key(tmp_path, flag, message):
+    done = subprocess.run(TRAIN + ["--workdir", str(tmp_path), flag], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_labels_beyond_the_heads_are_refused(tmp_path):
+    cfg = tiny_config.get_config()
+    cfg.model.head.num_classes = (50,)
+    with pytest.raises(ValueError, match=r"train.phn: labels go up to 91, but config.model.head.num_classes gives 50"):
+        run(cfg, str(tmp_path))
+
+
+def test_batch_must_split_over_the_mesh(tmp_path):
+    cfg = tiny_config.get_config()
+    cfg.data.batch_size = 6
+    with pytest.raises(ValueError, match=r"batch_size \(6\) must be divisible by the mesh's data x fsdp axes \(8"):
+        run(cfg, str(tmp_path))
