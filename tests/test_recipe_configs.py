@@ -1,0 +1,61 @@
+"""Every recipe in configs/: the full-size model and optimizer built abstractly (parameter counts checked),
+then 2 real steps with the model shrunk through overrides, on the demo corpus."""
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+from hubert_jax.sharding import make_mesh
+from hubert_jax.training.loop import run
+from hubert_jax.training.pretrain import Pretrainer, param_count
+from tests import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# encoder (transformers' HubertModel count, as tests/test_param_counts.py checks) + final_proj (hidden x final_dim + final_dim) + K x final_dim
+EXPECTED = {
+    "hubert_base_iter1": 94_371_712 + 768 * 256 + 256 + 100 * 256,
+    "hubert_base_iter2": 94_371_712 + 768 * 256 + 256 + 500 * 256,
+    "hubert_large": 315_438_720 + 1024 * 768 + 768 + 500 * 768,
+    "hubert_xlarge": 962_497_408 + 1280 * 1024 + 1024 + 500 * 1024,
+    "korean_base": 94_371_712 + 768 * 256 + 256 + 500 * 256,
+    "korean_large": 315_438_720 + 1024 * 768 + 768 + 500 * 768,
+    "demo": None,  # checked below against its own arithmetic
+}
+
+
+def test_every_config_is_listed():
+    files = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
+    assert files == sorted(EXPECTED)
+    for name in files:  # each file starts with the command that runs it
+        text = open(os.path.join(ROOT, "configs", f"{name}.py")).read()
+        assert f"python train.py --config configs/{name}.py" in text
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_full_size_builds_abstractly(name):
+    cfg = importlib.import_module(f"configs.{name}").get_config()
+    trainer = Pretrainer(cfg, make_mesh({"data": -1}))
+    params = param_count(trainer.abstract_state["params"])
+    if EXPECTED[name] is not None:
+        assert params == EXPECTED[name]
+    # AdamW keeps two moments per parameter (plus step counters)
+    assert param_count(trainer.abstract_state["opt_state"]) == 2 * params + 2
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_two_real_steps_with_a_shrunk_model(name, tmp_path):
+    cfg = tiny_config.shrink(importlib.import_module(f"configs.{name}").get_config(), steps=2)
+    cfg.train.eval_every = 2
+    cfg.model.head.num_classes = (max(92, cfg.model.head.num_classes[0]),)
+    if cfg.model.head.label_rate == 50:  # the demo phones are at 100 Hz: keep every other frame
+        for split in ("train", "valid"):
+            src = cfg.data[split].labels[0]
+            out = tmp_path / f"{split}.km"
+            out.write_text("".join(" ".join(line.split()[::2]) + "\n" for line in open(src)))
+            cfg.data[split].labels = (str(out),)
+    result = run(cfg, str(tmp_path / "run"))
+    assert result.step == 2 and result.skipped_steps == 0
+    assert np.isfinite(result.train["loss"]) and np.isfinite(result.valid["loss"])
