@@ -24,9 +24,13 @@ def get_config():
     c.data.min_samples = 16000
     c.data.batch_size = 8
     c.optim.clip_norm = 10.0
-    c.optim.schedule.update(dict(peak=2e-3, warmup_steps=100, total_steps=800))
+    c.optim.schedule.update(dict(peak=2e-3, warmup_steps=100, total_steps=600))
     c.loss.feature_grad_mult = 0.1
-    c.train.update(dict(steps=800, log_every=50, eval_every=200, eval_batches=10, checkpoint_every=200,
+    # fairseq's pred_nomask_weight. The recipes predict masked frames only; on 10 minutes of audio and a
+    # few hundred CPU steps, masked-only training barely leaves chance (7% masked accuracy after 300 steps
+    # against 22% with this term, 50 clusters), so the demo also scores the unmasked frames
+    c.loss.unmasked = 0.5
+    c.train.update(dict(steps=600, log_every=50, eval_every=200, eval_batches=10, checkpoint_every=200,
                         keep_checkpoints=2))
     c.mesh.data = -1
     return c

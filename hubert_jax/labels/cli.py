@@ -26,12 +26,11 @@ import numpy as np
 from hubert_jax.data.manifest import (
     check_files_exist,
     iter_audio,
-    read_int_labels,
     read_manifest,
     write_int_labels,
 )
 from hubert_jax.labels.features import load_features, save_features, split_utterances
-from hubert_jax.labels.mfcc import mfcc_with_deltas, num_frames
+from hubert_jax.labels.mfcc import mfcc_with_deltas
 
 
 def cmd_mfcc(args) -> None:
@@ -124,19 +123,9 @@ def cmd_dump(args) -> None:
 
 
 def cmd_quality(args) -> None:
-    from hubert_jax.labels.quality import joint_counts, label_quality
+    from hubert_jax.labels.quality import quality_of_km_file
 
-    entries = read_manifest(args.manifest)
-    frames = [num_frames(e.num_samples) for e in entries]
-    phones = read_int_labels(args.phones, frames)
-    ratio = 100 // args.label_rate
-    km_frames = [(-(-f // ratio)) for f in frames] if ratio > 1 else frames
-    # model features at 50 Hz may differ from MFCC frame counts by a frame or two (conv padding)
-    clusters = read_int_labels(args.km, km_frames, tolerance=2 if ratio > 1 else 0)
-    if ratio > 1:
-        clusters = [np.repeat(c, ratio)[: len(p)] for c, p in zip(clusters, phones)]
-        clusters = [np.pad(c, (0, len(p) - len(c)), mode="edge") for c, p in zip(clusters, phones)]
-    q = label_quality(joint_counts(phones, clusters))
+    q = quality_of_km_file(args.km, args.phones, args.manifest, args.label_rate)
     print(f"{args.km}: phone purity {q.phone_purity:.3f}  cluster purity {q.cluster_purity:.3f}  "
           f"PNMI {q.pnmi:.3f}  ({q.frames} frames)")
 

@@ -45,3 +45,22 @@ def label_quality(counts: np.ndarray) -> LabelQuality:
     mutual = float(np.sum(p[nz] * np.log(p[nz] / (py[:, None] * pz[None, :])[nz])))
     h_y = float(-np.sum(py[py > 0] * np.log(py[py > 0])))
     return LabelQuality(phone_purity, cluster_purity, mutual / h_y if h_y > 0 else 0.0, int(counts.sum()))
+
+
+def quality_of_km_file(km: str, phones: str, manifest: str, label_rate: int = 100) -> LabelQuality:
+    """A `.km` file (at 100 Hz, or 50 Hz for model features) against 100 Hz frame-level phone ids."""
+    from hubert_jax.data.manifest import read_int_labels, read_manifest
+    from hubert_jax.labels.mfcc import num_frames
+
+    if label_rate not in (100, 50):
+        raise ValueError(f"label rate {label_rate}: expected 100 (MFCC) or 50 (model features)")
+    frames = [num_frames(e.num_samples) for e in read_manifest(manifest)]
+    phone_labels = read_int_labels(phones, frames)
+    ratio = 100 // label_rate
+    km_frames = [(-(-f // ratio)) for f in frames] if ratio > 1 else frames
+    # model features at 50 Hz may differ from MFCC frame counts by a frame or two (conv padding)
+    clusters = read_int_labels(km, km_frames, tolerance=2 if ratio > 1 else 0)
+    if ratio > 1:
+        clusters = [np.repeat(c, ratio)[: len(p)] for c, p in zip(clusters, phone_labels)]
+        clusters = [np.pad(c, (0, len(p) - len(c)), mode="edge") for c, p in zip(clusters, phone_labels)]
+    return label_quality(joint_counts(phone_labels, clusters))

@@ -188,6 +188,8 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
             if stopping:
                 log.message(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
                 break
+        if valid_source is not None and not last_valid:  # nothing left to train: report where it stands
+            last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
     finally:
         checkpoints.wait()
         checkpoints.close()

@@ -1,0 +1,216 @@
+"""The end-to-end HuBERT recipe on the corpus shipped in data/demo, small enough for 2 CPU cores:
+
+  1. MFCC (39-d, 100 Hz) -> k-means -> iteration-1 labels; their PNMI against the corpus' phones
+  2. iteration 1: a tiny HuBERT (configs/demo.py) trained on them; masked accuracy on the valid split
+  3. its layer-L features -> k-means -> iteration-2 labels (50 Hz); their PNMI
+  4. iteration 2 (short) on those labels
+  5. export: a directory that FlaxAutoModel.from_pretrained and transformers' HubertModel both load
+
+    python -m hubert_jax.demo [--workdir work/demo]
+
+Every stage writes under --workdir and a rerun picks up where the last one stopped (training resumes from
+its checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "data", "demo")
+SPLITS = ("train", "valid")
+
+
+def _say(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def _demo_config():
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    try:
+        import demo
+    finally:
+        sys.path.pop(0)
+    return demo.get_config()
+
+
+def kmeans_labels(feats: dict[str, str], out_dir: str, clusters: int, seed: int) -> dict[str, str]:
+    """Fit k-means on the train features, label every split; returns {split: .km path}."""
+    from hubert_jax.data.manifest import write_int_labels
+    from hubert_jax.labels.features import load_features, split_utterances
+    from hubert_jax.labels.kmeans import KMeansConfig, fit, predict
+
+    os.makedirs(out_dir, exist_ok=True)
+    train, _ = load_features(feats["train"])
+    centers = fit(np.asarray(train), KMeansConfig(clusters, batch_size=10000, max_iter=100, n_init=5, seed=seed))
+    np.save(os.path.join(out_dir, "centroids.npy"), centers)
+    out = {}
+    for split, prefix in feats.items():
+        x, lengths = load_features(prefix)
+        out[split] = os.path.join(out_dir, f"{split}.km")
+        write_int_labels(out[split], split_utterances(predict(np.asarray(x), centers), lengths))
+    return out
+
+
+def every_other_frame(km: dict[str, str], out_dir: str) -> dict[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    out = {}
+    for split, path in km.items():
+        out[split] = os.path.join(out_dir, f"{split}.km")
+        with open(path) as src, open(out[split], "w") as dst:
+            dst.writelines(" ".join(line.split()[::2]) + "\n" for line in src)
+    return out
+
+
+def majority_share(km_path: str) -> float:
+    """The share of the most frequent label: the accuracy of always guessing it."""
+    labels = np.concatenate([np.asarray(line.split(), int) for line in open(km_path) if line.strip()])
+    return float(np.bincount(labels).max() / len(labels))
+
+
+def label_quality(km: dict[str, str], label_rate: int) -> dict[str, float]:
+    from hubert_jax.labels.quality import quality_of_km_file
+
+    result = {}
+    for split, path in km.items():
+        q = quality_of_km_file(path, os.path.join(DATA, f"{split}.phn"), os.path.join(DATA, f"{split}.tsv"),
+                               label_rate)
+        print(f"  {split}: phone purity {q.phone_purity:.3f}  cluster purity {q.cluster_purity:.3f}  "
+              f"PNMI {q.pnmi:.3f}")
+        result[split] = q.pnmi
+    return result
+
+
+def train_iteration(cfg, km: dict[str, str], label_rate: float, steps: int, workdir: str):
+    from hubert_jax.training.loop import run
+
+    cfg.model.head.label_rate = label_rate
+    cfg.data.train.labels = (km["train"],)
+    cfg.data.valid.labels = (km["valid"],)
+    cfg.train.steps = cfg.optim.schedule.total_steps = steps
+    cfg.optim.schedule.warmup_steps = min(cfg.optim.schedule.warmup_steps, steps // 4)
+    return run(cfg, workdir)
+
+
+def dump_layer(model_dir: str, layer: int, out_dir: str) -> dict[str, str]:
+    from hubert_jax.data.manifest import read_manifest
+    from hubert_jax.labels.dump import dump_features
+    from hubert_jax.pretrained import FlaxAutoModel
+
+    model = FlaxAutoModel.from_pretrained(model_dir)
+    out = {}
+    for split in SPLITS:
+        manifest = os.path.join(DATA, f"{split}.tsv")
+        prefix = os.path.join(out_dir, split)
+        os.makedirs(out_dir, exist_ok=True)
+        stats = dump_features(model, read_manifest(manifest), prefix, layer=layer, bucket=16000)
+        print(f"  {split}: layer {layer} of {stats['utterances']} utterances")
+        out[split] = prefix
+    return out
+
+
+def check_export(directory: str, trainer, state) -> dict[str, float]:
+    """The exported model's hidden states, loaded back by hubert-jax and (when installed) transformers,
+    against the trained model's own."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from hubert_jax.pretrained import FlaxAutoModel
+
+    x = np.asarray(np.random.default_rng(0).standard_normal((1, 32000)), np.float32)
+    trained = nnx.merge(trainer.graphdef, state["params"], state["rest"]).hubert
+    want = np.asarray(trained(jnp.asarray(x)).last_hidden_state)
+    loaded = FlaxAutoModel.from_pretrained(directory)
+    diffs = {"hubert-jax": float(np.abs(np.asarray(loaded(jnp.asarray(x)).last_hidden_state) - want).max())}
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        print("  (transformers not installed: skipped loading the export with transformers)")
+        return diffs
+    tmodel = transformers.HubertModel.from_pretrained(directory).eval()
+    with torch.no_grad():
+        got = tmodel(torch.from_numpy(x)).last_hidden_state.numpy()
+    diffs["transformers"] = float(np.abs(got - want).max())
+    return diffs
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m hubert_jax.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="work/demo")
+    parser.add_argument("--clusters", type=int, default=50, help="k-means clusters for both iterations")
+    parser.add_argument("--steps1", type=int, help="iteration-1 steps (default: configs/demo.py)")
+    parser.add_argument("--steps2", type=int, help="iteration-2 steps (default: a third of iteration 1)")
+    parser.add_argument("--layer", type=int, help="iteration-1 layer for the iteration-2 labels (default: the "
+                                                  "last but one; see README for why not the middle)")
+    args = parser.parse_args(argv)
+    from hubert_jax.labels import cli as labels_cli
+    from hubert_jax.training.pretrain import export_model
+
+    start = time.perf_counter()
+    wd = os.path.abspath(args.workdir)
+    base = _demo_config()
+    steps1 = args.steps1 or base.train.steps
+    steps2 = args.steps2 or max(steps1 // 3, 1)
+    layer = args.layer or max(base.model.overrides.num_hidden_layers - 1, 1)
+
+    _say(f"1. MFCC features and k-means ({args.clusters} clusters): iteration-1 labels")
+    mfcc = {}
+    for split in SPLITS:
+        mfcc[split] = os.path.join(wd, "mfcc", split)
+        os.makedirs(os.path.dirname(mfcc[split]), exist_ok=True)
+        labels_cli.main(["mfcc", "--manifest", os.path.join(DATA, f"{split}.tsv"), "--out", mfcc[split]])
+    km1 = kmeans_labels(mfcc, os.path.join(wd, "labels", "iter1"), args.clusters, base.seed)
+    pnmi1 = label_quality(km1, 100)
+    print("  the same labels at the model's 50 Hz (every other frame), for a like-for-like comparison:")
+    pnmi1_50 = label_quality(every_other_frame(km1, os.path.join(wd, "labels", "iter1_50hz")), 50)
+
+    _say(f"2. iteration 1: tiny HuBERT on the MFCC labels, {steps1} steps")
+    cfg1 = _demo_config()
+    cfg1.model.head.num_classes = (args.clusters,)
+    it1 = train_iteration(cfg1, km1, 100.0, steps1, os.path.join(wd, "iter1"))
+    export_model(it1.trainer, it1.state, os.path.join(wd, "iter1", "model"))
+
+    _say(f"3. layer-{layer} features of iteration 1 and k-means: iteration-2 labels (50 Hz)")
+    feats = dump_layer(os.path.join(wd, "iter1", "model"), layer, os.path.join(wd, "features", f"layer{layer}"))
+    km2 = kmeans_labels(feats, os.path.join(wd, "labels", "iter2"), args.clusters, base.seed)
+    pnmi2 = label_quality(km2, 50)
+
+    _say(f"4. iteration 2 on those labels, {steps2} steps")
+    cfg2 = _demo_config()
+    cfg2.model.head.num_classes = (args.clusters,)
+    it2 = train_iteration(cfg2, km2, 50.0, steps2, os.path.join(wd, "iter2"))
+
+    _say("5. export")
+    model_dir = export_model(it2.trainer, it2.state, os.path.join(wd, "model"))
+    diffs = check_export(model_dir, it2.trainer, it2.state)
+    for who, d in diffs.items():
+        print(f"  loaded with {who}: max |difference| from the trained model {d:.2e}")
+
+    chance = {"iter1": majority_share(km1["valid"]), "iter2": majority_share(km2["valid"])}
+    summary = {
+        "pnmi_mfcc_100hz": pnmi1, "pnmi_mfcc_50hz": pnmi1_50, "pnmi_iter1_layer": pnmi2, "layer": layer,
+        "valid_accuracy_m": {"iter1": it1.valid.get("accuracy_m"), "iter2": it2.valid.get("accuracy_m")},
+        "majority_share": chance, "export": model_dir, "load_diffs": diffs,
+        "minutes": (time.perf_counter() - start) / 60,
+    }
+    _say("summary")
+    print("  label PNMI against the phones (train / valid):")
+    print(f"    MFCC k-means, 100 Hz              {pnmi1['train']:.3f} / {pnmi1['valid']:.3f}")
+    print(f"    MFCC k-means, 50 Hz               {pnmi1_50['train']:.3f} / {pnmi1_50['valid']:.3f}")
+    print(f"    iteration 1 layer {layer}, 50 Hz       {pnmi2['train']:.3f} / {pnmi2['valid']:.3f}")
+    for it, result in (("iter1", it1), ("iter2", it2)):
+        print(f"  masked-prediction accuracy ({it}, valid): {result.valid.get('accuracy_m', float('nan')):.3f} "
+              f"(always guessing the commonest label: {chance[it]:.3f})")
+    print(f"  model: {model_dir}  ({summary['minutes']:.1f} min in all)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
