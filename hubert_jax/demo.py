@@ -90,8 +90,9 @@ def train_iteration(cfg, km: dict[str, str], label_rate: float, steps: int, work
     from hubert_jax.training.loop import run
 
     cfg.model.head.label_rate = label_rate
-    cfg.data.train.labels = (km["train"],)
-    cfg.data.valid.labels = (km["valid"],)
+    for split in SPLITS:
+        cfg.data[split].manifest = os.path.join(DATA, f"{split}.tsv")
+        cfg.data[split].labels = (km[split],)
     cfg.train.steps = cfg.optim.schedule.total_steps = steps
     cfg.optim.schedule.warmup_steps = min(cfg.optim.schedule.warmup_steps, steps // 4)
     return run(cfg, workdir)
@@ -154,6 +155,9 @@ def main(argv=None) -> dict:
     from hubert_jax.training.pretrain import export_model
 
     start = time.perf_counter()
+    if not os.path.isfile(os.path.join(DATA, "train.tsv")):
+        raise SystemExit(f"{DATA}: the demo corpus is not there; run the demo from a clone of the repository "
+                         f"installed with `pip install -e .`")
     wd = os.path.abspath(args.workdir)
     base = _demo_config()
     steps1 = args.steps1 or base.train.steps
@@ -202,9 +206,9 @@ def main(argv=None) -> dict:
     }
     _say("summary")
     print("  label PNMI against the phones (train / valid):")
-    print(f"    MFCC k-means, 100 Hz              {pnmi1['train']:.3f} / {pnmi1['valid']:.3f}")
-    print(f"    MFCC k-means, 50 Hz               {pnmi1_50['train']:.3f} / {pnmi1_50['valid']:.3f}")
-    print(f"    iteration 1 layer {layer}, 50 Hz       {pnmi2['train']:.3f} / {pnmi2['valid']:.3f}")
+    for name, pnmi in (("MFCC k-means, 100 Hz", pnmi1), ("MFCC k-means, 50 Hz", pnmi1_50),
+                       (f"iteration 1 layer {layer}, 50 Hz", pnmi2)):
+        print(f"    {name:<32}{pnmi['train']:.3f} / {pnmi['valid']:.3f}")
     for it, result in (("iter1", it1), ("iter2", it2)):
         print(f"  masked-prediction accuracy ({it}, valid): {result.valid.get('accuracy_m', float('nan')):.3f} "
               f"(always guessing the commonest label: {chance[it]:.3f})")

@@ -11,8 +11,13 @@ from flax import nnx
 from hubert_jax.config import HubertConfig
 from hubert_jax.convert.state import load_torch_state_dict
 from hubert_jax.masking import span_mask
-from hubert_jax.models.pretraining_hubert import (HeadConfig, HubertForPreTraining, LossWeights, frames_for_labels,
-                                                  pretraining_loss)
+from hubert_jax.models.pretraining_hubert import (
+    HeadConfig,
+    HubertForPreTraining,
+    LossWeights,
+    frames_for_labels,
+    pretraining_loss,
+)
 from tests.reference import audio, torch_config
 
 
@@ -59,7 +64,7 @@ def test_span_mask_matches_fairseq_distribution(lengths):
     assert abs(counts.mean() - ref.sum(-1).mean()) < 0.03 * ref.sum(-1).mean()
     per_position = ours.mean(0)
     ref_position = ref.mean(0)
-    windows = lambda a: a.reshape(4, 20, 10).mean(-1)  # noqa: E731  (10-frame windows: less sampling noise)
+    windows = lambda a: a.reshape(4, 20, 10).mean(-1)
     assert np.abs(windows(per_position) - windows(ref_position)).max() < 0.06
     assert abs(per_position.mean() - ref_position.mean()) < 0.01
     # the same key gives the same mask; a different one does not

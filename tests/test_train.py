@@ -180,3 +180,18 @@ def test_batch_must_split_over_the_mesh(tmp_path):
     cfg.data.batch_size = 6
     with pytest.raises(ValueError, match=r"batch_size \(6\) must be divisible by the mesh's data x fsdp axes \(8"):
         run(cfg, str(tmp_path))
+
+
+def test_init_from_an_exported_model_continues_with_its_heads(reference, tmp_path):
+    from hubert_jax.training.pretrain import export_model
+
+    exported = export_model(reference.trainer, reference.state, str(tmp_path / "export"))
+    cfg = tiny_config.get_config()
+    cfg.model.init_from = exported
+    start = run(cfg, str(tmp_path / "continued"), stop_after=0)
+    assert start.step == 0
+    assert_same_params(reference.state, start.state)  # encoder and heads, all from the export
+
+    cfg.model.head.num_classes = (100,)
+    with pytest.raises(ValueError, match=r"pretraining_heads.safetensors: label_embs_concat has shape \(92, 16\)"):
+        run(cfg, str(tmp_path / "mismatch"), stop_after=0)

@@ -16,8 +16,14 @@ import math
 
 import numpy as np
 
-from hubert_jax.data.manifest import (SAMPLE_RATE, AudioError, check_files_exist, read_audio, read_int_labels,
-                                      read_manifest)
+from hubert_jax.data.manifest import (
+    SAMPLE_RATE,
+    AudioError,
+    check_files_exist,
+    read_audio,
+    read_int_labels,
+    read_manifest,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,14 @@ from flax import nnx
 from hubert_jax.config import HubertConfig
 from hubert_jax.lengths import feature_vector_mask
 from hubert_jax.masking import span_mask
-from hubert_jax.models.layers import Linear, ModelOptions, fold, make_param, torch_linear_init, uniform
+from hubert_jax.models.layers import (
+    Linear,
+    ModelOptions,
+    fold,
+    make_param,
+    torch_linear_init,
+    uniform,
+)
 from hubert_jax.models.model import HubertModel, make_options
 
 SAMPLE_RATE = 16000

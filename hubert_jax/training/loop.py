@@ -13,7 +13,12 @@ import jax
 import numpy as np
 
 from hubert_jax.data.manifest import SAMPLE_RATE
-from hubert_jax.data.pipeline import DataConfig, LabeledAudio, make_dataset, make_iterator
+from hubert_jax.data.pipeline import (
+    DataConfig,
+    LabeledAudio,
+    make_dataset,
+    make_iterator,
+)
 from hubert_jax.sharding import make_mesh
 from hubert_jax.training.checkpoint import Checkpoints
 from hubert_jax.training.metrics_log import MetricLog

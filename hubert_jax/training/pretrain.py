@@ -17,7 +17,11 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hubert_jax.models.layers import ModelOptions
-from hubert_jax.models.pretraining_hubert import HubertForPreTraining, LossWeights, pretraining_loss
+from hubert_jax.models.pretraining_hubert import (
+    HubertForPreTraining,
+    LossWeights,
+    pretraining_loss,
+)
 from hubert_jax.sharding import DEFAULT_RULES, variable_sharding
 from hubert_jax.training.config import head_config, model_config
 from hubert_jax.training.optim import make_optimizer, make_schedule
@@ -172,8 +176,12 @@ def export_model(trainer: Pretrainer, state, directory: str) -> str:
     import os
 
     from hubert_jax.convert import checkpoint_io as io
-    from hubert_jax.pretrained import (PRETRAINING_HEADS, write_directory, write_model_files,
-                                       write_transformers_files)
+    from hubert_jax.pretrained import (
+        PRETRAINING_HEADS,
+        write_directory,
+        write_model_files,
+        write_transformers_files,
+    )
 
     model = nnx.merge(trainer.graphdef, jax.device_get(state["params"]), jax.device_get(state["rest"]))
 
