@@ -22,8 +22,35 @@ EXPECTED = {
     "hubert_xlarge": 962_497_408 + 1280 * 1024 + 1024 + 500 * 1024,
     "korean_base": 94_371_712 + 768 * 256 + 256 + 500 * 256,
     "korean_large": 315_438_720 + 1024 * 768 + 768 + 500 * 768,
-    "demo": None,  # checked below against its own arithmetic
+    "demo": None,  # no published size to check against
+    # student (transformers' distilhubert, 2 layers) + heads: Linear(768, 3 x 768) and 3 x Linear(768, 768)
+    "distilhubert": 23_491_968 + 768 * 2304 + 2304 + 3 * (768 * 768 + 768),
 }
+
+
+def _trainer(cfg, teacher=None):
+    if cfg.task == "distill":
+        from flax import nnx
+
+        from hubert_jax.config import preset
+        from hubert_jax.models import HubertModel
+        from hubert_jax.training.distill import Distiller
+
+        teacher = teacher or nnx.eval_shape(lambda: HubertModel(preset("hubert-base")))
+        return Distiller(cfg, make_mesh({"data": -1}), teacher)
+    return Pretrainer(cfg, make_mesh({"data": -1}))
+
+
+def tiny_teacher(directory):
+    """A random 12-layer teacher of the tiny width, saved as a model directory."""
+    from flax import nnx
+
+    from hubert_jax.config import preset
+    from hubert_jax.models import HubertModel
+
+    config = preset("hubert-base").replace(**{**tiny_config.TINY_MODEL, "num_hidden_layers": 12})
+    HubertModel(config, rngs=nnx.Rngs(7)).save_pretrained(str(directory))
+    return str(directory)
 
 
 def test_every_config_is_listed():
@@ -37,7 +64,7 @@ def test_every_config_is_listed():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_full_size_builds_abstractly(name):
     cfg = importlib.import_module(f"configs.{name}").get_config()
-    trainer = Pretrainer(cfg, make_mesh({"data": -1}))
+    trainer = _trainer(cfg)
     params = param_count(trainer.abstract_state["params"])
     if EXPECTED[name] is not None:
         assert params == EXPECTED[name]
@@ -49,6 +76,8 @@ def test_full_size_builds_abstractly(name):
 def test_two_real_steps_with_a_shrunk_model(name, tmp_path):
     cfg = tiny_config.shrink(importlib.import_module(f"configs.{name}").get_config(), steps=2)
     cfg.train.eval_every = 2
+    if cfg.task == "distill":
+        cfg.distill.teacher = tiny_teacher(tmp_path / "teacher")
     cfg.model.head.num_classes = (max(92, cfg.model.head.num_classes[0]),)
     if cfg.model.head.label_rate == 50:  # the demo phones are at 100 Hz: keep every other frame
         for split in ("train", "valid"):

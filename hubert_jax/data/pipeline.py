@@ -46,8 +46,8 @@ class DataConfig:
 class LabeledAudio:
     """Random-access source: (audio, labels) of the utterances of a manifest long enough to train on."""
 
-    def __init__(self, config: DataConfig):
-        if not config.labels:
+    def __init__(self, config: DataConfig, *, need_labels: bool = True):
+        if need_labels and not config.labels:
             raise ValueError(f"{config.manifest}: no label files given (data.labels)")
         entries = read_manifest(config.manifest)
         if not entries:
@@ -109,7 +109,10 @@ def crop_and_pad(example, rng: np.random.Generator, config: DataConfig):
     for lab in example["labels"]:
         cut = lab[label_start: label_start + config.label_length]
         labels.append(np.pad(cut, (0, config.label_length - len(cut)), constant_values=-1))
-    return {"input_values": out_audio, "attention_mask": mask, "labels": np.stack(labels)}
+    out = {"input_values": out_audio, "attention_mask": mask}
+    if labels:
+        out["labels"] = np.stack(labels)
+    return out
 
 
 def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,

@@ -16,6 +16,7 @@ from hubert_jax.config import HubertConfig, preset
 def pretraining_defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.task = "hubert"  # "hubert": masked prediction; "distill": DistilHuBERT (see c.distill)
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "hubert-base"
@@ -55,6 +56,9 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
         steps=400000, log_every=100, eval_every=5000, eval_batches=20, checkpoint_every=5000, keep_checkpoints=3,
         max_nan_in_a_row=10, tensorboard=True))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # DistilHuBERT (task "distill"): the teacher's directory, the teacher layers the heads predict
+    c.distill = ml_collections.ConfigDict(dict(teacher="", pred_layers=(4, 8, 12), inter_dim=-1, cosine_weight=1.0,
+                                               feat_pen_weight=0.0, init_from_teacher=True))
     return c
 
 

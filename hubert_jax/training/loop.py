@@ -22,7 +22,7 @@ from hubert_jax.data.pipeline import (
 from hubert_jax.sharding import make_mesh
 from hubert_jax.training.checkpoint import Checkpoints
 from hubert_jax.training.metrics_log import MetricLog
-from hubert_jax.training.pretrain import Pretrainer, load_initial_weights, param_count
+from hubert_jax.training.pretrain import Pretrainer, Trainer, load_initial_weights, param_count
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +38,24 @@ class RunResult:
     train: dict
     valid: dict
     skipped_steps: int
-    trainer: Pretrainer
+    trainer: Trainer
     state: dict
+
+
+def make_trainer(cfg, mesh):
+    if cfg.task == "hubert":
+        return Pretrainer(cfg, mesh)
+    if cfg.task == "distill":
+        from hubert_jax.training.distill import Distiller, load_teacher
+
+        return Distiller(cfg, mesh, load_teacher(cfg))
+    raise ValueError(f"config.task: unknown task {cfg.task!r} (hubert, distill)")
 
 
 def data_config(cfg, split: str) -> DataConfig:
     part = cfg.data[split]
-    return DataConfig(manifest=part.manifest, labels=tuple(part.labels), label_rate=cfg.model.head.label_rate,
+    labels = () if cfg.task == "distill" else tuple(part.labels)  # distillation needs no labels
+    return DataConfig(manifest=part.manifest, labels=labels, label_rate=cfg.model.head.label_rate,
                       crop_samples=cfg.data.crop_samples, min_samples=cfg.data.min_samples,
                       normalize=cfg.data.normalize)
 
@@ -65,7 +76,7 @@ def _check_batch_fits_mesh(cfg, mesh) -> None:
 
 def restore_latest(cfg, workdir: str, step: int | None = None):
     """(trainer, state) of a workdir's newest (or given) checkpoint, e.g. to export or inspect a run."""
-    trainer = Pretrainer(cfg, make_mesh(dict(cfg.mesh)))
+    trainer = make_trainer(cfg, make_mesh(dict(cfg.mesh)))
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                               config_json=cfg.to_json(sort_keys=True))
     try:
@@ -77,26 +88,21 @@ def restore_latest(cfg, workdir: str, step: int | None = None):
         checkpoints.close()
 
 
-def _global_batch(trainer: Pretrainer, batch: dict) -> dict:
+def _global_batch(trainer: Trainer, batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(trainer.batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def evaluate(trainer: Pretrainer, state, source, data_cfg: DataConfig, batch_size: int, max_batches: int) -> dict:
+def evaluate(trainer: Trainer, state, source, data_cfg: DataConfig, batch_size: int, max_batches: int) -> dict:
     """Masked/unmasked accuracy and loss on the first `max_batches` batches of the valid split (same crops
     and masks every time)."""
     ds = make_dataset(source, data_cfg, batch_size=batch_size, seed=trainer.cfg.seed, shuffle=False, repeat=False,
                       process_index=jax.process_index(), process_count=jax.process_count())
-    sums: dict = {}
     count = min(len(ds), max_batches)
     if count == 0:
         raise ValueError(f"{data_cfg.manifest}: fewer utterances than one batch ({batch_size}) to validate on")
-    for i in range(count):
-        metrics = jax.device_get(trainer.eval_step(state, _global_batch(trainer, ds[i]), trainer.eval_key(i)))
-        for k in ("correct_m", "correct_u", "masked_frames", "unmasked_frames"):
-            sums[k] = sums.get(k, 0) + int(metrics[k])
-        sums["loss"] = sums.get("loss", 0.0) + float(metrics["loss"]) / count
-    return {"loss": sums["loss"], "accuracy_m": sums["correct_m"] / max(sums["masked_frames"], 1),
-            "accuracy_u": sums["correct_u"] / max(sums["unmasked_frames"], 1)}
+    metrics = [jax.device_get(trainer.eval_step(state, _global_batch(trainer, ds[i]), trainer.eval_key(i)))
+               for i in range(count)]
+    return trainer.summarize(metrics)
 
 
 def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
@@ -116,18 +122,19 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     # ------------------------------------------------------------------ input pipeline
     batch_size = _per_host_batch(cfg)
     train_cfg = data_config(cfg, "train")
-    train_source = LabeledAudio(train_cfg)
+    need_labels = cfg.task == "hubert"
+    train_source = LabeledAudio(train_cfg, need_labels=need_labels)
     iterator = make_iterator(train_source, train_cfg, batch_size=batch_size, seed=cfg.seed,
                              process_index=jax.process_index(), process_count=jax.process_count(),
                              num_threads=cfg.data.num_threads)
     valid_cfg = data_config(cfg, "valid") if cfg.data.valid.manifest else None
-    valid_source = LabeledAudio(valid_cfg) if valid_cfg else None
+    valid_source = LabeledAudio(valid_cfg, need_labels=need_labels) if valid_cfg else None
     for source in (train_source, valid_source):
-        if source is not None:
+        if source is not None and need_labels:
             source.check_num_classes(tuple(cfg.model.head.num_classes))
 
     # ------------------------------------------------------------------ state: resume, init_from or fresh
-    trainer = Pretrainer(cfg, mesh)
+    trainer = make_trainer(cfg, mesh)
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                               config_json=config_json)
     latest = checkpoints.latest_step()
@@ -135,7 +142,7 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
         state = checkpoints.restore(latest, trainer.abstract_state, trainer.state_shardings, iterator)
         log.message(f"resumed from {checkpoints.directory}/{latest}")
     else:
-        state = trainer.init()
+        state = trainer.initial_state(trainer.init())
         if cfg.model.init_from:
             state = load_initial_weights(trainer, state, cfg.model.init_from)
             log.message(f"initialised from {cfg.model.init_from}")
@@ -180,7 +187,7 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
                 elapsed = time.perf_counter() - tick
                 last_train = {k: float(np.mean(v)) for k, v in window.items()
                               if k in ("loss", "accuracy_m", "accuracy_u", "lr", "grad_norm", "features_pen",
-                                       "loss_m", "loss_u")}
+                                       "loss_m", "loss_u", "rec_loss", "sim_loss", "cosine")}
                 last_train["audio_s_per_s"] = audio_seconds / max(elapsed, 1e-9)
                 last_train["skipped_steps"] = float(jax.device_get(state["nan_total"]))
                 log.write(step, "train", last_train)

@@ -54,7 +54,7 @@ class MetricLog:
         done = min(step / max(self.total, 1), 1.0)
         bar = "#" * int(done * 20) + "-" * (20 - int(done * 20))
         elapsed = time.perf_counter() - self.start
-        keys = ("loss", "accuracy_m", "accuracy_u", "lr", "grad_norm", "audio_s_per_s")
+        keys = ("loss", "accuracy_m", "accuracy_u", "rec_loss", "cosine", "lr", "grad_norm", "audio_s_per_s")
         shown = "  ".join(f"{k} {_fmt(values[k])}" for k in keys if k in values)
         return f"[{bar}] {step}/{self.total} {shown}  ({elapsed:.0f} s)"
 

@@ -52,18 +52,24 @@ def param_count(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-class Pretrainer:
-    """Holds what does not change during a run (graph, optimizer, shardings) and the jitted steps."""
+class Trainer:
+    """Holds what does not change during a run (graph, optimizer, shardings) and the jitted steps. A task
+    (HuBERT masked prediction, distillation) supplies `build`, `forward` and `summarize`; `frozen` is a
+    pytree of arrays the steps read but do not train (a distillation teacher), or None."""
+
+    frozen = None
+    frozen_shardings = None
+
+    def build(self):
+        raise NotImplementedError
 
     def __init__(self, cfg, mesh, rules=DEFAULT_RULES):
         self.cfg, self.mesh, self.rules = cfg, mesh, rules
         self.tx = make_optimizer(cfg.optim)
         self.schedule = make_schedule(cfg.optim.schedule)
-        self.weights = LossWeights(masked=cfg.loss.masked, unmasked=cfg.loss.unmasked,
-                                   features_pen=cfg.loss.features_pen)
-        abstract = nnx.eval_shape(lambda: build_model(cfg))
+        abstract = nnx.eval_shape(self.build)
         self.graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
-        self.num_label_sets = len(abstract.head.num_classes)
+        self.setup(abstract)
         replicated = NamedSharding(mesh, PartitionSpec())
         param_shardings = _pure_map(abs_params, lambda v: variable_sharding(v, mesh, rules))
         rest_shardings = _pure_map(abs_rest, lambda v: variable_sharding(v, mesh, rules))
@@ -78,14 +84,28 @@ class Pretrainer:
                                                                       if a in mesh.shape)))
         self.abstract_state = jax.eval_shape(self._init)
         self.init = jax.jit(self._init, out_shardings=self.state_shardings)
-        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+        self._train_jit = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding,
+                                                                   self.frozen_shardings),
                                   out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
-        self.eval_step = jax.jit(self._eval_step, in_shardings=(self.state_shardings, self.batch_sharding, replicated),
-                                 out_shardings=replicated)
+        self._eval_jit = jax.jit(self._eval_step, in_shardings=(self.state_shardings, self.batch_sharding, replicated,
+                                                                 self.frozen_shardings), out_shardings=replicated)
+
+    def setup(self, abstract) -> None:
+        """Task-specific attributes, from the abstract model (before the shardings are made)."""
+
+    def initial_state(self, state):
+        """A fresh run's state after init (e.g. a distillation student copied from its teacher)."""
+        return state
+
+    def train_step(self, state, batch):
+        return self._train_jit(state, batch, self.frozen)
+
+    def eval_step(self, state, batch, key):
+        return self._eval_jit(state, batch, key, self.frozen)
 
     # ------------------------------------------------------------------ state
     def _init(self):
-        model = build_model(self.cfg)
+        model = self.build()
         _, params, rest = nnx.split(model, nnx.Param, ...)
         params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
         return dict(params=params, rest=rest, opt_state=self.tx.init(params), step=jnp.zeros((), jnp.int32),
@@ -99,23 +119,24 @@ class Pretrainer:
                                                              out_shardings=self.state_shardings["opt_state"])(params))
 
     # ------------------------------------------------------------------ steps
-    def _forward(self, params, rest, batch, key, deterministic: bool):
+    def _forward(self, params, rest, batch, key, deterministic: bool, frozen):
         model = nnx.merge(self.graphdef, params, rest)
-        mask_key, dropout_key = jax.random.split(key)
-        m = self.cfg.masking
-        labels = [batch["labels"][:, i] for i in range(self.num_label_sets)]
-        out = model(batch["input_values"], labels, batch["attention_mask"], mask_rng=mask_key,
-                    mask_prob=m.mask_prob, mask_length=m.mask_length, min_masks=m.min_masks,
-                    feature_grad_mult=self.cfg.loss.feature_grad_mult, deterministic=deterministic,
-                    dropout_rng=None if deterministic else dropout_key)
-        loss, metrics = pretraining_loss(out, self.weights)
+        loss, metrics = self.forward(model, batch, key, deterministic, frozen)
         return loss, (metrics, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
 
-    def _train_step(self, state, batch):
+    def forward(self, model, batch, key, deterministic: bool, frozen):
+        """(loss, metrics) of one batch."""
+        raise NotImplementedError
+
+    def summarize(self, metrics: list[dict]) -> dict:
+        """One validation figure per metric from the per-batch metrics."""
+        return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+
+    def _train_step(self, state, batch, frozen):
         step = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
         grad_fn = jax.value_and_grad(self._forward, has_aux=True)
-        (loss, (metrics, rest)), grads = grad_fn(state["params"], state["rest"], batch, key, False)
+        (loss, (metrics, rest)), grads = grad_fn(state["params"], state["rest"], batch, key, False, frozen)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
@@ -133,13 +154,42 @@ class Pretrainer:
                        lr=self.schedule(step - state["nan_total"]))  # the optimizer counts applied updates
         return new_state, metrics
 
-    def _eval_step(self, state, batch, key):
-        _, (metrics, _) = self._forward(state["params"], state["rest"], batch, key, True)
+    def _eval_step(self, state, batch, key, frozen):
+        _, (metrics, _) = self._forward(state["params"], state["rest"], batch, key, True, frozen)
         return metrics
 
     def eval_key(self, index: int):
         """Fixed masks for validation batch `index`, the same at every evaluation."""
         return jax.random.fold_in(jax.random.key(self.cfg.seed + 1), index)
+
+
+class Pretrainer(Trainer):
+    """HuBERT masked prediction."""
+
+    def build(self):
+        return build_model(self.cfg)
+
+    def setup(self, abstract) -> None:
+        self.num_label_sets = len(abstract.head.num_classes)
+        self.weights = LossWeights(masked=self.cfg.loss.masked, unmasked=self.cfg.loss.unmasked,
+                                   features_pen=self.cfg.loss.features_pen)
+
+    def forward(self, model, batch, key, deterministic: bool, frozen):
+        mask_key, dropout_key = jax.random.split(key)
+        m = self.cfg.masking
+        labels = [batch["labels"][:, i] for i in range(self.num_label_sets)]
+        out = model(batch["input_values"], labels, batch["attention_mask"], mask_rng=mask_key,
+                    mask_prob=m.mask_prob, mask_length=m.mask_length, min_masks=m.min_masks,
+                    feature_grad_mult=self.cfg.loss.feature_grad_mult, deterministic=deterministic,
+                    dropout_rng=None if deterministic else dropout_key)
+        return pretraining_loss(out, self.weights)
+
+    def summarize(self, metrics: list[dict]) -> dict:
+        sums = {k: sum(int(m[k]) for m in metrics) for k in ("correct_m", "correct_u", "masked_frames",
+                                                             "unmasked_frames")}
+        return {"loss": float(np.mean([m["loss"] for m in metrics])),
+                "accuracy_m": sums["correct_m"] / max(sums["masked_frames"], 1),
+                "accuracy_u": sums["correct_u"] / max(sums["unmasked_frames"], 1)}
 
 
 def load_initial_weights(trainer: Pretrainer, state, directory: str):
@@ -153,7 +203,7 @@ def load_initial_weights(trainer: Pretrainer, state, directory: str):
     model = nnx.merge(trainer.graphdef, jax.device_get(state["params"]), jax.device_get(state["rest"]))
     load_weights_into(model.hubert, directory)
     heads_file = os.path.join(directory, PRETRAINING_HEADS)
-    if os.path.isfile(heads_file):
+    if os.path.isfile(heads_file) and hasattr(model, "label_embs_concat"):
         heads = read_weights(directory, PRETRAINING_HEADS)
         targets = {"final_proj.kernel": model.final_proj.kernel, "final_proj.bias": model.final_proj.bias,
                    "label_embs_concat": model.label_embs_concat}
@@ -167,7 +217,7 @@ def load_initial_weights(trainer: Pretrainer, state, directory: str):
     return trainer.with_params(state, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
-def export_model(trainer: Pretrainer, state, directory: str) -> str:
+def export_model(trainer: Trainer, state, directory: str) -> str:
     """A model directory that both `FlaxAutoModel.from_pretrained` (flax_model.safetensors) and transformers'
     `HubertModel.from_pretrained` (model.safetensors) load, plus the pretraining heads
     (`pretraining_heads.safetensors`, settings under `hubert_pretraining` in config.json) so a later run
@@ -188,6 +238,8 @@ def export_model(trainer: Pretrainer, state, directory: str) -> str:
     def fill(tmp):
         write_transformers_files(model.hubert, tmp)
         write_model_files(model.hubert, tmp)
+        if not hasattr(model, "label_embs_concat"):  # a distillation student: the HubertModel alone
+            return
         heads = {"final_proj.kernel": model.final_proj.kernel[...], "final_proj.bias": model.final_proj.bias[...],
                  "label_embs_concat": model.label_embs_concat[...]}
         io.write_safetensors({k: np.asarray(v, np.float32) for k, v in heads.items()}, tmp,
