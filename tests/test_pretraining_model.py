@@ -193,3 +193,21 @@ def test_needs_mask_embedding_and_known_head_keys():
     with pytest.raises(ValueError, match=r"unknown keys \['final_dimm'\]"):
         HeadConfig.from_dict({"final_dimm": 3})
     assert HeadConfig.from_dict({"num_label_embeddings": 504, "final_dim": 256}).num_classes == (504,)
+
+
+def test_label_offset_scores_label_k_against_embedding_row_k_plus_offset():
+    """fairseq checkpoints keep 4 dictionary specials before the clusters: with label_offset=4, label k
+    is scored against row k + 4, the same as shifting the labels by hand."""
+    import dataclasses
+
+    _, model = build(num_classes=(11,), num_hidden_layers=1)
+    x, _ = audio(batch=2, samples=4000)
+    labels = np.random.default_rng(0).integers(0, 7, (2, 398))
+    mask = span_mask(jax.random.key(1), (2, 199), mask_prob=0.5, mask_length=4)
+    shifted = model(jnp.asarray(x), jnp.asarray(labels + 4), mask_time_indices=mask)
+    model.head = dataclasses.replace(model.head, label_offset=4)
+    offset = model(jnp.asarray(x), jnp.asarray(labels), mask_time_indices=mask)
+    np.testing.assert_array_equal(np.asarray(offset.targets[0]), np.asarray(shifted.targets[0]))
+    assert float(pretraining_loss(offset)[0]) == float(pretraining_loss(shifted)[0])
+    with pytest.raises(ValueError, match="label_offset"):
+        HeadConfig(label_offset=-1)

@@ -213,6 +213,7 @@ def convert_checkpoint(ckpt: Mapping) -> tuple[dict, dict, dict, str]:
             "logit_temp": model_cfg.get("logit_temp", 0.1),
             "untie_final_proj": bool(model_cfg.get("untie_final_proj", False)),
             "label_rate": model_cfg.get("label_rate", 50),
+            "label_offset": 4,  # fairseq Dictionary: <s>, <pad>, </s>, <unk>, then the clusters
             "num_label_embeddings": int(heads["label_embs_concat"].shape[0]),
         }
     return fields, out, heads, kind

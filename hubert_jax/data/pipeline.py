@@ -74,15 +74,16 @@ class LabeledAudio:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def check_num_classes(self, num_classes) -> None:
+    def check_num_classes(self, num_classes, label_offset: int = 0) -> None:
         """Every label must have a label embedding: a label >= K would silently turn the loss into NaN."""
         if len(num_classes) != len(self.config.labels):
             raise ValueError(f"{len(self.config.labels)} label files given ({', '.join(self.config.labels)}), but "
                              f"config.model.head.num_classes has {len(num_classes)} entries")
         for path, top, k in zip(self.config.labels, self.max_label, num_classes):
-            if top >= k:
+            if top + label_offset >= k:
                 raise ValueError(f"{path}: labels go up to {top}, but config.model.head.num_classes gives {k} "
-                                 f"clusters for this label set")
+                                 f"clusters for this label set"
+                                 + (f" (with label_offset {label_offset})" if label_offset else ""))
 
     def __getitem__(self, index: int):
         entry = self.entries[index]

@@ -45,9 +45,14 @@ class HeadConfig:
     logit_temp: float = 0.1
     untie_final_proj: bool = False
     label_rate: float = 50.0  # labels per second: 100 for MFCC labels, 50 for model features
+    # row of label k in the embeddings is k + label_offset: 4 for fairseq checkpoints, whose label
+    # dictionaries put 4 special symbols first
+    label_offset: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "num_classes", tuple(int(k) for k in self.num_classes))
+        if self.label_offset < 0:
+            raise ValueError(f"hubert_pretraining.label_offset: expected >= 0, got {self.label_offset}")
         if not self.num_classes or min(self.num_classes) < 1:
             raise ValueError(f"hubert_pretraining.num_classes: expected positive cluster counts, got "
                              f"{self.num_classes}")
@@ -142,6 +147,8 @@ class HubertForPreTraining(nnx.Module):
         features_pen = jnp.mean(jnp.square(features.astype(jnp.float32)))
         num_frames = features.shape[1]
         targets = tuple(jnp.asarray(lab)[:, index].astype(jnp.int32) for lab in labels)
+        if self.head.label_offset:
+            targets = tuple(jnp.where(t >= 0, t + self.head.label_offset, t) for t in targets)
         if attention_mask is not None:
             frame_mask = feature_vector_mask(self.config, num_frames, attention_mask, add_adapter=False)
         else:

@@ -25,7 +25,7 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
         hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1, layerdrop=0.05,
         mask_time_prob=0.05))
     c.model.head = ml_collections.ConfigDict(dict(num_classes=(100,), final_dim=256, logit_temp=0.1,
-                                                  untie_final_proj=False, label_rate=100.0))
+                                                  untie_final_proj=False, label_rate=100.0, label_offset=0))
     c.model.dtype = "float32"  # compute dtype: bfloat16 on accelerators
     c.model.param_dtype = "float32"
     c.model.scan_layers = False

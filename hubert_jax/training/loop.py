@@ -131,7 +131,7 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     valid_source = LabeledAudio(valid_cfg, need_labels=need_labels) if valid_cfg else None
     for source in (train_source, valid_source):
         if source is not None and need_labels:
-            source.check_num_classes(tuple(cfg.model.head.num_classes))
+            source.check_num_classes(tuple(cfg.model.head.num_classes), cfg.model.head.get("label_offset", 0))
 
     # ------------------------------------------------------------------ state: resume, init_from or fresh
     trainer = make_trainer(cfg, mesh)
