@@ -104,11 +104,11 @@ def dump_layer(model_dir: str, layer: int, out_dir: str) -> dict[str, str]:
     from hubert_jax.pretrained import FlaxAutoModel
 
     model = FlaxAutoModel.from_pretrained(model_dir)
+    os.makedirs(out_dir, exist_ok=True)
     out = {}
     for split in SPLITS:
         manifest = os.path.join(DATA, f"{split}.tsv")
         prefix = os.path.join(out_dir, split)
-        os.makedirs(out_dir, exist_ok=True)
         stats = dump_features(model, read_manifest(manifest), prefix, layer=layer, bucket=16000)
         print(f"  {split}: layer {layer} of {stats['utterances']} utterances")
         out[split] = prefix

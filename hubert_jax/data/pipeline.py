@@ -57,8 +57,8 @@ class LabeledAudio:
         tolerance = max(1, int(math.ceil(config.label_tolerance_s * config.label_rate)))
         self.labels = [[lab.astype(np.int32) for lab in read_int_labels(path, expected, tolerance=tolerance)]
                        for path in config.labels]
-        self.entries = [e for e in entries if e.num_samples >= config.min_samples]
         keep = [i for i, e in enumerate(entries) if e.num_samples >= config.min_samples]
+        self.entries = [entries[i] for i in keep]
         self.labels = [[labs[i] for i in keep] for labs in self.labels]
         # the largest label of each set, to be checked against the model's cluster counts
         self.max_label = [max((int(lab.max()) for lab in labs if len(lab)), default=-1) for labs in self.labels]

@@ -163,7 +163,13 @@ class TfdsSplit:
     def audio(self, index: int) -> tuple[np.ndarray, int]:
         """(float32 samples x channels, sample rate) of example `index`. Integer audio (TFDS stores
         LibriSpeech as int16 values in int64) is scaled to [-1, 1)."""
-        feature = self.example(index)[self.audio_key]
+        return self._audio(self.example(index))
+
+    def text(self, index: int) -> str | None:
+        return self._text(self.example(index))
+
+    def _audio(self, example) -> tuple[np.ndarray, int]:
+        feature = example[self.audio_key]
         if self.lazy_encoded or feature.HasField("bytes_list"):
             import soundfile as sf
 
@@ -176,10 +182,10 @@ class TfdsSplit:
             values = values.astype(np.float32) / full_scale
         return values.reshape(-1, self.channels), self.sample_rate or 16000
 
-    def text(self, index: int) -> str | None:
+    def _text(self, example) -> str | None:
         if self.text_key is None:
             return None
-        return self.example(index)[self.text_key].bytes_list.value[0].decode("utf-8")
+        return example[self.text_key].bytes_list.value[0].decode("utf-8")
 
 
 @functools.lru_cache(maxsize=16)
@@ -195,10 +201,11 @@ def write_manifest(address: Address | str, out: str) -> int:
     split = TfdsSplit(address)
     rows, texts = [], []
     for i in range(len(split)):
-        audio, rate = split.audio(i)
+        example = split.example(i)  # parsed once for both the sample count and the transcript
+        audio, rate = split._audio(example)
         n = audio.shape[0] if rate == SAMPLE_RATE else round(audio.shape[0] * SAMPLE_RATE / rate)
         rows.append(f"{i}\t{n}")
-        texts.append(split.text(i))
+        texts.append(split._text(example))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     _write_atomic(f"{out}.tsv", [str(split.address)] + rows)
     if split.text_key is not None:

@@ -18,7 +18,7 @@ from flax import nnx
 
 from hubert_jax.config import HubertConfig
 from hubert_jax.lengths import feature_vector_mask
-from hubert_jax.models.layers import Linear, ModelOptions, fold, make_param, uniform
+from hubert_jax.models.layers import Linear, ModelOptions, fold, make_param, torch_linear_init, uniform
 from hubert_jax.models.model import HubertModel, make_options
 from hubert_jax.models.pretraining_hubert import scale_gradient
 
@@ -60,9 +60,8 @@ class DistilHubertStudent(nnx.Module):
         inter = distill.inter_dim if distill.inter_dim > 0 else config.hidden_size
         self.inter = inter
         self.hubert = HubertModel(config, opts=opts, rngs=rngs)
-        bound = 1.0 / config.hidden_size ** 0.5
         self.pred_in = Linear(config.hidden_size, inter * n, axes=("embed", "mlp"), opts=opts, rngs=rngs,
-                              kernel_init=uniform(-bound, bound), bias_init=uniform(-bound, bound))
+                              **torch_linear_init(config.hidden_size))
         self.pred_out = SplitLinear(inter, n, distill.teacher_dim, opts=opts, rngs=rngs)
 
     def __call__(self, input_values, attention_mask=None, *, feature_grad_mult: float = 1.0,

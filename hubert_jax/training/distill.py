@@ -58,7 +58,7 @@ class Distiller(Trainer):
             return state
         teacher = jax.device_get(self.frozen["params"])
         student = jax.device_get(state["params"])
-        layers = self.cfg.model.overrides.get("num_hidden_layers", None) or model_config(self.cfg.model).num_hidden_layers
+        layers = model_config(self.cfg.model).num_hidden_layers
         try:
             params = init_student_from_teacher(student, teacher, layers)
             mismatched = [jax.tree_util.keystr(p) for (p, a), b in zip(
