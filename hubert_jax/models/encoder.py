@@ -16,6 +16,9 @@ from hubert_jax.models.attention import attention
 from hubert_jax.models.frontend import PositionalConvEmbedding
 from hubert_jax.models.layers import (Conv1d, Embedding, LayerNorm, Linear, ModelOptions, activation, dropout,
                                       fold, make_param, ones, uniform)
+from hubert_jax.sharding import constrain
+
+ACT_SEQUENCE = ("act_batch", None, None)  # (batch, time, model dim) between blocks
 
 
 # ----------------------------------------------------------------------------- WavLM position bias
@@ -80,9 +83,10 @@ class Attention(nnx.Module):
     def __call__(self, x, *, key_mask=None, position_bias=None, deterministic=True, dropout_rng=None):
         b, t, _ = x.shape
         shape = (b, t, self.num_heads, self.head_dim)
-        q = self.q_proj(x).reshape(shape)
-        k = self.k_proj(x).reshape(shape)
-        v = self.v_proj(x).reshape(shape)
+        heads = ("act_batch", None, "act_heads", None)
+        q = constrain(self.q_proj(x).reshape(shape), heads)
+        k = constrain(self.k_proj(x).reshape(shape), heads)
+        v = constrain(self.v_proj(x).reshape(shape), heads)
         bias = self._gate(x, position_bias) if self.gated else None
         out = attention(q, k, v, impl=self.impl, bias=bias, key_mask=key_mask, dropout_rate=self.dropout_rate,
                         dropout_key=dropout_rng, deterministic=deterministic, precision=self.precision)
@@ -100,7 +104,7 @@ class FeedForward(nnx.Module):
         self.activation_dropout, self.hidden_dropout = config.activation_dropout, config.hidden_dropout
 
     def __call__(self, x, *, deterministic=True, dropout_rng=None):
-        x = self.act(self.intermediate_dense(x))
+        x = constrain(self.act(self.intermediate_dense(x)), ("act_batch", None, "act_mlp"))
         x = dropout(x, self.activation_dropout, fold(dropout_rng, 0), deterministic)
         x = self.output_dense(x)
         return dropout(x, self.hidden_dropout, fold(dropout_rng, 1), deterministic)
@@ -219,6 +223,7 @@ class Encoder(nnx.Module):
             key = fold(dropout_rng, index)
             y = layer(x, key_mask=key_mask, position_bias=position_bias, deterministic=deterministic,
                       dropout_rng=fold(key, 0))
+            y = constrain(y, ACT_SEQUENCE)  # the block boundary: batch-sharded, model dimension whole
             if layerdrop > 0.0:
                 skip = jax.random.uniform(fold(key, 1)) < layerdrop
                 if self.wavlm:  # transformers never drops WavLM's first layer
@@ -234,7 +239,7 @@ class Encoder(nnx.Module):
         x = x + self.pos_conv_embed(x, deterministic=deterministic)
         if not self.pre_ln:
             x = self.layer_norm(x)
-        x = dropout(x, self.hidden_dropout, fold(dropout_rng, 0), deterministic)
+        x = constrain(dropout(x, self.hidden_dropout, fold(dropout_rng, 0), deterministic), ACT_SEQUENCE)
         position_bias = self._position_bias(x.shape[1])
         layers_rng = fold(dropout_rng, 1)
         fn_kw = dict(key_mask=key_mask, position_bias=position_bias, deterministic=deterministic,

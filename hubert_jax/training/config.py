@@ -55,7 +55,9 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         steps=400000, log_every=100, eval_every=5000, eval_batches=20, checkpoint_every=5000, keep_checkpoints=3,
         max_nan_in_a_row=10, tensorboard=True))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # device mesh (hubert_jax/sharding.py): one of data/fsdp/tensor may be -1 (the rest of the devices);
+    # dcn_data > 1 spreads the data axis over that many TPU slices (multi-slice)
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
     # DistilHuBERT (task "distill"): the teacher's directory, the teacher layers the heads predict
     c.distill = ml_collections.ConfigDict(dict(teacher="", pred_layers=(4, 8, 12), inter_dim=-1, cosine_weight=1.0,
                                                feat_pen_weight=0.0, init_from_teacher=True))

@@ -22,7 +22,7 @@ from hubert_jax.models.pretraining_hubert import (
     LossWeights,
     pretraining_loss,
 )
-from hubert_jax.sharding import DEFAULT_RULES, variable_sharding
+from hubert_jax.sharding import DEFAULT_RULES, activation_sharding, batch_sharding, variable_sharding
 from hubert_jax.training.config import head_config, model_config
 from hubert_jax.training.optim import make_optimizer, make_schedule
 
@@ -80,8 +80,7 @@ class Trainer:
             transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, NamedSharding))
         self.state_shardings = dict(params=param_shardings, rest=rest_shardings, opt_state=opt_shardings,
                                     step=replicated, rng=replicated, nan_total=replicated, nan_run=replicated)
-        self.batch_sharding = NamedSharding(mesh, PartitionSpec(tuple(a for a in ("data", "fsdp")
-                                                                      if a in mesh.shape)))
+        self.batch_sharding = batch_sharding(mesh)
         self.abstract_state = jax.eval_shape(self._init)
         self.init = jax.jit(self._init, out_shardings=self.state_shardings)
         self._train_jit = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding,
@@ -96,6 +95,22 @@ class Trainer:
     def initial_state(self, state):
         """A fresh run's state after init (e.g. a distillation student copied from its teacher)."""
         return state
+
+    def loss_and_grads(self, state, batch):
+        """(loss, gradients) of the train step's forward pass (same keys), gradients on the parameters'
+        shardings: what the sharded-equals-single-device checks compare."""
+        if not hasattr(self, "_grads_jit"):
+            def fn(state, batch, frozen):
+                key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+                (loss, _), grads = jax.value_and_grad(self._forward, has_aux=True)(
+                    state["params"], state["rest"], batch, key, False, frozen)
+                return loss, grads
+
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            self._grads_jit = jax.jit(fn, in_shardings=(self.state_shardings, self.batch_sharding,
+                                                        self.frozen_shardings),
+                                      out_shardings=(replicated, self.state_shardings["params"]))
+        return self._grads_jit(state, batch, self.frozen)
 
     def train_step(self, state, batch):
         return self._train_jit(state, batch, self.frozen)
@@ -121,7 +136,8 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def _forward(self, params, rest, batch, key, deterministic: bool, frozen):
         model = nnx.merge(self.graphdef, params, rest)
-        loss, metrics = self.forward(model, batch, key, deterministic, frozen)
+        with activation_sharding(self.mesh, self.rules):  # read while the step is traced
+            loss, metrics = self.forward(model, batch, key, deterministic, frozen)
         return loss, (metrics, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
 
     def forward(self, model, batch, key, deterministic: bool, frozen):
