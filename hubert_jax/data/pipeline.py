@@ -21,7 +21,7 @@ from hubert_jax.data.manifest import (
     AudioError,
     check_files_exist,
     read_audio,
-    read_int_labels,
+    IntLabelFile,
     read_manifest,
 )
 
@@ -55,13 +55,12 @@ class LabeledAudio:
         check_files_exist(config.manifest, entries)
         expected = [int(round(e.num_samples * config.label_rate / SAMPLE_RATE)) for e in entries]
         tolerance = max(1, int(math.ceil(config.label_tolerance_s * config.label_rate)))
-        self.labels = [[lab.astype(np.int32) for lab in read_int_labels(path, expected, tolerance=tolerance)]
-                       for path in config.labels]
-        keep = [i for i, e in enumerate(entries) if e.num_samples >= config.min_samples]
-        self.entries = [entries[i] for i in keep]
-        self.labels = [[labs[i] for i in keep] for labs in self.labels]
+        # label lines are checked now and read when asked for, never held whole (IntLabelFile)
+        self.label_files = [IntLabelFile(path, expected, tolerance=tolerance) for path in config.labels]
+        self.keep = [i for i, e in enumerate(entries) if e.num_samples >= config.min_samples]
+        self.entries = [entries[i] for i in self.keep]
         # the largest label of each set, to be checked against the model's cluster counts
-        self.max_label = [max((int(lab.max()) for lab in labs if len(lab)), default=-1) for labs in self.labels]
+        self.max_label = [f.max_label for f in self.label_files]
         if not self.entries:
             raise ValueError(f"{config.manifest}: no utterance has the {config.min_samples} samples "
                              f"data.min_samples asks for")
@@ -93,7 +92,7 @@ class LabeledAudio:
             raise AudioError(f"{self.config.manifest}:{entry.line}: {e}") from e
         if self.config.normalize:
             audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-5)
-        return {"audio": audio, "labels": [labs[index] for labs in self.labels]}
+        return {"audio": audio, "labels": [f[self.keep[index]] for f in self.label_files]}
 
 
 def crop_and_pad(example, rng: np.random.Generator, config: DataConfig):
@@ -116,25 +115,65 @@ def crop_and_pad(example, rng: np.random.Generator, config: DataConfig):
     return out
 
 
-def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, shuffle: bool = True, repeat: bool = True):
-    """A grain MapDataset of batches for this host: `batch_size` is the per-host batch."""
+def host_part(ds, *, global_batch: int, process_index: int, process_count: int):
+    """This host's rows of each global batch of `ds` (a grain MapDataset): element i of host h is element
+    (i // b) * B + h * b + i % b, where B is the global batch and b = B / hosts."""
     import grain
 
-    if len(source) < process_count:
-        raise ValueError(f"{config.manifest}: {len(source)} utterances cannot be shared by {process_count} hosts")
-    ds = grain.MapDataset.source(source)[process_index::process_count]
+    local = global_batch // process_count
+
+    class HostPart(grain.MapDataset):
+        def __init__(self, parent):
+            super().__init__(parent)
+            self._length = len(parent) // global_batch * local
+
+        def __len__(self) -> int:
+            return self._length
+
+        def _parent_index(self, index: int) -> int:
+            batch, row = divmod(index, local)
+            return batch * global_batch + process_index * local + row
+
+        def __getitem__(self, index):
+            if isinstance(index, slice):
+                return self.slice(index)
+            return self._parent[self._parent_index(index)]
+
+        def __str__(self) -> str:
+            return f"HostPart[{process_index}/{process_count} of batches of {global_batch}]"
+
+    return HostPart(ds)
+
+
+def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, shuffle: bool = True, repeat: bool = True):
+    """A grain MapDataset of this host's part of each global batch (`batch_size` is the global batch).
+
+    The order, the crops and the contents of every global batch depend only on the seed, never on the
+    number of hosts: the shuffle and the crop offsets are drawn over the whole manifest, and host h reads
+    rows [h * b, (h + 1) * b) of each global batch (b = batch_size / hosts). So a run on 4 hosts trains on
+    exactly the batches a run on 1 host does."""
+    import grain
+
+    if batch_size % process_count:
+        raise ValueError(f"the global batch ({batch_size}) must be divisible by the {process_count} hosts")
+    if len(source) < batch_size:
+        raise ValueError(f"{config.manifest}: {len(source)} utterances, fewer than one batch of {batch_size}")
+    ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     if repeat:
         ds = ds.repeat(None)
     ds = ds.random_map(lambda ex, rng: crop_and_pad(ex, rng, config), seed=seed)
-    return ds.batch(batch_size, drop_remainder=True)
+    if process_count > 1:
+        ds = host_part(ds, global_batch=batch_size, process_index=process_index, process_count=process_count)
+    return ds.batch(batch_size // process_count, drop_remainder=True)
 
 
 def make_iterator(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, num_threads: int = 2, prefetch: int = 4):
-    """An endless, checkpointable iterator (grain DatasetIterator: get_state / set_state)."""
+    """An endless, checkpointable iterator (grain DatasetIterator: get_state / set_state) over this host's
+    part of each global batch of `batch_size`."""
     import grain
 
     ds = make_dataset(source, config, batch_size=batch_size, seed=seed, process_index=process_index,

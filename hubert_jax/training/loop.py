@@ -19,7 +19,7 @@ from hubert_jax.data.pipeline import (
     make_dataset,
     make_iterator,
 )
-from hubert_jax.sharding import make_mesh
+from hubert_jax.sharding import mesh_from_config
 from hubert_jax.training.checkpoint import Checkpoints
 from hubert_jax.training.metrics_log import MetricLog
 from hubert_jax.training.pretrain import Pretrainer, Trainer, load_initial_weights, param_count
@@ -60,13 +60,6 @@ def data_config(cfg, split: str) -> DataConfig:
                       normalize=cfg.data.normalize)
 
 
-def _per_host_batch(cfg) -> int:
-    hosts = jax.process_count()
-    if cfg.data.batch_size % hosts:
-        raise ValueError(f"config.data.batch_size ({cfg.data.batch_size}) must be divisible by the {hosts} hosts")
-    return cfg.data.batch_size // hosts
-
-
 def _check_batch_fits_mesh(cfg, mesh) -> None:
     shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
     if cfg.data.batch_size % shards:
@@ -76,7 +69,7 @@ def _check_batch_fits_mesh(cfg, mesh) -> None:
 
 def restore_latest(cfg, workdir: str, step: int | None = None):
     """(trainer, state) of a workdir's newest (or given) checkpoint, e.g. to export or inspect a run."""
-    trainer = make_trainer(cfg, make_mesh(dict(cfg.mesh)))
+    trainer = make_trainer(cfg, mesh_from_config(cfg.mesh))
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                               config_json=cfg.to_json(sort_keys=True))
     try:
@@ -93,13 +86,11 @@ def _global_batch(trainer: Trainer, batch: dict) -> dict:
 
 
 def evaluate(trainer: Trainer, state, source, data_cfg: DataConfig, batch_size: int, max_batches: int) -> dict:
-    """Masked/unmasked accuracy and loss on the first `max_batches` batches of the valid split (same crops
-    and masks every time)."""
+    """Masked/unmasked accuracy and loss on the first `max_batches` global batches of the valid split (same
+    crops and masks every time)."""
     ds = make_dataset(source, data_cfg, batch_size=batch_size, seed=trainer.cfg.seed, shuffle=False, repeat=False,
                       process_index=jax.process_index(), process_count=jax.process_count())
     count = min(len(ds), max_batches)
-    if count == 0:
-        raise ValueError(f"{data_cfg.manifest}: fewer utterances than one batch ({batch_size}) to validate on")
     metrics = [jax.device_get(trainer.eval_step(state, _global_batch(trainer, ds[i]), trainer.eval_key(i)))
                for i in range(count)]
     return trainer.summarize(metrics)
@@ -114,13 +105,16 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     if main_process:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_json + "\n")
-    mesh = make_mesh(dict(cfg.mesh))
+    mesh = mesh_from_config(cfg.mesh)
     _check_batch_fits_mesh(cfg, mesh)
     total = cfg.train.steps
     log = MetricLog(workdir, total, tensorboard=cfg.train.tensorboard, enabled=main_process)
 
     # ------------------------------------------------------------------ input pipeline
-    batch_size = _per_host_batch(cfg)
+    batch_size = cfg.data.batch_size  # global: each host reads its part (make_dataset)
+    if batch_size % jax.process_count():
+        raise ValueError(f"config.data.batch_size ({batch_size}) must be divisible by the {jax.process_count()} "
+                         f"hosts")
     train_cfg = data_config(cfg, "train")
     need_labels = cfg.task == "hubert"
     train_source = LabeledAudio(train_cfg, need_labels=need_labels)
