@@ -4,6 +4,9 @@
 
 The config file is a Python file whose get_config() returns an ml_collections ConfigDict (see
 hubert_jax/training/config.py for every field). Runs resume from the newest checkpoint in --workdir.
+
+Multi-host: run the same command on every host. TPU pods, SLURM and Open MPI jobs are joined automatically;
+otherwise add --coordinator_address HOST:PORT --num_processes N --process_id I (hubert_jax/distributed.py).
 """
 
 from absl import app, flags
@@ -11,11 +14,22 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "the run's config file (configs/*.py)", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard logs go here")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "join a multi-host run: auto = when the flags below or the cluster's environment say so")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs outside TPU/SLURM/MPI)")
+flags.DEFINE_integer("num_processes", None, "number of processes (hosts) in the run")
+flags.DEFINE_integer("process_id", None, "this process' index in [0, num_processes)")
+flags.DEFINE_integer("init_timeout", 300, "seconds to wait for the coordinator and the other processes")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
+    from hubert_jax import distributed
+
+    f = flags.FLAGS
+    distributed.initialize(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
+                           process_id=f.process_id, timeout_s=f.init_timeout, mode=f.distributed)
     from hubert_jax.training.loop import run
 
     run(flags.FLAGS.config, flags.FLAGS.workdir)

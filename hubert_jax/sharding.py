@@ -31,7 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("heads", ("tensor",)),
     ("mlp", ("tensor",)),
     ("vocab", ("tensor",)),
-    ("conv_out", ("tensor",)),
+    ("conv_out", ("tensor", "fsdp")),  # the feature encoder's output channels
     # activations (see `constrain`): batch over the data axes, heads / feed-forward units over `tensor`;
     # the model dimension and time stay whole
     ("act_batch", ("data", "fsdp")),

@@ -102,8 +102,8 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(tmp_path):
     proc.wait(timeout=300)
     out = _output(tmp_path)
     assert proc.returncode == 0, out[-3000:]
-    assert "SIGTERM: saved step" in out
-    saved = int(out.split("SIGTERM: saved step ")[1].split()[0])
+    assert "preempted (SIGTERM): saved step" in out
+    saved = int(out.split("preempted (SIGTERM): saved step ")[1].split()[0])
     assert 3 <= saved < 400
     cfg = tiny_config.get_config()
     cfg.train.steps = cfg.optim.schedule.total_steps = 400

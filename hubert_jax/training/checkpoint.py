@@ -111,6 +111,11 @@ class Checkpoints:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return unflatten(abstract_state, restored["state"])
 
+    def reached_preemption(self, step: int) -> bool:
+        """Whether the hosts of a multi-host run agreed to stop at `step` for a preemption (JAX's
+        preemption sync point; False when jax.distributed is not running)."""
+        return self.manager.reached_preemption(step)
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -145,12 +145,15 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
                 f"{cfg.data.batch_size} x {cfg.data.crop_samples / SAMPLE_RATE:.2f} s; steps {step} -> {total}")
 
     # ------------------------------------------------------------------ preemption
+    # one process: our SIGTERM handler. Several: JAX's preemption service catches the signal and every
+    # host learns the same step to stop at (checkpoints.reached_preemption), so all of them save it.
     preempted = {"flag": False}
+    multi_host = jax.process_count() > 1
 
     def on_sigterm(signum, frame):
         preempted["flag"] = True
 
-    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_handler = None if multi_host else signal.signal(signal.SIGTERM, on_sigterm)
 
     # ------------------------------------------------------------------ loop
     end = total if stop_after is None else min(total, step + stop_after)
@@ -189,10 +192,12 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
             if valid_source is not None and (step % cfg.train.eval_every == 0 or step == end):
                 last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
                 log.write(step, "valid", last_valid)
+            if multi_host and checkpoints.reached_preemption(step):
+                preempted["flag"] = True
             stopping = preempted["flag"]
             checkpoints.save(step, state, iterator, force=stopping or step == end)
             if stopping:
-                log.message(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
+                log.message(f"preempted (SIGTERM): saved step {step} to {checkpoints.directory}; exiting")
                 break
         if valid_source is not None and not last_valid:  # nothing left to train: report where it stands
             last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)

@@ -1,0 +1,230 @@
+"""Scale-out: sharded steps equal the single-device step, parameters really are sharded, several processes
+train like one, checkpoints move between meshes, and bad meshes / batches / coordinators get clear errors.
+
+Everything runs on the 8 simulated CPU devices of tests/conftest.py; the multi-process tests start local
+processes that join through jax.distributed on localhost."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from hubert_jax.data.pipeline import LabeledAudio, make_dataset
+from hubert_jax.distributed import CoordinatorUnreachable, wait_for_coordinator
+from hubert_jax.models.layers import conv1d
+from hubert_jax.sharding import mesh_from_config
+from hubert_jax.training.checkpoint import flatten
+from hubert_jax.training.loop import _global_batch, data_config, restore_latest, run
+from hubert_jax.training.pretrain import Pretrainer
+from tests.tiny_config import ROOT, get_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _max_rel_diff(a, b) -> float:
+    """The largest |a - b| of any leaf, relative to that leaf's largest |b|, at least 1e-6 (the gradients of
+    the key biases are exactly 0 in theory, float noise of ~1e-11 in practice)."""
+    return max(jax.tree.leaves(jax.tree.map(
+        lambda x, y: float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(y))), 1e-6)), a, b)))
+
+
+def _assert_params_close(a, b):
+    """float32 agreement after a few Adam steps. Adam turns the key biases' float-noise gradients
+    (~1e-11, zero in theory) into updates of ~1e-8, hence the absolute tolerance."""
+    flat_b = flatten(jax.device_get(b))
+    for path, x in flatten(jax.device_get(a)).items():
+        np.testing.assert_allclose(x, flat_b[path], rtol=1e-4, atol=1e-6, err_msg=path)
+
+
+# ----------------------------------------------------------------------------- the XLA workaround
+def test_grouped_conv_kernel_gradient_is_right_when_the_batch_is_partly_sharded():
+    """XLA's grouped conv (feature_group_count) gets the kernel gradient wrong under SPMD when the batch is
+    sharded over only some mesh axes; conv1d's per-group form must not."""
+    x = jax.random.normal(jax.random.key(0), (8, 25, 32))
+    w = jax.random.normal(jax.random.key(1), (8, 8, 32))  # 4 groups of 8 channels
+
+    def loss(x, w):
+        return jnp.sum(jnp.sin(conv1d(x, w, padding=((4, 4),), groups=4)))
+
+    reference = jax.jit(jax.grad(loss, argnums=1))(x, w)
+    mesh = Mesh(np.asarray(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    shardings = (NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P(None, None, "fsdp")))
+    sharded = jax.jit(jax.grad(loss, argnums=1), in_shardings=shardings)(
+        jax.device_put(x, shardings[0]), jax.device_put(w, shardings[1]))
+    np.testing.assert_allclose(np.asarray(sharded), np.asarray(reference), atol=1e-4, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- sharded step == one device
+MESHES = {"data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2), "data8": dict(data=8, fsdp=1, tensor=1),
+          "fsdp8": dict(data=1, fsdp=8, tensor=1)}
+
+
+def _two_steps(mesh):
+    """loss, gradients and the parameters after two train steps (the second with a non-zero learning
+    rate), from the same initial state and batches on any mesh."""
+    cfg = get_config()
+    trainer = Pretrainer(cfg, mesh)
+    data = data_config(cfg, "train")
+    ds = make_dataset(LabeledAudio(data), data, batch_size=cfg.data.batch_size, seed=cfg.seed)
+    state = trainer.init()
+    first = _global_batch(trainer, ds[0])
+    loss, grads = trainer.loss_and_grads(state, first)
+    loss, grads = float(loss), jax.device_get(grads)
+    state, _ = trainer.train_step(state, first)
+    state, metrics = trainer.train_step(state, _global_batch(trainer, ds[1]))
+    assert float(metrics["lr"]) > 0
+    return trainer, state, loss, grads
+
+
+@pytest.fixture(scope="module")
+def single_device():
+    _, state, loss, grads = _two_steps(mesh_from_config(dict(data=1), jax.devices()[:1]))
+    return loss, grads, jax.device_get(state["params"])
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_sharded_step_equals_the_single_device_step(single_device, name):
+    trainer, state, loss, grads = _two_steps(mesh_from_config(MESHES[name]))
+    ref_loss, ref_grads, ref_params = single_device
+    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
+    assert _max_rel_diff(grads, ref_grads) < 1e-4
+    _assert_params_close(state["params"], ref_params)
+
+    # the parameters are laid out as the rules ask: per-device shard shapes of the tiny model (hidden 32,
+    # feed-forward 64); q_proj is (embed, heads), intermediate_dense (embed, mlp)
+    layer = state["params"]["hubert"]["encoder"]["layers"][0]
+    q, ff = layer["attention"]["q_proj"]["kernel"], layer["feed_forward"]["intermediate_dense"]["kernel"]
+    expected = {"data2_fsdp2_tensor2": ((16, 16), (16, 32)), "data8": ((32, 32), (32, 64)),
+                "fsdp8": ((4, 32), (4, 64))}[name]
+    assert {s.data.shape for s in q.addressable_shards} == {expected[0]}
+    assert {s.data.shape for s in ff.addressable_shards} == {expected[1]}
+    # and across the whole model: bytes held per device against the full parameter bytes
+    leaves = jax.tree.leaves(state["params"])
+    total = sum(x.size for x in leaves)
+    per_device = sum(x.addressable_shards[0].data.size for x in leaves)
+    if name == "data8":
+        assert per_device == total
+    else:  # fsdp8 shards everything with an embed dimension 8 ways; 2x2x2 shards most of it 2 or 4 ways
+        assert per_device < {"fsdp8": 0.3, "data2_fsdp2_tensor2": 0.6}[name] * total
+    # optimizer moments follow their parameters
+    mu = trainer.state_shardings["opt_state"]
+    assert any(s.spec == q.sharding.spec for s in jax.tree.leaves(mu, is_leaf=lambda x: isinstance(x, NamedSharding)))
+
+
+# ----------------------------------------------------------------------------- several processes
+def _train_cmd(workdir, *extra):
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "tests/tiny_config.py"),
+            "--workdir", str(workdir), "--config.train.steps=4", "--config.train.checkpoint_every=4",
+            "--config.train.eval_every=100", *extra]
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONUNBUFFERED="1")
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+    return env
+
+
+def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path):
+    """2 processes x 2 devices (jax.distributed on localhost, gloo collectives) against 1 process x 4
+    devices, global batch 8: the same batches, so the same parameters."""
+    port = _free_port()
+    procs = [subprocess.Popen(_train_cmd(tmp_path / "two", "--coordinator_address", f"127.0.0.1:{port}",
+                                         "--num_processes", "2", "--process_id", str(i)),
+                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    one = subprocess.run(_train_cmd(tmp_path / "one"), env=_env(4), capture_output=True, text=True, timeout=600)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert one.returncode == 0, one.stderr[-3000:]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+
+    cfg = get_config()
+    cfg.train.update(dict(steps=4, checkpoint_every=4, eval_every=100))
+    _, two = restore_latest(cfg, str(tmp_path / "two"))
+    _, single = restore_latest(cfg, str(tmp_path / "one"))
+    assert int(two["step"]) == int(single["step"]) == 4
+    _assert_params_close(two["params"], single["params"])
+    # only process 0 writes the logs
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len([line for line in lines if '"train"' in line]) == 4
+
+
+# ----------------------------------------------------------------------------- checkpoints across meshes
+def test_a_checkpoint_restores_onto_a_different_mesh_and_training_continues(tmp_path):
+    cfg = get_config()
+    cfg.mesh.update(dict(data=1, fsdp=8, tensor=1))
+    cfg.train.update(dict(steps=5, checkpoint_every=3))
+    first = run(cfg, str(tmp_path), stop_after=3)
+    saved = jax.device_get(first.state["params"])
+
+    other = get_config()
+    other.mesh.update(dict(data=4, fsdp=1, tensor=2))
+    other.train.update(dict(steps=5, checkpoint_every=3))
+    trainer, restored = restore_latest(other, str(tmp_path))
+    assert dict(trainer.mesh.shape) == {"data": 4, "fsdp": 1, "tensor": 2}
+    q = restored["params"]["hubert"]["encoder"]["layers"][0]["attention"]["q_proj"]["kernel"]
+    assert q.sharding.spec == P(None, "tensor") and q.addressable_shards[0].data.shape == (32, 16)
+    for (path, a), b in zip(flatten(jax.device_get(restored["params"])).items(), flatten(saved).values()):
+        np.testing.assert_array_equal(a, b, err_msg=path)  # bit-identical
+
+    resumed = run(other, str(tmp_path))  # the data iterator resumes from the checkpoint too
+    assert resumed.step == 5 and np.isfinite(resumed.train["loss"])
+    assert _max_rel_diff(jax.device_get(resumed.state["params"]), saved) > 0
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_mesh_errors_name_the_config_field():
+    with pytest.raises(ValueError, match=r"config.mesh .* needs 16 devices, 8 are available"):
+        mesh_from_config(dict(data=4, fsdp=2, tensor=2))
+    with pytest.raises(ValueError, match=r"config.mesh.*8 devices are not a multiple of 3"):
+        mesh_from_config(dict(data=-1, tensor=3))
+    with pytest.raises(ValueError, match=r"unknown axes \['model'\]"):
+        mesh_from_config(dict(data=-1, model=2))
+    with pytest.raises(ValueError, match=r"dcn_data=3: must be >= 1 and divide the 8 devices"):
+        mesh_from_config(dict(data=-1, dcn_data=3))
+
+
+def test_global_batch_must_split_over_hosts():
+    cfg = get_config()
+    data = data_config(cfg, "train")
+    with pytest.raises(ValueError, match=r"global batch \(8\) must be divisible by the 3 hosts"):
+        make_dataset(LabeledAudio(data), data, batch_size=8, seed=0, process_index=0, process_count=3)
+
+
+def test_every_host_reads_its_rows_of_the_same_global_batches():
+    cfg = get_config()
+    data = data_config(cfg, "train")
+    source = LabeledAudio(data)
+    whole = make_dataset(source, data, batch_size=8, seed=3)
+    parts = [make_dataset(source, data, batch_size=8, seed=3, process_index=h, process_count=4) for h in range(4)]
+    for b in (0, 5):
+        joined = np.concatenate([p[b]["input_values"] for p in parts])
+        np.testing.assert_array_equal(joined, whole[b]["input_values"])
+        np.testing.assert_array_equal(np.concatenate([p[b]["labels"] for p in parts]), whole[b]["labels"])
+
+
+def test_an_unreachable_coordinator_times_out_with_a_clear_message(tmp_path):
+    port = _free_port()  # nothing listens here
+    start = time.monotonic()
+    with pytest.raises(CoordinatorUnreachable, match=rf"127.0.0.1:{port} did not answer within 1 s"):
+        wait_for_coordinator(f"127.0.0.1:{port}", 1)
+    assert time.monotonic() - start < 10
+    # and through train.py: a clean error and exit, not a hang or a C++ abort
+    out = subprocess.run(_train_cmd(tmp_path, "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+                                    "--process_id", "1", "--init_timeout", "2"),
+                         env=_env(1), capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "CoordinatorUnreachable" in out.stderr and "did not answer within 2 s" in out.stderr
+    assert "Check failure" not in out.stderr
