@@ -143,3 +143,23 @@ def constrain(x, logical_axes: Sequence[str | None]):
         return x
     mesh, rules = active
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, partition_spec(logical_axes, x.shape, mesh, rules)))
+
+
+def to_host(tree):
+    """A numpy copy of every (possibly multi-host) array in `tree`, on every host. One process: device_get;
+    several: an all-gather over the hosts (host memory, never a whole copy on one device)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def from_host(tree, shardings):
+    """Global arrays on `shardings` from the same full numpy values on every host: each host places only
+    its own devices' shards (make_array_from_callback), so no device ever holds more than its shard."""
+    def place(value, sharding):
+        value = np.asarray(value)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(place, tree, shardings)

@@ -23,7 +23,7 @@ from hubert_jax.models.layers import conv1d
 from hubert_jax.sharding import mesh_from_config
 from hubert_jax.training.checkpoint import flatten
 from hubert_jax.training.loop import _global_batch, data_config, restore_latest, run
-from hubert_jax.training.pretrain import Pretrainer
+from hubert_jax.training.pretrain import Pretrainer, export_model
 from tests.tiny_config import ROOT, get_config
 
 
@@ -138,13 +138,20 @@ def _env(devices: int) -> dict:
 
 def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path):
     """2 processes x 2 devices (jax.distributed on localhost, gloo collectives) against 1 process x 4
-    devices, global batch 8: the same batches, so the same parameters."""
+    devices, global batch 8, both starting from the same exported model (--config.model.init_from, which
+    each host places shard by shard): the same batches, so the same parameters."""
+    cfg = get_config()
+    cfg.seed = 7  # weights no fresh run of the test config starts from
+    trainer = Pretrainer(cfg, mesh_from_config(dict(data=-1)))
+    start = export_model(trainer, trainer.init(), str(tmp_path / "start"))
+    init_from = f"--config.model.init_from={start}"
     port = _free_port()
-    procs = [subprocess.Popen(_train_cmd(tmp_path / "two", "--coordinator_address", f"127.0.0.1:{port}",
+    procs = [subprocess.Popen(_train_cmd(tmp_path / "two", init_from, "--coordinator_address", f"127.0.0.1:{port}",
                                          "--num_processes", "2", "--process_id", str(i)),
                               env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    one = subprocess.run(_train_cmd(tmp_path / "one"), env=_env(4), capture_output=True, text=True, timeout=600)
+    one = subprocess.run(_train_cmd(tmp_path / "one", init_from), env=_env(4), capture_output=True, text=True,
+                         timeout=600)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert one.returncode == 0, one.stderr[-3000:]
     for p, out in zip(procs, outs):
@@ -156,6 +163,7 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     _, single = restore_latest(cfg, str(tmp_path / "one"))
     assert int(two["step"]) == int(single["step"]) == 4
     _assert_params_close(two["params"], single["params"])
+    assert "initialised from" in (tmp_path / "two" / "metrics.jsonl").read_text() + outs[0]
     # only process 0 writes the logs
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if '"train"' in line]) == 4

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hubert_jax.models.distill import DistillConfig, DistilHubertStudent, distill_loss, init_student_from_teacher
-from hubert_jax.sharding import DEFAULT_RULES, variable_sharding
+from hubert_jax.sharding import DEFAULT_RULES, from_host, to_host, variable_sharding
 from hubert_jax.training.config import model_config
 from hubert_jax.training.pretrain import Trainer, _pure_map, model_options
 
@@ -50,14 +50,14 @@ class Distiller(Trainer):
                                      rest=_pure_map(rest, lambda v: variable_sharding(v, self.mesh, self.rules)))
         frozen = dict(params=nnx.to_pure_dict(params), rest=nnx.to_pure_dict(rest))
         concrete = all(isinstance(x, jax.Array) for x in jax.tree.leaves(frozen))
-        self.frozen = jax.device_put(frozen, self.frozen_shardings) if concrete else frozen
+        self.frozen = from_host(frozen, self.frozen_shardings) if concrete else frozen
 
     def initial_state(self, state):
         """The student's conv stack, projection, positional conv and first layers copied from the teacher."""
         if not self.cfg.distill.init_from_teacher:
             return state
-        teacher = jax.device_get(self.frozen["params"])
-        student = jax.device_get(state["params"])
+        teacher = to_host(self.frozen["params"])
+        student = to_host(state["params"])
         layers = model_config(self.cfg.model).num_hidden_layers
         try:
             params = init_student_from_teacher(student, teacher, layers)

@@ -22,7 +22,14 @@ from hubert_jax.models.pretraining_hubert import (
     LossWeights,
     pretraining_loss,
 )
-from hubert_jax.sharding import DEFAULT_RULES, activation_sharding, batch_sharding, variable_sharding
+from hubert_jax.sharding import (
+    DEFAULT_RULES,
+    activation_sharding,
+    batch_sharding,
+    from_host,
+    to_host,
+    variable_sharding,
+)
 from hubert_jax.training.config import head_config, model_config
 from hubert_jax.training.optim import make_optimizer, make_schedule
 
@@ -128,8 +135,9 @@ class Trainer:
                     nan_run=jnp.zeros((), jnp.int32))
 
     def with_params(self, state, params):
-        """The state with these parameters (e.g. from --init_from), laid out on the state's shardings."""
-        params = jax.device_put(params, self.state_shardings["params"])
+        """The state with these parameters (host values, the same on every host: e.g. from --init_from),
+        laid out on the state's shardings."""
+        params = from_host(params, self.state_shardings["params"])
         return dict(state, params=params, opt_state=jax.jit(self.tx.init,
                                                              out_shardings=self.state_shardings["opt_state"])(params))
 
@@ -208,6 +216,12 @@ class Pretrainer(Trainer):
                 "accuracy_u": sums["correct_u"] / max(sums["unmasked_frames"], 1)}
 
 
+def host_model(trainer: Trainer, state):
+    """The model with the state's values as host (CPU) arrays, gathered from every host."""
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        return nnx.merge(trainer.graphdef, to_host(state["params"]), to_host(state["rest"]))
+
+
 def load_initial_weights(trainer: Pretrainer, state, directory: str):
     """--init_from: a hubert-jax directory's encoder weights, and its pretraining heads
     (`pretraining_heads.safetensors`, written by the fairseq converter and by our exports) when present."""
@@ -216,7 +230,7 @@ def load_initial_weights(trainer: Pretrainer, state, directory: str):
     from hubert_jax.convert.checkpoint_io import read_weights
     from hubert_jax.pretrained import PRETRAINING_HEADS, load_weights_into
 
-    model = nnx.merge(trainer.graphdef, jax.device_get(state["params"]), jax.device_get(state["rest"]))
+    model = host_model(trainer, state)
     load_weights_into(model.hubert, directory)
     heads_file = os.path.join(directory, PRETRAINING_HEADS)
     if os.path.isfile(heads_file) and hasattr(model, "label_embs_concat"):
@@ -249,7 +263,7 @@ def export_model(trainer: Trainer, state, directory: str) -> str:
         write_transformers_files,
     )
 
-    model = nnx.merge(trainer.graphdef, jax.device_get(state["params"]), jax.device_get(state["rest"]))
+    model = host_model(trainer, state)  # every host takes part in the gather; process 0 writes
 
     def fill(tmp):
         write_transformers_files(model.hubert, tmp)
@@ -268,4 +282,10 @@ def export_model(trainer: Trainer, state, directory: str) -> str:
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    return write_directory(directory, fill)
+    if jax.process_index() == 0:
+        write_directory(directory, fill)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"export {directory}")
+    return os.path.abspath(directory)
