@@ -236,3 +236,38 @@ def test_an_unreachable_coordinator_times_out_with_a_clear_message(tmp_path):
     assert out.returncode != 0
     assert "CoordinatorUnreachable" in out.stderr and "did not answer within 2 s" in out.stderr
     assert "Check failure" not in out.stderr
+
+
+# ----------------------------------------------------------------------------- the label pipeline over hosts
+def test_kmeans_and_labelling_over_two_processes_equal_one_process(tmp_path):
+    """`labels kmeans` splits every mini-batch over both hosts' devices and `labels label` splits the
+    utterances between the hosts; centroids and .km file equal those of one process over 4 devices."""
+    from hubert_jax.labels.features import save_features
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 5)) * 4
+    utterances = [centres[rng.integers(0, 6, n)] + rng.normal(size=(n, 5)) for n in rng.integers(20, 60, 40)]
+    save_features(str(tmp_path / "feats"), utterances, dims=5)
+
+    def cmd(out, *extra):
+        fit = [sys.executable, "-m", "hubert_jax.labels", "kmeans", "--feats", str(tmp_path / "feats"),
+               "--clusters", "6", "--out", str(tmp_path / f"{out}.npy"), "--batch-size", "256", "--max-iter", "5",
+               "--n-init", "3", "--data-parallel", *extra]
+        label = [sys.executable, "-m", "hubert_jax.labels", "label", "--feats", str(tmp_path / "feats"),
+                 "--centroids", str(tmp_path / f"{out}.npy"), "--out", str(tmp_path / f"{out}.km"), *extra]
+        return fit, label
+
+    for step in (0, 1):
+        port = _free_port()
+        procs = [subprocess.Popen(cmd("two", "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+                                      "--process_id", str(i))[step], env=_env(2), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, cwd=ROOT) for i in range(2)]
+        one = subprocess.run(cmd("one")[step], env=_env(4), capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert one.returncode == 0, one.stderr[-3000:]
+        for p in procs:
+            out = p.communicate(timeout=300)[0]
+            assert p.returncode == 0, out[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "two.km").read_text() == (tmp_path / "one.km").read_text()
+    assert len((tmp_path / "two.km").read_text().splitlines()) == 40
+    assert not list(tmp_path.glob("two.km.part*"))  # the parts were joined and removed

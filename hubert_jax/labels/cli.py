@@ -18,6 +18,7 @@ utterance, in manifest order; 0 for an unusable file that was skipped).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -56,28 +57,47 @@ def cmd_mfcc(args) -> None:
           f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")
 
 
+def _multi_host() -> bool:
+    import jax
+
+    return jax.process_count() > 1
+
+
 def cmd_kmeans(args) -> None:
     from hubert_jax.labels.kmeans import KMeansConfig, fit, inertia, save_centroids
 
     feats, _ = load_features(args.feats, args.nshard)
     rng = np.random.default_rng(args.seed)
     take = max(args.clusters, int(len(feats) * args.percent)) if args.percent < 1 else len(feats)
-    sample = np.asarray(feats[np.sort(rng.choice(len(feats), take, replace=False))] if take < len(feats) else feats)
+    rows = np.sort(rng.choice(len(feats), take, replace=False)) if take < len(feats) else None
     config = KMeansConfig(args.clusters, batch_size=args.batch_size, max_iter=args.max_iter, n_init=args.n_init,
                           seed=args.seed)
     mesh = None
-    if args.data_parallel:
+    if args.data_parallel or _multi_host():  # several hosts: every batch is split over all of their devices
         from hubert_jax.sharding import make_mesh
 
         mesh = make_mesh({"data": -1})
     start = time.perf_counter()
-    centers = fit(sample, config, mesh=mesh)
-    save_centroids(args.out, centers)
-    print(f"{args.out}: {args.clusters} centroids from {len(sample)} frames in {time.perf_counter() - start:.1f} s; "
-          f"inertia per frame {inertia(sample, centers) / len(sample):.4g}")
+    centers = fit(feats, config, rows=rows, mesh=mesh)
+    if jax_process_index() == 0:
+        save_centroids(args.out, centers)
+    elapsed = time.perf_counter() - start
+    check = np.sort(rng.choice(len(feats), min(len(feats), 200000), replace=False))  # inertia on a sample
+    per_frame = inertia(feats[check], centers, mesh=mesh) / len(check)
+    print(f"{args.out}: {args.clusters} centroids from {take} frames in {elapsed:.1f} s; inertia per frame "
+          f"{per_frame:.4g}" + (f" (on {len(check)} frames)" if len(check) < len(feats) else ""))
+
+
+def jax_process_index() -> int:
+    import jax
+
+    return jax.process_index()
 
 
 def cmd_label(args) -> None:
+    """One .km line per utterance. With several hosts each labels a contiguous share of the utterances
+    into `{out}.part{rank}-of-{world}`, and process 0 joins the parts in order."""
+    from hubert_jax.labels.dump import shard_range
     from hubert_jax.labels.kmeans import load_centroids, predict
 
     feats, lengths = load_features(args.feats, args.nshard)
@@ -85,9 +105,32 @@ def cmd_label(args) -> None:
     if centers.shape[1] != feats.shape[1]:
         raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
                          f"in {args.feats}.npy")
-    labels = predict(np.asarray(feats), centers)
-    write_int_labels(args.out, split_utterances(labels, lengths))
-    print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
+    if not _multi_host():
+        labels = predict(feats, centers)
+        write_int_labels(args.out, split_utterances(labels, lengths))
+        print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
+        return
+    import jax
+    from jax.experimental import multihost_utils
+
+    rank, world = jax.process_index(), jax.process_count()
+    first, last = shard_range(len(lengths), world, rank)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    labels = predict(feats, centers, start=int(offsets[first]), stop=int(offsets[last]))
+    part = f"{args.out}.part{rank}-of-{world}"
+    write_int_labels(part, split_utterances(labels, lengths[first:last]))
+    multihost_utils.sync_global_devices(f"label parts {args.out}")
+    if rank == 0:
+        parts = [f"{args.out}.part{r}-of-{world}" for r in range(world)]
+        with open(f"{args.out}.tmp", "w", encoding="utf-8") as out:
+            for path in parts:
+                with open(path, encoding="utf-8") as f:
+                    out.write(f.read())
+        os.replace(f"{args.out}.tmp", args.out)
+        for path in parts:
+            os.remove(path)
+        print(f"{args.out}: {len(lengths)} utterances from {world} hosts")
+    multihost_utils.sync_global_devices(f"label done {args.out}")
 
 
 def cmd_dump(args) -> None:
@@ -171,7 +214,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=10000)
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--n-init", type=int, default=20)
-    p.add_argument("--data-parallel", action="store_true", help="shard every batch over all devices")
+    p.add_argument("--data-parallel", action="store_true",
+                   help="shard every batch over all devices (always on with several hosts)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_kmeans)
     p = sub.add_parser("label", help="write a fairseq .km file: nearest centroid per frame")
@@ -191,9 +235,26 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     p.add_argument("--out", required=True, help="output prefix: {out}.tsv and {out}.wrd")
     p.set_defaults(func=cmd_tfds)
+    for p in sub.choices.values():
+        _distributed_arguments(p)
     args = parser.parse_args(argv)
+    from hubert_jax import distributed
+
+    distributed.initialize(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+                           process_id=args.process_id, timeout_s=args.init_timeout, mode=args.distributed)
     args.func(args)
     return 0
+
+
+def _distributed_arguments(p) -> None:
+    """Multi-host: run the same command on every host (hubert_jax/distributed.py); dump shards by host,
+    kmeans splits every batch over all hosts' devices, label splits the utterances."""
+    g = p.add_argument_group("multi-host")
+    g.add_argument("--distributed", default="auto", choices=("auto", "on", "off"))
+    g.add_argument("--coordinator_address", help="host:port of process 0 (outside TPU pods/SLURM/MPI)")
+    g.add_argument("--num_processes", type=int)
+    g.add_argument("--process_id", type=int)
+    g.add_argument("--init_timeout", type=int, default=300)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,40 @@ def save_features(prefix: str, features: list[np.ndarray], dims: int) -> None:
     os.replace(f"{prefix}.len.tmp", f"{prefix}.len")
 
 
-def load_features(prefix: str, nshard: int = 0) -> tuple[np.ndarray, list[int]]:
-    """`{prefix}.npy/.len`, or with nshard > 0 the dump shards `{prefix}_{rank}_{nshard}` in rank order."""
+class Rows:
+    """Memory-mapped feature files read as one (N, d) array without concatenating them: slices and sorted
+    or unsorted integer row indices read only the rows asked for."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+        self.shape = (int(self.starts[-1]), parts[0].shape[1] if parts else 0)
+        self.dtype = parts[0].dtype if parts else np.float32
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(len(self)))
+        index = np.asarray(index, np.int64)
+        out = np.empty((len(index), self.shape[1]), self.dtype)
+        part = np.searchsorted(self.starts, index, side="right") - 1
+        for p in np.unique(part):
+            where = part == p
+            out[where] = self.parts[p][index[where] - self.starts[p]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype)
+
+
+def load_features(prefix: str, nshard: int = 0):
+    """`{prefix}.npy/.len` (memory-mapped), or with nshard > 0 the dump shards `{prefix}_{rank}_{nshard}` in
+    rank order as one `Rows` (read lazily: nothing is concatenated in memory)."""
     if nshard > 0:
         parts = [load_features(f"{prefix}_{rank}_{nshard}") for rank in range(nshard)]
-        return np.concatenate([p[0] for p in parts]), [n for p in parts for n in p[1]]
+        return Rows([p[0] for p in parts]), [n for p in parts for n in p[1]]
     for suffix in (".npy", ".len"):
         if not os.path.exists(prefix + suffix):
             raise FileNotFoundError(f"{prefix}{suffix} not found (write it with `mfcc` or `dump` first)")

@@ -117,57 +117,88 @@ def _batch_sharding(mesh):
     return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
 
 
-def _put(array, sharding, multiple: int):
-    """Pad rows to a multiple of the device count (weight 0) and place the batch on the mesh."""
-    n = len(array)
-    pad = (-n) % multiple
-    weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    if pad:
-        array = np.concatenate([array, np.zeros((pad, array.shape[1]), array.dtype)])
+def _place_rows(features, idx: np.ndarray, sharding):
+    """features[idx] as a batch, padded with weight-0 rows to a multiple of the device count, and its
+    weights. On a mesh every host reads only the rows of its own devices (make_array_from_callback), so a
+    mesh over many hosts splits the reading as well as the arithmetic."""
+    n, d = len(idx), features.shape[1]
+    devices = 1 if sharding is None else sharding.mesh.size
+    total = n + (-n) % devices
+    weights = (np.arange(total) < n).astype(np.float32)
+
+    def rows(index) -> np.ndarray:
+        positions = np.arange(total)[index[0]]
+        out = np.zeros((len(positions), d), np.float32)
+        real = positions < n
+        if real.any():
+            out[real] = np.asarray(features[idx[positions[real]]], np.float32)
+        return out
+
     if sharding is None:
-        return jnp.asarray(array), jnp.asarray(weights)
-    return jax.device_put(array, sharding), jax.device_put(weights, sharding)
+        return jnp.asarray(rows((slice(None),))), jnp.asarray(weights)
+    return (jax.make_array_from_callback((total, d), sharding, rows),
+            jax.make_array_from_callback((total,), sharding, lambda index: weights[index]))
 
 
-def inertia(features: np.ndarray, centers, *, chunk: int = 65536, mesh=None) -> float:
-    """Sum of squared distances to the nearest centre, computed in chunks."""
+@jax.jit
+def _weighted_inertia(x, weights, centers):
+    return jnp.sum(assign(x, centers)[1] * weights)
+
+
+def inertia(features, centers, *, chunk: int = 65536, mesh=None) -> float:
+    """Sum of squared distances to the nearest centre, computed in chunks (over the mesh, if given)."""
     total = 0.0
     sharding = _batch_sharding(mesh)
-    devices = mesh.size if mesh is not None else 1
+    centers = _replicate(jnp.asarray(centers, jnp.float32), mesh)
     for start in range(0, len(features), chunk):
-        x, w = _put(np.asarray(features[start: start + chunk], np.float32), sharding, devices)
-        total += float(jnp.sum(assign(x, centers)[1] * w))
+        x, w = _place_rows(features, np.arange(start, min(start + chunk, len(features))), sharding)
+        total += float(_weighted_inertia(x, w, centers))
     return total
 
 
-def predict(features: np.ndarray, centers, *, chunk: int = 65536) -> np.ndarray:
-    """Nearest-centre label for every row, in chunks."""
-    out = [np.asarray(assign(jnp.asarray(features[s: s + chunk], jnp.float32), jnp.asarray(centers))[0])
-           for s in range(0, len(features), chunk)]
+def predict(features, centers, *, chunk: int = 65536, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Nearest-centre label for rows [start, stop) (default: all), in chunks."""
+    stop = len(features) if stop is None else stop
+    centers = jnp.asarray(centers, jnp.float32)
+    out = [np.asarray(assign(jnp.asarray(np.asarray(features[s: min(s + chunk, stop)]), jnp.float32), centers)[0])
+           for s in range(start, stop, chunk)]
     return np.concatenate(out) if out else np.zeros((0,), np.int32)
 
 
-def fit(features: np.ndarray, config: KMeansConfig, *, mesh=None, verbose: bool = False) -> np.ndarray:
-    """Mini-batch k-means on (N, d) features; returns (n_clusters, d) float32 centroids."""
-    features = np.asarray(features, np.float32)
-    n = len(features)
+def _replicate(tree, mesh):
+    if mesh is None:
+        return tree
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from hubert_jax.sharding import from_host
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return from_host(jax.device_get(tree), jax.tree.map(lambda _: replicated, tree))
+
+
+def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=None,
+        verbose: bool = False) -> np.ndarray:
+    """Mini-batch k-means on the (N, d) features (an array, a memory map or `features.Rows`), or on the
+    subset `rows` of them; returns (n_clusters, d) float32 centroids.
+
+    With a mesh each batch is split over its devices; a mesh over several hosts (jax.distributed) has every
+    host read only its part of each batch. Every host draws the same batches from the same seed."""
+    rows = np.arange(len(features)) if rows is None else np.sort(np.asarray(rows, np.int64))
+    n = len(rows)
     if n < config.n_clusters:
         raise ValueError(f"{n} feature rows for {config.n_clusters} clusters: need at least as many rows")
     rng = np.random.default_rng(config.seed)
     key = jax.random.key(config.seed)
     sharding = _batch_sharding(mesh)
-    devices = mesh.size if mesh is not None else 1
 
     init_size = min(n, config.init_size or 3 * config.batch_size)
-    init_sample = features[rng.choice(n, init_size, replace=False)] if init_size < n else features
+    init_rows = rng.choice(n, init_size, replace=False) if init_size < n else np.arange(n)
+    init_sample = np.asarray(features[rows[init_rows]], np.float32)
     keys = jax.random.split(key, config.n_init)
-    best = kmeans_plus_plus(keys, jnp.asarray(init_sample), config.n_clusters)
+    best = kmeans_plus_plus(keys, jnp.asarray(init_sample), config.n_clusters)  # on each host, identically
     state = _State(best, jnp.zeros((config.n_clusters,), jnp.float32), jnp.asarray(jnp.inf),
                    jnp.asarray(jnp.inf), jnp.asarray(0), jnp.asarray(False))
-    if sharding is not None:
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    state = _replicate(state, mesh)
 
     batch_size = min(config.batch_size, n)
     steps = max(1, config.max_iter * n // batch_size)
@@ -176,9 +207,9 @@ def fit(features: np.ndarray, config: KMeansConfig, *, mesh=None, verbose: bool 
     for step in range(steps):
         if cursor + batch_size > n:
             order, cursor = rng.permutation(n), 0
-        idx = np.sort(order[cursor: cursor + batch_size])
+        idx = rows[np.sort(order[cursor: cursor + batch_size])]
         cursor += batch_size
-        batch, weights = _put(features[idx], sharding, devices)
+        batch, weights = _place_rows(features, idx, sharding)
         state = minibatch_step(state, batch, weights, alpha, config.max_no_improvement)
         if step % 50 == 49 and bool(state.stopped):  # a sync every 50 batches, not every batch
             if verbose:
