@@ -15,10 +15,11 @@ def _config(family, **kw):
     return hubert_jax.config_class_for(family).from_dict({**TINY, **TINY_BY_FAMILY[family], **kw})
 
 
-def _pair(family, remat="none", **kw):
+def _pair(family, remat="none", remat_conv=False, **kw):
     config = _config(family, **kw)
     unrolled = hubert_jax.BASE_MODELS[family](config, rngs=nnx.Rngs(0))
-    scanned = hubert_jax.BASE_MODELS[family](config, rngs=nnx.Rngs(1), scan_layers=True, remat_policy=remat)
+    scanned = hubert_jax.BASE_MODELS[family](config, rngs=nnx.Rngs(1), scan_layers=True, remat_policy=remat,
+                                             remat_conv=remat_conv)
     load_flat(scanned, stack_layers(model_to_flat(unrolled), config.num_hidden_layers))
     return unrolled, scanned
 
@@ -51,10 +52,11 @@ def _flat_grads(grads):
     return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads)}
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots", "dots_no_batch"])
-def test_scan_with_remat_matches_gradients_and_dropout(remat):
+@pytest.mark.parametrize("remat,remat_conv", [("none", False), ("full", True), ("dots", False),
+                                               ("dots_no_batch", False)])
+def test_scan_with_remat_matches_gradients_and_dropout(remat, remat_conv):
     # dropout and layerdrop on: the same key draws the same masks in both layouts (keys fold in the layer index)
-    unrolled, scanned = _pair("hubert", remat=remat, hidden_dropout=0.1, attention_dropout=0.1,
+    unrolled, scanned = _pair("hubert", remat=remat, remat_conv=remat_conv, hidden_dropout=0.1, attention_dropout=0.1,
                               activation_dropout=0.1, layerdrop=0.3)
     x, mask = audio(pad_to=(4000, 3000))
     key = jax.random.key(7)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -45,11 +46,16 @@ class FeatureEncoder(nnx.Module):
     def __init__(self, config, *, opts: ModelOptions, rngs: nnx.Rngs):
         self.conv_layers = nnx.List([FeatureEncoderLayer(config, i, opts=opts, rngs=rngs)
                                      for i in range(config.num_feat_extract_layers)])
+        self.remat = opts.remat_conv
 
     def __call__(self, input_values):
         x = input_values[:, :, None]
         for layer in self.conv_layers:
-            x = layer(x)
+            if self.remat:  # at full-length crops the conv outputs are most of the step's activations
+                graphdef, state = nnx.split(layer)
+                x = jax.checkpoint(lambda s, h, g=graphdef: nnx.merge(g, s)(h))(state, x)
+            else:
+                x = layer(x)
         return x
 
 

@@ -21,14 +21,16 @@ class _Head(PretrainedMixin, nnx.Module):
     """Builds the base model under its prefix; subclasses add the head."""
 
     def __init__(self, config, *, rngs: nnx.Rngs | None = None, opts: ModelOptions | None = None, dtype=None,
-                 param_dtype=None, attention_impl=None, scan_layers=None, remat_policy=None, precision=None):
+                 param_dtype=None, attention_impl=None, scan_layers=None, remat_policy=None, remat_conv=None,
+                 precision=None):
         expected = getattr(type(self), "model_type", None)
         if expected is not None and config.model_type != expected:
             raise ValueError(f"{type(self).__name__} needs a {expected} config, got model_type "
                              f"{config.model_type!r}")
         self.config = config
         self.opts = opts = make_options(opts, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
-                                        scan_layers=scan_layers, remat_policy=remat_policy, precision=precision)
+                                        scan_layers=scan_layers, remat_policy=remat_policy,
+                                        remat_conv=remat_conv, precision=precision)
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.base_model_prefix = config.base_model_prefix
         try:

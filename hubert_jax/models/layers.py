@@ -30,6 +30,7 @@ class ModelOptions:
     attention_impl: str = "auto"  # auto: cuDNN fused attention on GPU where it can serve, else XLA
     scan_layers: bool = False  # one jax.lax.scan over stacked encoder layers
     remat_policy: str = "none"  # rematerialisation of each encoder layer (with or without scan)
+    remat_conv: bool = False  # recompute each conv feature-encoder layer in the backward pass (keeps its input)
     precision: Any = None  # jax.lax.Precision for matmuls and convs
 
     def __post_init__(self):

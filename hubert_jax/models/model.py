@@ -30,7 +30,7 @@ class SpeechModel(PretrainedMixin, nnx.Module):
     config_class: type[SpeechConfig] = SpeechConfig
 
     def __init__(self, config: SpeechConfig, *, rngs: nnx.Rngs | None = None, opts: ModelOptions | None = None,
-                 dtype=None, param_dtype=None, attention_impl=None, scan_layers=None, remat_policy=None,
+                 dtype=None, param_dtype=None, attention_impl=None, scan_layers=None, remat_policy=None, remat_conv=None,
                  precision=None):
         if not isinstance(config, self.config_class):
             raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
@@ -38,7 +38,8 @@ class SpeechModel(PretrainedMixin, nnx.Module):
         config.validate()
         self.config = config
         self.opts = opts = make_options(opts, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl,
-                                        scan_layers=scan_layers, remat_policy=remat_policy, precision=precision)
+                                        scan_layers=scan_layers, remat_policy=remat_policy,
+                                        remat_conv=remat_conv, precision=precision)
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.feature_extractor = FeatureEncoder(config, opts=opts, rngs=rngs)
         self.feature_projection = FeatureProjection(config, opts=opts, rngs=rngs)

@@ -29,7 +29,8 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: bfloat16 on accelerators
     c.model.param_dtype = "float32"
     c.model.scan_layers = False
-    c.model.remat_policy = "none"
+    c.model.remat_policy = "none"  # encoder layers: none | full | dots | dots_no_batch
+    c.model.remat_conv = False  # recompute the conv feature encoder in the backward pass (long crops, small HBM)
     c.model.attention_impl = "auto"
     c.model.init_from = ""  # a hubert-jax directory (e.g. a converted fairseq HuBERT with its heads)
 

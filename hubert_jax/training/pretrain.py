@@ -36,7 +36,8 @@ from hubert_jax.training.optim import make_optimizer, make_schedule
 
 def model_options(model_cfg) -> ModelOptions:
     return ModelOptions(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers,
-                        remat_policy=model_cfg.remat_policy, attention_impl=model_cfg.attention_impl)
+                        remat_policy=model_cfg.remat_policy, remat_conv=model_cfg.get("remat_conv", False),
+                        attention_impl=model_cfg.attention_impl)
 
 
 def build_model(cfg, seed: int | None = None) -> HubertForPreTraining:
