@@ -1,7 +1,7 @@
 """Korean HuBERT base, as the hubert-base-korean model card describes it: ~4,000 h of AIHub Korean speech,
 500-cluster k-means labels from the MFCC base model's features (50 Hz), 8 attention heads.
 
-    python train.py --config configs/korean_base.py --workdir gs://BUCKET/ckpt/korean_base \
+    python train.py --config configs/korean_base.py --workdir /gcs/BUCKET/ckpt/korean_base \
         --config.data.train.manifest=/data/aihub/train.tsv \
         --config.data.train.labels='("/data/labels/km500/train.km",)' \
         --config.data.valid.manifest=/data/aihub/valid.tsv \

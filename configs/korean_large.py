@@ -1,7 +1,7 @@
 """Korean HuBERT large, as the hubert-large-korean model card describes it (24 x 1024, 16 heads,
 projection 768), on the same 500-cluster labels as the Korean base.
 
-    python train.py --config configs/korean_large.py --workdir gs://BUCKET/ckpt/korean_large \
+    python train.py --config configs/korean_large.py --workdir /gcs/BUCKET/ckpt/korean_large \
         --config.data.train.manifest=/data/aihub/train.tsv \
         --config.data.train.labels='("/data/labels/km500/train.km",)' \
         --config.data.valid.manifest=/data/aihub/valid.tsv \

@@ -99,6 +99,10 @@ def evaluate(trainer: Trainer, state, source, data_cfg: DataConfig, batch_size: 
 def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     """Train to cfg.train.steps (or `stop_after` more steps), resuming from the workdir's latest checkpoint."""
     # ------------------------------------------------------------------ setup
+    if "://" in workdir:
+        raise ValueError(f"--workdir {workdir}: give a filesystem path. Checkpoints, config.json and the logs are "
+                         f"written through the filesystem; mount a bucket with Cloud Storage FUSE (gcsfuse) on every "
+                         f"host and pass the mount, e.g. /gcs/BUCKET/ckpt/run")
     os.makedirs(workdir, exist_ok=True)
     main_process = jax.process_index() == 0
     config_json = cfg.to_json(sort_keys=True)
