@@ -271,3 +271,18 @@ def test_kmeans_and_labelling_over_two_processes_equal_one_process(tmp_path):
     assert (tmp_path / "two.km").read_text() == (tmp_path / "one.km").read_text()
     assert len((tmp_path / "two.km").read_text().splitlines()) == 40
     assert not list(tmp_path.glob("two.km.part*"))  # the parts were joined and removed
+
+
+def test_memory_benchmark_measures_the_compiled_sharded_step():
+    """benchmarks/memory.py on the tiny config: the state's per-device share is the eval_shape figure."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import memory
+
+    sharded = memory.measure("tests/tiny_config.py", 8, "fsdp=-1", "float32", "full", True)
+    replicated = memory.measure("tests/tiny_config.py", 8, "data=-1", "float32", "none", False)
+    assert sharded["params"] == replicated["params"] > 0
+    # params + 2 Adam moments in float32 (+ a few scalars) when replicated; fsdp holds a fraction of that
+    assert replicated["state"] >= 12 * replicated["params"]
+    assert sharded["state"] < 0.5 * replicated["state"]
+    assert sharded["per_chip_batch"] == replicated["per_chip_batch"] == 1
+    assert sharded["peak"] > sharded["arguments"] > 0 and sharded["temp"] < replicated["temp"]
