@@ -19,11 +19,6 @@ import os
 import sys
 import time
 
-# the table needs up to 64 simulated devices; must be set before jax is imported
-_MAX_CHIPS = int(os.environ.get("HUBERT_JAX_MEMORY_DEVICES", "64"))
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_MAX_CHIPS}")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -113,6 +108,14 @@ HEADER = ("| recipe | slice | mesh | compute | encoder remat | conv remat | batc
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+def _simulate_devices() -> None:
+    """Up to 64 simulated CPU devices for the table. Only when run as a script, before jax is imported:
+    importing this module (the tests do) must not change the environment of later processes."""
+    count = int(os.environ.get("HUBERT_JAX_MEMORY_DEVICES", "64"))
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="one recipe instead of the table")
@@ -140,4 +143,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    _simulate_devices()
     sys.exit(main())

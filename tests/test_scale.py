@@ -276,7 +276,10 @@ def test_kmeans_and_labelling_over_two_processes_equal_one_process(tmp_path):
 def test_memory_benchmark_measures_the_compiled_sharded_step():
     """benchmarks/memory.py on the tiny config: the state's per-device share is the eval_shape figure."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    flags_before = os.environ.get("XLA_FLAGS")
     import memory
+
+    assert os.environ.get("XLA_FLAGS") == flags_before  # importing it leaves later subprocesses alone
 
     sharded = memory.measure("tests/tiny_config.py", 8, "fsdp=-1", "float32", "full", True)
     replicated = memory.measure("tests/tiny_config.py", 8, "data=-1", "float32", "none", False)

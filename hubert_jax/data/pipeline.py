@@ -19,9 +19,9 @@ import numpy as np
 from hubert_jax.data.manifest import (
     SAMPLE_RATE,
     AudioError,
+    IntLabelFile,
     check_files_exist,
     read_audio,
-    IntLabelFile,
     read_manifest,
 )
 
