@@ -1,0 +1,129 @@
+"""Inference speed: hubert-jax against transformers (PyTorch) on the same device and dtype, one table.
+
+    python benchmarks/inference.py                                   # CPU: base, batch 1 x 10 s
+    python benchmarks/inference.py --models base,large --batches 1,8,32 --dtype bfloat16   # a GPU
+
+Both sides are built from the same preset with random weights (speed does not depend on the values).
+Each cell is the median of --repeats timed calls after a warm-up (compilation excluded for JAX; the
+first PyTorch call is excluded too). Audio seconds per second = batch x clip seconds / median time;
+`ratio` = hubert-jax time / PyTorch time (below 1: hubert-jax is faster). MFU uses the forward FLOPs per
+audio second of ../shared/REFERENCE.md section 3 (base 13.9 + 0.092 S GFLOP, large 35.8 + 0.246 S, S the
+clip length) against --peak-tflops (default: 989 on H100/H200, none elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+FLOPS_PER_AUDIO_SECOND = {"base": (13.9e9, 0.092e9), "large": (35.8e9, 0.246e9)}
+PRESET = {"base": "hubert-base", "large": "hubert-large"}
+
+
+def gflop(model: str, batch: int, seconds: float) -> float:
+    a, b = FLOPS_PER_AUDIO_SECOND[model]
+    return batch * seconds * (a + b * seconds) / 1e9
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: compilation / first-call allocations
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_jax(model_name: str, batch: int, seconds: float, dtype: str, repeats: int) -> float:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from hubert_jax.config import preset
+    from hubert_jax.models import HubertModel
+
+    model = HubertModel(preset(PRESET[model_name]), rngs=nnx.Rngs(0), dtype=dtype)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, x):
+        return nnx.merge(graphdef, state)(x).last_hidden_state
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, int(seconds * 16000)), np.float32))
+    return _median_time(lambda: forward(state, x).block_until_ready(), repeats)
+
+
+def time_torch(model_name: str, batch: int, seconds: float, dtype: str, repeats: int, impl: str,
+               device: str) -> float:
+    import torch
+    import transformers
+
+    from hubert_jax.config import preset
+
+    config = transformers.HubertConfig(**{k: v for k, v in preset(PRESET[model_name]).to_dict().items()
+                                          if k not in ("architectures", "model_type", "transformers_version")})
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    config._attn_implementation = impl  # noqa: SLF001 (transformers reads it when building the layers)
+    model = transformers.HubertModel(config).to(device=device, dtype=torch_dtype).eval()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, int(seconds * 16000), generator=generator).to(device=device, dtype=torch_dtype)
+
+    def call():
+        with torch.inference_mode():
+            model(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return _median_time(call, repeats)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="base")
+    p.add_argument("--batches", default="1")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--torch-impls", default="eager,sdpa", help="transformers attn_implementation values")
+    p.add_argument("--peak-tflops", type=float, default=None)
+    args = p.parse_args(argv)
+
+    import jax
+    import torch
+    import transformers
+
+    platform = jax.devices()[0].platform
+    device = "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"
+    kind = jax.devices()[0].device_kind
+    peak = args.peak_tflops or (989.0 if any(n in kind for n in ("H100", "H200")) else None)
+    print(f"device: {kind} ({platform}; torch on {device}, {torch.get_num_threads()} threads); jax {jax.__version__}, "
+          f"torch {torch.__version__}, transformers {transformers.__version__}; dtype {args.dtype}; "
+          f"median of {args.repeats}")
+    impls = [i for i in args.torch_impls.split(",") if i]
+    print("| model | batch x s | hubert-jax audio s/s | " + " | ".join(f"torch {i} audio s/s" for i in impls)
+          + " | " + " | ".join(f"ratio jax/{i}" for i in impls) + " | MFU jax |")
+    print("|---" * (3 + 2 * len(impls) + 1) + "|")
+    for name in args.models.split(","):
+        for batch in map(int, args.batches.split(",")):
+            audio = batch * args.seconds
+            t_jax = time_jax(name, batch, args.seconds, args.dtype, args.repeats)
+            t_torch = {}
+            for impl in impls:
+                try:
+                    t_torch[impl] = time_torch(name, batch, args.seconds, args.dtype, args.repeats, impl, device)
+                except (ImportError, ValueError) as e:  # e.g. flash_attention_2 not installed
+                    print(f"  torch {impl}: {e}", file=sys.stderr)
+            mfu = (f"{gflop(name, batch, args.seconds) / t_jax / 1e3 / peak:.1%}" if peak else "n/a")
+            cells = [f"{audio / t_torch[i]:.1f}" if i in t_torch else "-" for i in impls]
+            ratios = [f"{t_jax / t_torch[i]:.2f}" if i in t_torch else "-" for i in impls]
+            print(f"| {name} | {batch} x {args.seconds:g} | {audio / t_jax:.1f} | " + " | ".join(cells) + " | "
+                  + " | ".join(ratios) + f" | {mfu} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
