@@ -142,20 +142,29 @@ def read_label_lines(path: str, expected_lines: int) -> list[list[str]]:
     return [line.split() for line in lines]
 
 
+def _label_line(path: str, number: int, tokens: list, frames: int, tolerance: int, dtype) -> np.ndarray:
+    """Line `number`'s labels (str or bytes tokens), checked: integers only, within `tolerance` of `frames`."""
+    try:
+        labels = np.asarray([int(t) for t in tokens], dtype)
+    except ValueError:
+        shown = " ".join(t.decode("utf-8", "replace") if isinstance(t, bytes) else t for t in tokens[:5])
+        raise ValueError(f"{path}:{number}: expected integers, got {shown!r}...") from None
+    if abs(len(labels) - frames) > tolerance:
+        raise ValueError(f"{path}:{number}: {len(labels)} labels, expected {frames} frames"
+                         f"{f' (+-{tolerance})' if tolerance else ''}: is the label rate right?")
+    return labels
+
+
+def _to_frames(labels: np.ndarray, frames: int) -> np.ndarray:
+    """Cut, or repeat the last label, to exactly `frames` labels."""
+    return labels[:frames] if len(labels) > frames else np.pad(labels, (0, frames - len(labels)), mode="edge")
+
+
 def read_int_labels(path: str, expected_frames: list[int], *, tolerance: int = 0) -> list[np.ndarray]:
     """Integer frame labels (.km, .phn), checked line by line against the expected frame counts."""
     rows = read_label_lines(path, len(expected_frames))
-    out = []
-    for number, (tokens, frames) in enumerate(zip(rows, expected_frames), start=1):
-        try:
-            labels = np.asarray([int(t) for t in tokens], np.int64)
-        except ValueError:
-            raise ValueError(f"{path}:{number}: expected integers, got {' '.join(tokens[:5])!r}...") from None
-        if abs(len(labels) - frames) > tolerance:
-            raise ValueError(f"{path}:{number}: {len(labels)} labels, expected {frames} frames"
-                             f"{f' (+-{tolerance})' if tolerance else ''}: is the label rate right?")
-        out.append(labels[:frames] if len(labels) > frames else np.pad(labels, (0, frames - len(labels)), mode="edge"))
-    return out
+    return [_to_frames(_label_line(path, number, tokens, frames, tolerance, np.int64), frames)
+            for number, (tokens, frames) in enumerate(zip(rows, expected_frames), start=1)]
 
 
 class IntLabelFile:
@@ -185,17 +194,7 @@ class IntLabelFile:
         self._fd = os.open(path, os.O_RDONLY)
 
     def _parse(self, line: bytes, number: int) -> np.ndarray:
-        tokens = line.split()
-        try:
-            labels = np.asarray([int(t) for t in tokens], np.int32)
-        except ValueError:
-            shown = b" ".join(tokens[:5]).decode("utf-8", "replace")
-            raise ValueError(f"{self.path}:{number}: expected integers, got {shown!r}...") from None
-        frames = self.expected[number - 1]
-        if abs(len(labels) - frames) > self.tolerance:
-            raise ValueError(f"{self.path}:{number}: {len(labels)} labels, expected {frames} frames"
-                             f"{f' (+-{self.tolerance})' if self.tolerance else ''}: is the label rate right?")
-        return labels
+        return _label_line(self.path, number, line.split(), self.expected[number - 1], self.tolerance, np.int32)
 
     def __len__(self) -> int:
         return len(self.expected)
@@ -203,9 +202,7 @@ class IntLabelFile:
     def __getitem__(self, index: int) -> np.ndarray:
         """Line `index` (0-based), cut or edge-padded to the expected frame count."""
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-        labels = self._parse(os.pread(self._fd, end - start, start), index + 1)
-        frames = self.expected[index]
-        return labels[:frames] if len(labels) > frames else np.pad(labels, (0, frames - len(labels)), mode="edge")
+        return _to_frames(self._parse(os.pread(self._fd, end - start, start), index + 1), self.expected[index])
 
     def __getstate__(self):  # picklable (e.g. for worker processes): reopen on arrival
         return {k: v for k, v in self.__dict__.items() if k != "_fd"}

@@ -57,13 +57,9 @@ def cmd_mfcc(args) -> None:
           f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")
 
 
-def _multi_host() -> bool:
+def cmd_kmeans(args) -> None:
     import jax
 
-    return jax.process_count() > 1
-
-
-def cmd_kmeans(args) -> None:
     from hubert_jax.labels.kmeans import KMeansConfig, fit, inertia, save_centroids
 
     feats, _ = load_features(args.feats, args.nshard)
@@ -73,13 +69,13 @@ def cmd_kmeans(args) -> None:
     config = KMeansConfig(args.clusters, batch_size=args.batch_size, max_iter=args.max_iter, n_init=args.n_init,
                           seed=args.seed)
     mesh = None
-    if args.data_parallel or _multi_host():  # several hosts: every batch is split over all of their devices
+    if args.data_parallel or jax.process_count() > 1:  # several hosts: every batch is split over all of their devices
         from hubert_jax.sharding import make_mesh
 
         mesh = make_mesh({"data": -1})
     start = time.perf_counter()
     centers = fit(feats, config, rows=rows, mesh=mesh)
-    if jax_process_index() == 0:
+    if jax.process_index() == 0:
         save_centroids(args.out, centers)
     elapsed = time.perf_counter() - start
     check = np.sort(rng.choice(len(feats), min(len(feats), 200000), replace=False))  # inertia on a sample
@@ -88,15 +84,11 @@ def cmd_kmeans(args) -> None:
           f"{per_frame:.4g}" + (f" (on {len(check)} frames)" if len(check) < len(feats) else ""))
 
 
-def jax_process_index() -> int:
-    import jax
-
-    return jax.process_index()
-
-
 def cmd_label(args) -> None:
     """One .km line per utterance. With several hosts each labels a contiguous share of the utterances
     into `{out}.part{rank}-of-{world}`, and process 0 joins the parts in order."""
+    import jax
+
     from hubert_jax.labels.dump import shard_range
     from hubert_jax.labels.kmeans import load_centroids, predict
 
@@ -105,12 +97,11 @@ def cmd_label(args) -> None:
     if centers.shape[1] != feats.shape[1]:
         raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
                          f"in {args.feats}.npy")
-    if not _multi_host():
+    if jax.process_count() == 1:
         labels = predict(feats, centers)
         write_int_labels(args.out, split_utterances(labels, lengths))
         print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
         return
-    import jax
     from jax.experimental import multihost_utils
 
     rank, world = jax.process_index(), jax.process_count()

@@ -60,7 +60,11 @@ def data_config(cfg, split: str) -> DataConfig:
                       normalize=cfg.data.normalize)
 
 
-def _check_batch_fits_mesh(cfg, mesh) -> None:
+def _check_batch_splits(cfg, mesh) -> None:
+    """Before anything is read: the global batch must split over the hosts and over the data axes."""
+    if cfg.data.batch_size % jax.process_count():
+        raise ValueError(f"config.data.batch_size ({cfg.data.batch_size}) must be divisible by the "
+                         f"{jax.process_count()} hosts")
     shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
     if cfg.data.batch_size % shards:
         raise ValueError(f"config.data.batch_size ({cfg.data.batch_size}) must be divisible by the mesh's data x fsdp "
@@ -110,15 +114,12 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_json + "\n")
     mesh = mesh_from_config(cfg.mesh)
-    _check_batch_fits_mesh(cfg, mesh)
+    _check_batch_splits(cfg, mesh)
     total = cfg.train.steps
     log = MetricLog(workdir, total, tensorboard=cfg.train.tensorboard, enabled=main_process)
 
     # ------------------------------------------------------------------ input pipeline
     batch_size = cfg.data.batch_size  # global: each host reads its part (make_dataset)
-    if batch_size % jax.process_count():
-        raise ValueError(f"config.data.batch_size ({batch_size}) must be divisible by the {jax.process_count()} "
-                         f"hosts")
     train_cfg = data_config(cfg, "train")
     need_labels = cfg.task == "hubert"
     train_source = LabeledAudio(train_cfg, need_labels=need_labels)
