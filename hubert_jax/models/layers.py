@@ -18,7 +18,7 @@ Array = jax.Array
 Initializer = Callable[[Array, Sequence[int], Any], Array]
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class ModelOptions:
 
     dtype: Any = jnp.float32  # compute dtype of activations and matmuls
     param_dtype: Any = jnp.float32  # storage dtype of parameters
-    attention_impl: str = "auto"  # auto: cuDNN fused attention on GPU where it can serve, else XLA
+    attention_impl: str = "auto"  # auto: cuDNN on GPU, Pallas flash on TPU where they can serve, else XLA
     scan_layers: bool = False  # one jax.lax.scan over stacked encoder layers
     remat_policy: str = "none"  # rematerialisation of each encoder layer (with or without scan)
     remat_conv: bool = False  # recompute each conv feature-encoder layer in the backward pass (keeps its input)
