@@ -195,3 +195,24 @@ def test_init_from_an_exported_model_continues_with_its_heads(reference, tmp_pat
     cfg.model.head.num_classes = (100,)
     with pytest.raises(ValueError, match=r"pretraining_heads.safetensors: label_embs_concat has shape \(92, 16\)"):
         run(cfg, str(tmp_path / "mismatch"), stop_after=0)
+
+
+def test_metrics_are_fetched_once_per_log_window_and_none_is_lost(tmp_path, monkeypatch):
+    from hubert_jax.training import loop
+
+    calls = []
+    real = loop._fetch
+
+    def counting(pending, *args):
+        calls.append([step for step, _ in pending])
+        return real(pending, *args)
+
+    monkeypatch.setattr(loop, "_fetch", counting)
+    cfg = tiny_config.get_config()
+    cfg.train.update(dict(steps=8, log_every=4, eval_every=100, checkpoint_every=100))
+    result = run(cfg, str(tmp_path))
+    # the host waits at step 1 (Orbax saves a run's first step), then once per log window
+    assert calls == [[1], [2, 3, 4], [5, 6, 7, 8]]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["split"] == "train"] == [4, 8]
+    assert result.step == 8 and np.isfinite(result.train["loss"])

@@ -73,6 +73,10 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def due(self, step: int) -> bool:
+        """Whether save(step) will write a checkpoint without being forced."""
+        return self.manager.should_save(step)
+
     def save(self, step: int, state, iterator, *, force: bool = False) -> bool:
         import grain.checkpoint
         import orbax.checkpoint as ocp

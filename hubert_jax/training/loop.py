@@ -100,6 +100,23 @@ def evaluate(trainer: Trainer, state, source, data_cfg: DataConfig, batch_size: 
     return trainer.summarize(metrics)
 
 
+def _fetch(pending: list, window: dict, max_nan_in_a_row: int, checkpoints) -> None:
+    """Bring the pending steps' metrics to the host, in order: window them, report skipped updates."""
+    for step, metrics in jax.device_get(pending):
+        for k, v in metrics.items():
+            window.setdefault(k, []).append(float(v))
+        if not metrics["finite"]:
+            nan_run = int(metrics["nan_run"])
+            logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, nan_run)
+            if nan_run >= max_nan_in_a_row:
+                raise NonFiniteLoss(
+                    f"step {step}: {nan_run} steps in a row had a NaN/Inf loss or gradient "
+                    f"(config.train.max_nan_in_a_row={max_nan_in_a_row}); stopping. The last "
+                    f"checkpoint in {checkpoints.directory} is from step {checkpoints.latest_step()}: lower "
+                    f"the learning rate or check the data, then resume.")
+    pending.clear()
+
+
 def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     """Train to cfg.train.steps (or `stop_after` more steps), resuming from the workdir's latest checkpoint."""
     # ------------------------------------------------------------------ setup
@@ -161,7 +178,10 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     previous_handler = None if multi_host else signal.signal(signal.SIGTERM, on_sigterm)
 
     # ------------------------------------------------------------------ loop
+    # Metrics stay on the device until a log, eval or checkpoint step (or log_every steps) needs them:
+    # fetching them every step would make the host wait for each step before dispatching the next.
     end = total if stop_after is None else min(total, step + stop_after)
+    pending: list = []  # (step, device metrics) not yet fetched
     window: dict = {}
     last_train: dict = {}
     last_valid: dict = {}
@@ -173,19 +193,17 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
             audio_seconds += float(batch["attention_mask"].sum()) / SAMPLE_RATE * jax.process_count()
             state, metrics = trainer.train_step(state, _global_batch(trainer, batch))
             step += 1
-            metrics = jax.device_get(metrics)
-            for k, v in metrics.items():
-                window.setdefault(k, []).append(float(v))
-            if not metrics["finite"]:
-                nan_run = int(jax.device_get(state["nan_run"]))
-                logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, nan_run)
-                if nan_run >= cfg.train.max_nan_in_a_row:
-                    raise NonFiniteLoss(
-                        f"step {step}: {nan_run} steps in a row had a NaN/Inf loss or gradient "
-                        f"(config.train.max_nan_in_a_row={cfg.train.max_nan_in_a_row}); stopping. The last "
-                        f"checkpoint in {checkpoints.directory} is from step {checkpoints.latest_step()}: lower "
-                        f"the learning rate or check the data, then resume.")
-            if step % cfg.train.log_every == 0 or step == end:
+            pending.append((step, metrics))
+            logging_step = step % cfg.train.log_every == 0 or step == end
+            eval_step = valid_source is not None and (step % cfg.train.eval_every == 0 or step == end)
+            if multi_host and checkpoints.reached_preemption(step):
+                preempted["flag"] = True
+            stopping = preempted["flag"] or step == end
+            if (logging_step or eval_step or stopping or checkpoints.due(step)
+                    or len(pending) >= cfg.train.log_every):
+                # a run of non-finite steps raises here, before the step is logged or saved
+                _fetch(pending, window, cfg.train.max_nan_in_a_row, checkpoints)
+            if logging_step:
                 elapsed = time.perf_counter() - tick
                 last_train = {k: float(np.mean(v)) for k, v in window.items()
                               if k in ("loss", "accuracy_m", "accuracy_u", "lr", "grad_norm", "features_pen",
@@ -194,14 +212,12 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
                 last_train["skipped_steps"] = float(jax.device_get(state["nan_total"]))
                 log.write(step, "train", last_train)
                 window, audio_seconds, tick = {}, 0.0, time.perf_counter()
-            if valid_source is not None and (step % cfg.train.eval_every == 0 or step == end):
+            if eval_step:
                 last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
                 log.write(step, "valid", last_valid)
-            if multi_host and checkpoints.reached_preemption(step):
-                preempted["flag"] = True
-            stopping = preempted["flag"]
-            checkpoints.save(step, state, iterator, force=stopping or step == end)
-            if stopping:
+            preempting = preempted["flag"]  # read once: a signal may land at any point of the step
+            checkpoints.save(step, state, iterator, force=stopping or preempting)
+            if preempting:
                 log.message(f"preempted (SIGTERM): saved step {step} to {checkpoints.directory}; exiting")
                 break
         if valid_source is not None and not last_valid:  # nothing left to train: report where it stands

@@ -175,7 +175,7 @@ class Trainer:
             opt_state=keep_if_finite(opt_state, state["opt_state"]), step=step + 1, rng=state["rng"],
             nan_total=state["nan_total"] + (~finite).astype(jnp.int32),
             nan_run=jnp.where(finite, 0, state["nan_run"] + 1))
-        metrics = dict(metrics, grad_norm=grad_norm, finite=finite,
+        metrics = dict(metrics, grad_norm=grad_norm, finite=finite, nan_run=new_state["nan_run"],
                        lr=self.schedule(step - state["nan_total"]))  # the optimizer counts applied updates
         return new_state, metrics
 
