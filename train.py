@@ -25,7 +25,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    from hubert_jax import distributed
+    from hubert_jax import distributed, xla_flags
+
+    xla_flags.set_performance_flags()  # before any backend starts
 
     f = flags.FLAGS
     distributed.initialize(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
