@@ -5,7 +5,8 @@
 
 Both sides are built from the same preset with random weights (speed does not depend on the values).
 Each cell is the median of --repeats timed calls after a warm-up (compilation excluded for JAX; the
-first PyTorch call is excluded too). Audio seconds per second = batch x clip seconds / median time;
+first PyTorch call is excluded too). The contenders' calls are interleaved round by round, so a
+machine whose speed drifts (shared CPUs, GPU clocks) slows every column alike. Audio seconds per second = batch x clip seconds / median time;
 `ratio` = hubert-jax time / PyTorch time (below 1: hubert-jax is faster). MFU uses the forward FLOPs per
 audio second of ../shared/REFERENCE.md section 3 (base 13.9 + 0.092 S GFLOP, large 35.8 + 0.246 S, S the
 clip length) against --peak-tflops (default: 989 on H100/H200, none elsewhere).
@@ -14,6 +15,7 @@ clip length) against --peak-tflops (default: 989 on H100/H200, none elsewhere).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
@@ -27,17 +29,20 @@ def gflop(model: str, batch: int, seconds: float) -> float:
     return batch * seconds * (a + b * seconds) / 1e9
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: compilation / first-call allocations
-    times = []
+def _interleaved_medians(calls: dict, repeats: int) -> dict:
+    """{name: median seconds}: one warm-up call each, then `repeats` rounds of one timed call each."""
+    for fn in calls.values():
+        fn()  # warm-up: compilation / first-call allocations
+    times = {name: [] for name in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def time_jax(model_name: str, batch: int, seconds: float, dtype: str, repeats: int) -> float:
+def jax_call(model_name: str, batch: int, seconds: float, dtype: str, attention_impl: str):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -46,7 +51,7 @@ def time_jax(model_name: str, batch: int, seconds: float, dtype: str, repeats: i
     from hubert_jax.config import preset
     from hubert_jax.models import HubertModel
 
-    model = HubertModel(preset(PRESET[model_name]), rngs=nnx.Rngs(0), dtype=dtype)
+    model = HubertModel(preset(PRESET[model_name]), rngs=nnx.Rngs(0), dtype=dtype, attention_impl=attention_impl)
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -54,11 +59,10 @@ def time_jax(model_name: str, batch: int, seconds: float, dtype: str, repeats: i
         return nnx.merge(graphdef, state)(x).last_hidden_state
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, int(seconds * 16000)), np.float32))
-    return _median_time(lambda: forward(state, x).block_until_ready(), repeats)
+    return lambda: forward(state, x).block_until_ready()
 
 
-def time_torch(model_name: str, batch: int, seconds: float, dtype: str, repeats: int, impl: str,
-               device: str) -> float:
+def torch_call(model_name: str, batch: int, seconds: float, dtype: str, impl: str, device: str):
     import torch
     import transformers
 
@@ -78,7 +82,7 @@ def time_torch(model_name: str, batch: int, seconds: float, dtype: str, repeats:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    return _median_time(call, repeats)
+    return call
 
 
 def main(argv=None) -> int:
@@ -88,10 +92,15 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--torch-impls", default="eager,sdpa", help="transformers attn_implementation values")
+    p.add_argument("--torch-impls", default="eager,sdpa",
+                   help="transformers attn_implementation values (flash_attention_2 is added on CUDA when installed)")
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--attention", default="auto", help="hubert-jax attention_impl (auto, xla, cudnn, pallas)")
     args = p.parse_args(argv)
 
+    from hubert_jax import xla_flags
+
+    xla_flags.set_performance_flags()  # before JAX starts its backend
     import jax
     import torch
     import transformers
@@ -102,21 +111,24 @@ def main(argv=None) -> int:
     peak = args.peak_tflops or (989.0 if any(n in kind for n in ("H100", "H200")) else None)
     print(f"device: {kind} ({platform}; torch on {device}, {torch.get_num_threads()} threads); jax {jax.__version__}, "
           f"torch {torch.__version__}, transformers {transformers.__version__}; dtype {args.dtype}; "
-          f"median of {args.repeats}")
+          f"median of {args.repeats} interleaved rounds; hubert-jax attention {args.attention}")
     impls = [i for i in args.torch_impls.split(",") if i]
+    if device == "cuda" and importlib.util.find_spec("flash_attn") and "flash_attention_2" not in impls:
+        impls.append("flash_attention_2")  # transformers' FA2 path (bf16/fp16 only), when the package is there
     print("| model | batch x s | hubert-jax audio s/s | " + " | ".join(f"torch {i} audio s/s" for i in impls)
           + " | " + " | ".join(f"ratio jax/{i}" for i in impls) + " | MFU jax |")
     print("|---" * (3 + 2 * len(impls) + 1) + "|")
     for name in args.models.split(","):
         for batch in map(int, args.batches.split(",")):
             audio = batch * args.seconds
-            t_jax = time_jax(name, batch, args.seconds, args.dtype, args.repeats)
-            t_torch = {}
+            calls = {"jax": jax_call(name, batch, args.seconds, args.dtype, args.attention)}
             for impl in impls:
                 try:
-                    t_torch[impl] = time_torch(name, batch, args.seconds, args.dtype, args.repeats, impl, device)
+                    calls[impl] = torch_call(name, batch, args.seconds, args.dtype, impl, device)
                 except (ImportError, ValueError) as e:  # e.g. flash_attention_2 not installed
                     print(f"  torch {impl}: {e}", file=sys.stderr)
+            t_torch = _interleaved_medians(calls, args.repeats)
+            t_jax = t_torch.pop("jax")
             mfu = (f"{gflop(name, batch, args.seconds) / t_jax / 1e3 / peak:.1%}" if peak else "n/a")
             cells = [f"{audio / t_torch[i]:.1f}" if i in t_torch else "-" for i in impls]
             ratios = [f"{t_jax / t_torch[i]:.2f}" if i in t_torch else "-" for i in impls]

@@ -96,17 +96,21 @@ def resolve_impl(requested: str, *, dtype, head_dim: int, with_dropout: bool) ->
 
 def xla_attention(q, k, v, *, bias=None, key_mask=None, dropout_rate: float = 0.0, dropout_key=None,
                   deterministic: bool = True, precision=None):
-    """q, k, v: (B, T, H, D); bias: broadcastable to (B, H, Tq, Tk); key_mask: (B, Tk) bool."""
+    """q, k, v: (B, T, H, D); bias: broadcastable to (B, H, Tq, Tk); key_mask: (B, Tk) bool.
+
+    The heads move in front of the frames before the two matmuls: XLA's CPU dot runs this layout
+    faster than the (B, T, H, D) einsum (hubert-base, 1 x 10 s forward on 2 CPU cores: 0.87 s against
+    0.93 s, same run), and on GPU/TPU it is the layout the compiler picks for the einsum anyway."""
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k, precision=precision)
-    logits = logits.astype(jnp.float32)
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q * jnp.asarray(scale, q.dtype), k, v))
+    logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), precision=precision).astype(jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if key_mask is not None:
         logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     probs = dropout(probs, dropout_rate, dropout_key, deterministic)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=precision)
+    return jnp.swapaxes(jnp.matmul(probs.astype(v.dtype), v, precision=precision), 1, 2)
 
 
 def pad_frames(q, k, v, bias, key_mask, multiple: int):
