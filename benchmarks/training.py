@@ -97,7 +97,7 @@ def torch_step(cfg, batch: int, samples: int, dtype: str, device: str):
     targets = data["labels"][:, 0]
     index = torch.as_tensor(np.minimum(np.arange(frames) * head.label_rate / 50.0, targets.shape[1] - 1).astype(int),
                             device=device)
-    targets = targets[:, index]
+    targets = targets[:, index].long()
     autocast = dtype != "float32"
     amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
 
@@ -105,7 +105,7 @@ def torch_step(cfg, batch: int, samples: int, dtype: str, device: str):
         with torch.autocast(device_type=device.split(":")[0], dtype=amp_dtype, enabled=autocast):
             features = model.feature_extractor(data["input_values"]).transpose(1, 2)
             penalty = features.float().pow(2).mean()
-            hidden, _ = model.feature_projection(features)
+            hidden = model.feature_projection(features)
             hidden = model._mask_hidden_states(hidden, mask_time_indices=mask)  # noqa: SLF001
             encoded = model.encoder(hidden).last_hidden_state
             proj = final_proj(encoded).float()

@@ -49,9 +49,13 @@ def _assert_params_close(a, b):
 
 
 # ----------------------------------------------------------------------------- the XLA workaround
-def test_grouped_conv_kernel_gradient_is_right_when_the_batch_is_partly_sharded():
+@pytest.mark.parametrize("cpu_vjp", [False, True])
+def test_grouped_conv_kernel_gradient_is_right_when_the_batch_is_partly_sharded(monkeypatch, cpu_vjp):
     """XLA's grouped conv (feature_group_count) gets the kernel gradient wrong under SPMD when the batch is
-    sharded over only some mesh axes; conv1d's per-group form must not."""
+    sharded over only some mesh axes; conv1d's per-group form (GPU/TPU) and its CPU backward must not."""
+    from hubert_jax.models import layers
+
+    monkeypatch.setattr(layers, "CPU_CONV_VJP", cpu_vjp)
     x = jax.random.normal(jax.random.key(0), (8, 25, 32))
     w = jax.random.normal(jax.random.key(1), (8, 8, 32))  # 4 groups of 8 channels
 
