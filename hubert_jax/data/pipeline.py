@@ -146,13 +146,14 @@ def host_part(ds, *, global_batch: int, process_index: int, process_count: int):
 
 
 def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, shuffle: bool = True, repeat: bool = True):
+                 process_count: int = 1, shuffle: bool = True, repeat: bool = True, transform=None):
     """A grain MapDataset of this host's part of each global batch (`batch_size` is the global batch).
 
     The order, the crops and the contents of every global batch depend only on the seed, never on the
     number of hosts: the shuffle and the crop offsets are drawn over the whole manifest, and host h reads
     rows [h * b, (h + 1) * b) of each global batch (b = batch_size / hosts). So a run on 4 hosts trains on
-    exactly the batches a run on 1 host does."""
+    exactly the batches a run on 1 host does. `transform(example, rng)` makes an example fixed-size (default:
+    the pretraining crop, `crop_and_pad`)."""
     import grain
 
     if batch_size % process_count:
@@ -164,18 +165,19 @@ def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, proc
         ds = ds.shuffle(seed=seed)
     if repeat:
         ds = ds.repeat(None)
-    ds = ds.random_map(lambda ex, rng: crop_and_pad(ex, rng, config), seed=seed)
+    transform = transform or (lambda ex, rng: crop_and_pad(ex, rng, config))
+    ds = ds.random_map(transform, seed=seed)
     if process_count > 1:
         ds = host_part(ds, global_batch=batch_size, process_index=process_index, process_count=process_count)
     return ds.batch(batch_size // process_count, drop_remainder=True)
 
 
 def make_iterator(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, num_threads: int = 2, prefetch: int = 4):
+                  process_count: int = 1, num_threads: int = 2, prefetch: int = 4, transform=None):
     """An endless, checkpointable iterator (grain DatasetIterator: get_state / set_state) over this host's
     part of each global batch of `batch_size`."""
     import grain
 
     ds = make_dataset(source, config, batch_size=batch_size, seed=seed, process_index=process_index,
-                      process_count=process_count)
+                      process_count=process_count, transform=transform)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))

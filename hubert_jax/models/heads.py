@@ -56,10 +56,12 @@ class _Head(PretrainedMixin, nnx.Module):
         else:
             self.layer_weights = None
 
-    def _encode(self, input_values, attention_mask, output_hidden_states, deterministic, dropout_rng):
+    def _encode(self, input_values, attention_mask, output_hidden_states, deterministic, dropout_rng,
+                mask_time_indices=None, mask_feature_indices=None):
         need_all = output_hidden_states or self.layer_weights is not None
         out = self.base_model(input_values, attention_mask=attention_mask, output_hidden_states=need_all,
-                              deterministic=deterministic, dropout_rng=dropout_rng)
+                              deterministic=deterministic, dropout_rng=dropout_rng,
+                              mask_time_indices=mask_time_indices, mask_feature_indices=mask_feature_indices)
         if self.layer_weights is not None:
             weights = jax.nn.softmax(self.layer_weights[...].astype(jnp.float32))
             stacked = jnp.stack(out.hidden_states, axis=0).astype(jnp.float32)
@@ -83,9 +85,10 @@ class ForCTC(_Head):
                               std=config.initializer_range, opts=opts, rngs=rngs)
 
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
-                 deterministic=True, dropout_rng=None) -> CTCOutput:
+                 deterministic=True, dropout_rng=None, mask_time_indices=None, mask_feature_indices=None) -> CTCOutput:
+        """mask_time_indices / mask_feature_indices: SpecAugment masks (fine-tuning), see the base model."""
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,
-                                             fold(dropout_rng, 0))
+                                             fold(dropout_rng, 0), mask_time_indices, mask_feature_indices)
         hidden = dropout(hidden, self.config.final_dropout, fold(dropout_rng, 1), deterministic)
         logits = self.lm_head(hidden)
         loss = self.ctc_loss(logits, input_values, attention_mask, labels) if labels is not None else None
@@ -127,9 +130,10 @@ class ForSequenceClassification(_Head):
                                  opts=opts, rngs=rngs)
 
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
-                 deterministic=True, dropout_rng=None) -> SequenceClassifierOutput:
+                 deterministic=True, dropout_rng=None, mask_time_indices=None,
+                 mask_feature_indices=None) -> SequenceClassifierOutput:
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,
-                                             dropout_rng)
+                                             dropout_rng, mask_time_indices, mask_feature_indices)
         hidden = self.projector(hidden)
         if attention_mask is None:
             pooled = hidden.mean(axis=1)

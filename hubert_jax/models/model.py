@@ -53,9 +53,10 @@ class SpeechModel(PretrainedMixin, nnx.Module):
         self.adapter = Adapter(config, opts=opts, rngs=rngs) if config.uses_adapter else None
 
     def __call__(self, input_values, attention_mask=None, mask_time_indices=None, output_hidden_states=False,
-                 deterministic=True, dropout_rng=None) -> ModelOutput:
+                 deterministic=True, dropout_rng=None, mask_feature_indices=None) -> ModelOutput:
         """input_values (B, T) float audio; attention_mask (B, T), 1 on real samples (right padding);
-        mask_time_indices (B, frames) bool: frames replaced by the SpecAugment vector."""
+        mask_time_indices (B, frames) bool: frames replaced by the SpecAugment vector;
+        mask_feature_indices (B, hidden) bool: channels zeroed on every frame (SpecAugment's feature mask)."""
         check_waveform(self.config, input_values, attention_mask)
         features = self.feature_extractor(input_values)
         frame_mask = None
@@ -65,6 +66,11 @@ class SpeechModel(PretrainedMixin, nnx.Module):
                                                            dropout_rng=fold(dropout_rng, 0))
         if mask_time_indices is not None and self.config.apply_spec_augment:
             hidden = self.apply_time_mask(hidden, mask_time_indices)
+        if mask_feature_indices is not None and self.config.apply_spec_augment:
+            if tuple(mask_feature_indices.shape) != (hidden.shape[0], hidden.shape[2]):
+                raise ValueError(f"mask_feature_indices shape {tuple(mask_feature_indices.shape)} does not match "
+                                 f"the {(hidden.shape[0], hidden.shape[2])} (batch, hidden size) of the features")
+            hidden = jnp.where(mask_feature_indices[:, None, :], jnp.zeros((), hidden.dtype), hidden)
         encoded = self.encoder(hidden, key_mask=frame_mask, deterministic=deterministic,
                                dropout_rng=fold(dropout_rng, 1), output_hidden_states=output_hidden_states)
         last = encoded.last_hidden_state

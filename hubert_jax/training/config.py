@@ -16,7 +16,8 @@ from hubert_jax.config import HubertConfig, preset
 def pretraining_defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "hubert"  # "hubert": masked prediction; "distill": DistilHuBERT (see c.distill)
+    c.task = "hubert"  # "hubert": masked prediction; "distill": DistilHuBERT (see c.distill); "ctc" / "classify":
+    # fine-tuning (see c.finetune)
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "hubert-base"
@@ -38,8 +39,9 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(masked=1.0, unmasked=0.0, features_pen=10.0, feature_grad_mult=0.1))
 
     c.data = ml_collections.ConfigDict()
-    c.data.train = ml_collections.ConfigDict(dict(manifest="", labels=("",)))
-    c.data.valid = ml_collections.ConfigDict(dict(manifest="", labels=("",)))
+    # labels: pretraining frame labels (.km); targets: fine-tuning transcripts (.wrd) or utterance labels
+    c.data.train = ml_collections.ConfigDict(dict(manifest="", labels=("",), targets=""))
+    c.data.valid = ml_collections.ConfigDict(dict(manifest="", labels=("",), targets=""))
     c.data.crop_samples = 250000
     c.data.min_samples = 32000
     c.data.normalize = False
@@ -47,6 +49,20 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     # 250k samples (15.6 s), i.e. 5 full crops per GPU = 160
     c.data.batch_size = 160
     c.data.num_threads = 2
+    # fine-tuning: every utterance is padded to this many samples (0: the longest of the splits); CTC
+    # leaves longer ones out, classification crops them
+    c.data.max_samples = 0
+
+    # fine-tuning (task "ctc" / "classify", hubert_jax/training/finetune.py)
+    c.finetune = ml_collections.ConfigDict(dict(
+        freeze_feature_encoder=True,  # transformers' freeze_feature_encoder()
+        freeze_encoder_steps=0,  # fairseq freeze_finetune_updates: only the head trains before this step
+        ctc_loss_reduction="mean"))  # transformers' ctc_loss_reduction ("mean": per target length, then batch)
+    # CTC transcripts (hubert_jax/data/targets.py): normalisation and the vocabulary
+    c.text = ml_collections.ConfigDict(dict(
+        vocab="",  # a vocab.json to use; empty: built from the training transcripts
+        uppercase=True, remove=".,?!;:\"",
+        unknown="unk"))  # a character outside the vocabulary: "unk" (-> <unk>, as transformers) or "error"
 
     c.optim = ml_collections.ConfigDict(dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=10.0))
     c.optim.schedule = ml_collections.ConfigDict(dict(

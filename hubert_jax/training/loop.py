@@ -21,8 +21,9 @@ from hubert_jax.data.pipeline import (
 )
 from hubert_jax.sharding import mesh_from_config
 from hubert_jax.training.checkpoint import Checkpoints
+from hubert_jax.training.finetune import FINETUNE_TASKS, FineTuner, finetune_sources, read_meta
 from hubert_jax.training.metrics_log import MetricLog
-from hubert_jax.training.pretrain import Pretrainer, Trainer, load_initial_weights, param_count
+from hubert_jax.training.pretrain import Pretrainer, Trainer, param_count
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,17 @@ class RunResult:
     state: dict
 
 
-def make_trainer(cfg, mesh):
+def make_trainer(cfg, mesh, meta: dict | None = None):
+    """The task's trainer; fine-tuning also needs its targets' meta (finetune_sources or the workdir's)."""
     if cfg.task == "hubert":
         return Pretrainer(cfg, mesh)
+    if cfg.task in FINETUNE_TASKS:
+        return FineTuner(cfg, mesh, meta)
     if cfg.task == "distill":
         from hubert_jax.training.distill import Distiller, load_teacher
 
         return Distiller(cfg, mesh, load_teacher(cfg))
-    raise ValueError(f"config.task: unknown task {cfg.task!r} (hubert, distill)")
+    raise ValueError(f"config.task: unknown task {cfg.task!r} (hubert, distill, ctc, classify)")
 
 
 def data_config(cfg, split: str) -> DataConfig:
@@ -73,7 +77,8 @@ def _check_batch_splits(cfg, mesh) -> None:
 
 def restore_latest(cfg, workdir: str, step: int | None = None):
     """(trainer, state) of a workdir's newest (or given) checkpoint, e.g. to export or inspect a run."""
-    trainer = make_trainer(cfg, mesh_from_config(cfg.mesh))
+    meta = read_meta(workdir) if cfg.task in FINETUNE_TASKS else None
+    trainer = make_trainer(cfg, mesh_from_config(cfg.mesh), meta)
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                               config_json=cfg.to_json(sort_keys=True))
     try:
@@ -90,10 +95,11 @@ def _global_batch(trainer: Trainer, batch: dict) -> dict:
 
 
 def evaluate(trainer: Trainer, state, source, data_cfg: DataConfig, batch_size: int, max_batches: int) -> dict:
-    """Masked/unmasked accuracy and loss on the first `max_batches` global batches of the valid split (same
+    """The task's validation figures on the first `max_batches` global batches of the valid split (same
     crops and masks every time)."""
     ds = make_dataset(source, data_cfg, batch_size=batch_size, seed=trainer.cfg.seed, shuffle=False, repeat=False,
-                      process_index=jax.process_index(), process_count=jax.process_count())
+                      process_index=jax.process_index(), process_count=jax.process_count(),
+                      transform=getattr(source, "pad", None))
     count = min(len(ds), max_batches)
     metrics = [jax.device_get(trainer.eval_step(state, _global_batch(trainer, ds[i]), trainer.eval_key(i)))
                for i in range(count)]
@@ -137,20 +143,26 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
 
     # ------------------------------------------------------------------ input pipeline
     batch_size = cfg.data.batch_size  # global: each host reads its part (make_dataset)
-    train_cfg = data_config(cfg, "train")
-    need_labels = cfg.task == "hubert"
-    train_source = LabeledAudio(train_cfg, need_labels=need_labels)
+    meta = None
+    if cfg.task in FINETUNE_TASKS:  # whole utterances and their transcripts / labels
+        train_source, valid_source, meta = finetune_sources(cfg, workdir)
+        train_cfg = DataConfig(manifest=cfg.data.train.manifest)
+        valid_cfg = DataConfig(manifest=cfg.data.valid.manifest) if valid_source is not None else None
+    else:  # pretraining crops and frame labels
+        train_cfg = data_config(cfg, "train")
+        need_labels = cfg.task == "hubert"
+        train_source = LabeledAudio(train_cfg, need_labels=need_labels)
+        valid_cfg = data_config(cfg, "valid") if cfg.data.valid.manifest else None
+        valid_source = LabeledAudio(valid_cfg, need_labels=need_labels) if valid_cfg else None
+        for source in (train_source, valid_source):
+            if source is not None and need_labels:
+                source.check_num_classes(tuple(cfg.model.head.num_classes), cfg.model.head.get("label_offset", 0))
     iterator = make_iterator(train_source, train_cfg, batch_size=batch_size, seed=cfg.seed,
                              process_index=jax.process_index(), process_count=jax.process_count(),
-                             num_threads=cfg.data.num_threads)
-    valid_cfg = data_config(cfg, "valid") if cfg.data.valid.manifest else None
-    valid_source = LabeledAudio(valid_cfg, need_labels=need_labels) if valid_cfg else None
-    for source in (train_source, valid_source):
-        if source is not None and need_labels:
-            source.check_num_classes(tuple(cfg.model.head.num_classes), cfg.model.head.get("label_offset", 0))
+                             num_threads=cfg.data.num_threads, transform=getattr(train_source, "pad", None))
 
     # ------------------------------------------------------------------ state: resume, init_from or fresh
-    trainer = make_trainer(cfg, mesh)
+    trainer = make_trainer(cfg, mesh, meta)
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                               config_json=config_json)
     latest = checkpoints.latest_step()
@@ -160,11 +172,12 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     else:
         state = trainer.initial_state(trainer.init())
         if cfg.model.init_from:
-            state = load_initial_weights(trainer, state, cfg.model.init_from)
+            state = trainer.load_initial(state, cfg.model.init_from)
             log.message(f"initialised from {cfg.model.init_from}")
     step = int(jax.device_get(state["step"]))
     log.message(f"{param_count(state['params']):,} parameters; mesh {dict(mesh.shape)}; global batch "
-                f"{cfg.data.batch_size} x {cfg.data.crop_samples / SAMPLE_RATE:.2f} s; steps {step} -> {total}")
+                f"{cfg.data.batch_size} x {(meta or {}).get('max_samples', cfg.data.crop_samples) / SAMPLE_RATE:.2f} s; "
+                f"steps {step} -> {total}")
 
     # ------------------------------------------------------------------ preemption
     # one process: our SIGTERM handler. Several: JAX's preemption service catches the signal and every
@@ -222,6 +235,9 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
                 break
         if valid_source is not None and not last_valid:  # nothing left to train: report where it stands
             last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
+        if cfg.task in FINETUNE_TASKS and step >= total and not preempted["flag"]:
+            directory = trainer.export(state, os.path.join(workdir, "model"))
+            log.message(f"exported the fine-tuned model to {directory}")
     finally:
         checkpoints.wait()
         checkpoints.close()

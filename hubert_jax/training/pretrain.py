@@ -100,6 +100,14 @@ class Trainer:
     def setup(self, abstract) -> None:
         """Task-specific attributes, from the abstract model (before the shardings are made)."""
 
+    def update_mask(self, params, step):
+        """A pytree like `params` of booleans (traced): which parameters this step trains; None: all."""
+        return None
+
+    def load_initial(self, state, directory: str):
+        """--config.model.init_from: the state with the weights of a model directory."""
+        return load_initial_weights(self, state, directory)
+
     def initial_state(self, state):
         """A fresh run's state after init (e.g. a distillation student copied from its teacher)."""
         return state
@@ -162,9 +170,14 @@ class Trainer:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
         grad_fn = jax.value_and_grad(self._forward, has_aux=True)
         (loss, (metrics, rest)), grads = grad_fn(state["params"], state["rest"], batch, key, False, frozen)
+        mask = self.update_mask(state["params"], step)
+        if mask is not None:  # frozen parameters: no gradient, and no update (not even weight decay)
+            grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), grads, mask)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        if mask is not None:
+            updates = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates, mask)
         params = optax.apply_updates(state["params"], updates)
 
         def keep_if_finite(new, old):
