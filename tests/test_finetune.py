@@ -200,3 +200,27 @@ def test_classification_run_exports_a_transformers_classifier(tmp_path):
     with torch.no_grad():
         theirs = tmodel(torch.tensor(audio)).logits.numpy()
     np.testing.assert_allclose(np.asarray(ours(jnp.asarray(audio)).logits), theirs, atol=1e-4)
+
+
+def test_frame_classification_run_on_phone_labels(tmp_path):
+    import torch
+    import transformers
+
+    from hubert_jax.training.loop import run
+
+    cfg = _ctc_config(tmp_path, steps=4)
+    cfg.task = "frames"
+    cfg.data.train.targets = os.path.join(DEMO, "train.phn")  # 100 Hz phone ids
+    cfg.data.valid.targets = os.path.join(DEMO, "valid.phn")
+    cfg.data.max_samples = 24000
+    with pytest.raises(ValueError, match="transformers has no ForAudioFrameClassification head for hubert models"):
+        run(cfg, str(tmp_path / "hubert"))
+    cfg.model.preset = "wav2vec2-base"
+    result = run(cfg, str(tmp_path / "w2v2"))
+    assert 0.0 <= result.valid["accuracy"] <= 1.0 and np.isfinite(result.valid["loss"])
+    tmodel = transformers.Wav2Vec2ForAudioFrameClassification.from_pretrained(tmp_path / "w2v2" / "model").eval()
+    ours = hubert_jax.FlaxAutoModelForAudioFrameClassification.from_pretrained(str(tmp_path / "w2v2" / "model"))
+    audio = np.random.RandomState(0).randn(2, 24000).astype(np.float32)
+    with torch.no_grad():
+        theirs = tmodel(torch.tensor(audio)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(audio)).logits), theirs, atol=1e-4)

@@ -7,6 +7,8 @@
   becomes `<unk>` (as transformers does) or, with `unknown="error"`, an error naming the file and line.
 - Labels (`.spk`, `.lang`, any one token per line): the classes are the training split's distinct
   labels in sorted order; a validation label the training split lacks is an error.
+- Frame labels (`.phn`-style integer lines at a known rate, as the pretraining labels): cropped with
+  the audio, -100 where no label applies.
 
 A target file whose line count differs from its manifest's rows is refused with both paths named:
 rows and lines are paired by position, so one missing line would shift every later target.
@@ -19,13 +21,13 @@ import logging
 
 import numpy as np
 
-from hubert_jax.data.manifest import AudioError, check_files_exist, read_audio, read_manifest
+from hubert_jax.data.manifest import SAMPLE_RATE, AudioError, check_files_exist, read_audio, read_manifest
 
 logger = logging.getLogger(__name__)
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 WORD_DELIMITER = "|"
-CTC_IGNORE = -100  # transformers' label padding
+CTC_IGNORE = -100  # transformers' label padding (CTC and frame labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +93,7 @@ class TargetAudio:
     out of the split, and the log says how many."""
 
     def __init__(self, manifest: str, targets: list, *, max_samples: int, label_length: int | None = None,
-                 normalize: bool = False, crop: bool = False):
+                 normalize: bool = False, crop: bool = False, frame_rate: float | None = None):
         entries = read_manifest(manifest)
         if not entries:
             raise ValueError(f"{manifest}: no utterances (an empty split)")
@@ -108,6 +110,8 @@ class TargetAudio:
         self.entries = [entries[i] for i in keep]
         self.targets = [targets[i] for i in keep]
         self.label_length = label_length
+        # frame targets (frame classification): labels per second, cropped with the audio
+        self.frame_rate = frame_rate
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -132,7 +136,12 @@ class TargetAudio:
         mask = np.zeros(size, np.int32)
         mask[: len(clip)] = 1
         target = example["target"]
-        if self.label_length is not None:
+        if self.frame_rate is not None:  # frame labels: the crop's window, -100 past the audio
+            first = int(round(start * self.frame_rate / SAMPLE_RATE))
+            labels = np.full(self.label_length, CTC_IGNORE, np.int32)
+            window = np.asarray(target[first: first + self.label_length], np.int32)
+            labels[: len(window)] = window
+        elif self.label_length is not None:
             labels = np.full(self.label_length, CTC_IGNORE, np.int32)
             labels[: len(target)] = target
         else:

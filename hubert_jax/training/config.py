@@ -16,8 +16,8 @@ from hubert_jax.config import HubertConfig, preset
 def pretraining_defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "hubert"  # "hubert": masked prediction; "distill": DistilHuBERT (see c.distill); "ctc" / "classify":
-    # fine-tuning (see c.finetune)
+    c.task = "hubert"  # "hubert": masked prediction; "distill": DistilHuBERT (see c.distill); "ctc" / "classify"
+    # (one label per utterance) / "frames" (frame labels): fine-tuning (see c.finetune)
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "hubert-base"
@@ -53,11 +53,13 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     # leaves longer ones out, classification crops them
     c.data.max_samples = 0
 
-    # fine-tuning (task "ctc" / "classify", hubert_jax/training/finetune.py)
+    # fine-tuning (task "ctc" / "classify" / "frames", hubert_jax/training/finetune.py)
     c.finetune = ml_collections.ConfigDict(dict(
         freeze_feature_encoder=True,  # transformers' freeze_feature_encoder()
         freeze_encoder_steps=0,  # fairseq freeze_finetune_updates: only the head trains before this step
-        ctc_loss_reduction="mean"))  # transformers' ctc_loss_reduction ("mean": per target length, then batch)
+        ctc_loss_reduction="mean",  # transformers' ctc_loss_reduction ("mean": per target length, then batch)
+        frame_rate=100.0,  # task "frames": labels per second of the frame-label files
+        num_classes=0))  # task "frames": label count (0: the largest label + 1)
     # CTC transcripts (hubert_jax/data/targets.py): normalisation and the vocabulary
     c.text = ml_collections.ConfigDict(dict(
         vocab="",  # a vocab.json to use; empty: built from the training transcripts

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hubert_jax.data.manifest import read_manifest
+from hubert_jax.data.manifest import SAMPLE_RATE, read_manifest
 from hubert_jax.data.targets import TargetAudio, TextConfig, build_vocab, encode_texts, read_target_lines
 from hubert_jax.lengths import feat_extract_output_lengths
 from hubert_jax.masking import span_mask
@@ -37,7 +37,7 @@ from hubert_jax.training.pretrain import Trainer, host_model, model_options
 
 logger = logging.getLogger(__name__)
 
-FINETUNE_TASKS = ("ctc", "classify")
+FINETUNE_TASKS = ("ctc", "classify", "frames")
 META_FILE = "finetune.json"  # the vocabulary / classes and padded sizes of a run, in its workdir
 
 
@@ -56,7 +56,8 @@ def finetune_sources(cfg, workdir: str | None = None):
     for name, entries in rows.items():
         if not entries:
             raise ValueError(f"{splits[name].manifest}: no utterances (an empty {name} split)")
-    lines = {name: read_target_lines(part.targets, part.manifest, len(rows[name])) for name, part in splits.items()}
+    lines = ({} if cfg.task == "frames" else
+             {name: read_target_lines(part.targets, part.manifest, len(rows[name])) for name, part in splits.items()})
     longest = max(e.num_samples for entries in rows.values() for e in entries)
     max_samples = int(cfg.data.max_samples) or longest
     meta = {"task": cfg.task, "max_samples": max_samples}
@@ -75,6 +76,20 @@ def finetune_sources(cfg, workdir: str | None = None):
         label_length = max(len(t) for ts in targets.values() for t in ts)
         meta.update(vocab=vocab, label_length=label_length)
         crop = False
+    elif cfg.task == "frames":
+        from hubert_jax.data.manifest import read_int_labels
+
+        rate = float(cfg.finetune.frame_rate)
+        targets = {}
+        for name, part in splits.items():
+            expected = [int(round(e.num_samples * rate / SAMPLE_RATE)) for e in rows[name]]
+            targets[name] = read_int_labels(part.targets, expected, tolerance=max(1, int(0.1 * rate)))
+        classes = int(cfg.finetune.num_classes) or 1 + max(int(t.max()) for ts in targets.values() for t in ts)
+        top = max(int(t.max()) for ts in targets.values() for t in ts)
+        if top >= classes:
+            raise ValueError(f"frame labels go up to {top}, but config.finetune.num_classes is {classes}")
+        meta.update(classes=[str(i) for i in range(classes)], label_length=int(round(max_samples * rate / SAMPLE_RATE)))
+        label_length, crop = meta["label_length"], True
     else:
         classes = sorted({t.strip() for t in lines["train"]})
         index = {c: i for i, c in enumerate(classes)}
@@ -90,8 +105,9 @@ def finetune_sources(cfg, workdir: str | None = None):
         label_length, crop = None, True
     if workdir is not None:
         _write_meta(workdir, meta)
+    frame_rate = float(cfg.finetune.frame_rate) if cfg.task == "frames" else None
     sources = {name: TargetAudio(part.manifest, targets[name], max_samples=max_samples, label_length=label_length,
-                                 normalize=cfg.data.normalize, crop=crop)
+                                 normalize=cfg.data.normalize, crop=crop, frame_rate=frame_rate)
                for name, part in splits.items()}
     return sources["train"], sources.get("valid"), meta
 
@@ -154,11 +170,16 @@ class FineTuner(Trainer):
         classes = self.meta["classes"]
         return config.replace(id2label=dict(enumerate(classes)), num_labels=len(classes))
 
+
     def build(self):
         from hubert_jax.models import TASK_CLASSES
 
         config = self.speech_config()
-        kind = "ForCTC" if self.cfg.task == "ctc" else "ForSequenceClassification"
+        kind = {"ctc": "ForCTC", "classify": "ForSequenceClassification",
+                "frames": "ForAudioFrameClassification"}[self.cfg.task]
+        if config.model_type not in TASK_CLASSES[kind]:
+            raise ValueError(f"config.task={self.cfg.task!r}: transformers has no {kind} head for "
+                             f"{config.model_type} models (it has them for {', '.join(TASK_CLASSES[kind])})")
         return TASK_CLASSES[kind][config.model_type](config, rngs=nnx.Rngs(self.cfg.seed),
                                                      opts=model_options(self.cfg.model))
 
@@ -204,9 +225,12 @@ class FineTuner(Trainer):
     def forward(self, model, batch, key, deterministic: bool, frozen):
         mask_key, dropout_key = jax.random.split(key)
         time, feature = (None, None) if deterministic else self.spec_augment(mask_key, batch)
-        out = model(batch["input_values"], batch["attention_mask"], labels=batch["labels"],
-                    deterministic=deterministic, dropout_rng=None if deterministic else dropout_key,
-                    mask_time_indices=time, mask_feature_indices=feature)
+        frames = self.cfg.task == "frames"
+        kw = {} if frames else {"labels": batch["labels"], "mask_time_indices": time, "mask_feature_indices": feature}
+        out = model(batch["input_values"], batch["attention_mask"], deterministic=deterministic,
+                    dropout_rng=None if deterministic else dropout_key, **kw)
+        if frames:  # cross-entropy over the frames that have a label (transformers' head wants one-hot scores)
+            out = _frame_loss(out, batch["labels"], self.cfg.finetune.frame_rate)
         metrics = {"loss": out.loss}
         if not deterministic:
             return out.loss, metrics
@@ -215,6 +239,8 @@ class FineTuner(Trainer):
             metrics["frames"] = feat_extract_output_lengths(self.config, batch["attention_mask"].sum(-1),
                                                             add_adapter=None)
             metrics["labels"] = batch["labels"]
+        elif frames:
+            metrics["correct"], metrics["count"] = out.correct, out.count
         else:
             metrics["correct"] = jnp.sum(jnp.argmax(out.logits, axis=-1) == batch["labels"])
             metrics["count"] = jnp.asarray(batch["labels"].shape[0])
@@ -265,6 +291,23 @@ class FineTuner(Trainer):
 
             multihost_utils.sync_global_devices(f"export {directory}")
         return os.path.abspath(directory)
+
+
+def _frame_loss(out, labels, label_rate: float):
+    """Mean cross-entropy and correct/count over the model frames whose label (at `label_rate` per second,
+    model frames at 50 per second) is set; the frame at time t takes the label at time t."""
+    import types
+
+    frames = out.logits.shape[1]
+    index = np.minimum((np.arange(frames) * label_rate / 50.0).astype(np.int64), labels.shape[1] - 1)
+    targets = labels[:, index]
+    valid = targets >= 0
+    logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+    count = valid.sum()
+    loss = jnp.where(valid, nll, 0.0).sum() / jnp.maximum(count, 1)
+    correct = jnp.sum((jnp.argmax(out.logits, axis=-1) == targets) & valid)
+    return types.SimpleNamespace(loss=loss, logits=out.logits, correct=correct, count=count)
 
 
 def error_rates(references: list[str], hypotheses: list[str]) -> dict:
