@@ -29,7 +29,7 @@ def gflop(model: str, batch: int, seconds: float) -> float:
     return batch * seconds * (a + b * seconds) / 1e9
 
 
-def _interleaved_medians(calls: dict, repeats: int) -> dict:
+def interleaved_medians(calls: dict, repeats: int) -> dict:
     """{name: median seconds}: one warm-up call each, then `repeats` rounds of one timed call each."""
     for fn in calls.values():
         fn()  # warm-up: compilation / first-call allocations
@@ -85,6 +85,21 @@ def torch_call(model_name: str, batch: int, seconds: float, dtype: str, impl: st
     return call
 
 
+def start_devices(peak_tflops: float | None):
+    """Set our XLA flags, then start JAX: (jax, platform, torch device, device kind, peak TFLOP/s or None)."""
+    from hubert_jax import xla_flags
+
+    xla_flags.set_performance_flags()  # before JAX starts its backend
+    import jax
+    import torch
+
+    platform = jax.devices()[0].platform
+    device = "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"
+    kind = jax.devices()[0].device_kind
+    peak = peak_tflops or (989.0 if any(n in kind for n in ("H100", "H200")) else None)
+    return jax, platform, device, kind, peak
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="base")
@@ -98,17 +113,10 @@ def main(argv=None) -> int:
     p.add_argument("--attention", default="auto", help="hubert-jax attention_impl (auto, xla, cudnn, pallas)")
     args = p.parse_args(argv)
 
-    from hubert_jax import xla_flags
-
-    xla_flags.set_performance_flags()  # before JAX starts its backend
-    import jax
     import torch
     import transformers
 
-    platform = jax.devices()[0].platform
-    device = "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"
-    kind = jax.devices()[0].device_kind
-    peak = args.peak_tflops or (989.0 if any(n in kind for n in ("H100", "H200")) else None)
+    jax, platform, device, kind, peak = start_devices(args.peak_tflops)
     print(f"device: {kind} ({platform}; torch on {device}, {torch.get_num_threads()} threads); jax {jax.__version__}, "
           f"torch {torch.__version__}, transformers {transformers.__version__}; dtype {args.dtype}; "
           f"median of {args.repeats} interleaved rounds; hubert-jax attention {args.attention}")
@@ -127,7 +135,7 @@ def main(argv=None) -> int:
                     calls[impl] = torch_call(name, batch, args.seconds, args.dtype, impl, device)
                 except (ImportError, ValueError) as e:  # e.g. flash_attention_2 not installed
                     print(f"  torch {impl}: {e}", file=sys.stderr)
-            t_torch = _interleaved_medians(calls, args.repeats)
+            t_torch = interleaved_medians(calls, args.repeats)
             t_jax = t_torch.pop("jax")
             mfu = (f"{gflop(name, batch, args.seconds) / t_jax / 1e3 / peak:.1%}" if peak else "n/a")
             cells = [f"{audio / t_torch[i]:.1f}" if i in t_torch else "-" for i in impls]

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
+
+from inference import interleaved_medians, start_devices  # benchmarks/ is on the path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOPS_PER_AUDIO_SECOND = {"base": (13.9e9, 0.092e9), "large": (35.8e9, 0.246e9)}
@@ -134,16 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None)
     args = p.parse_args(argv)
 
-    from hubert_jax import xla_flags
-
-    xla_flags.set_performance_flags()  # before JAX starts its backend
-    import jax
     import torch
 
-    platform = jax.devices()[0].platform
-    device = "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"
-    kind = jax.devices()[0].device_kind
-    peak = args.peak_tflops or (989.0 if any(n in kind for n in ("H100", "H200")) else None)
+    jax, platform, device, kind, peak = start_devices(args.peak_tflops)
     print(f"device: {kind} ({platform}; torch on {device}); jax {jax.__version__}, torch {torch.__version__}; "
           f"dtype {args.dtype}; median of {args.repeats} interleaved steps; hubert-jax attention {args.attention}, "
           f"remat {args.remat}; torch: transformers sdpa")
@@ -154,15 +147,7 @@ def main(argv=None) -> int:
         samples = int(args.seconds * 16000)
         cfg = recipe_config(name, batch, args.seconds, args.dtype, args.attention, args.remat)
         calls = {"jax": jax_step(cfg, batch, samples), "torch": torch_step(cfg, batch, samples, args.dtype, device)}
-        for fn in calls.values():
-            fn()  # warm-up: compilation, allocator
-        times = {k: [] for k in calls}
-        for _ in range(args.repeats):
-            for k, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - start)
-        t = {k: statistics.median(v) for k, v in times.items()}
+        t = interleaved_medians(calls, args.repeats)
         audio = batch * samples / 16000
         a, b = FLOPS_PER_AUDIO_SECOND[name]
         flops = 3 * batch * args.seconds * (a + b * args.seconds)

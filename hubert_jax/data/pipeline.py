@@ -85,25 +85,36 @@ class LabeledAudio:
                                  + (f" (with label_offset {label_offset})" if label_offset else ""))
 
     def __getitem__(self, index: int):
-        entry = self.entries[index]
-        try:
-            audio = read_audio(entry.path)
-        except AudioError as e:
-            raise AudioError(f"{self.config.manifest}:{entry.line}: {e}") from e
-        if self.config.normalize:
-            audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-5)
+        audio = read_entry_audio(self.config.manifest, self.entries[index], normalize=self.config.normalize)
         return {"audio": audio, "labels": [f[self.keep[index]] for f in self.label_files]}
+
+
+def read_entry_audio(manifest: str, entry, *, normalize: bool) -> np.ndarray:
+    """A manifest row's waveform (errors name the manifest line), layer-normalised if asked (fairseq)."""
+    try:
+        audio = read_audio(entry.path)
+    except AudioError as e:
+        raise AudioError(f"{manifest}:{entry.line}: {e}") from e
+    if normalize:
+        audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-5)
+    return audio
+
+
+def window(audio: np.ndarray, size: int, rng: np.random.Generator):
+    """(values, attention mask, start): a `size`-sample window at a random offset when the audio is longer,
+    else the audio zero-padded to `size`."""
+    start = int(rng.integers(0, len(audio) - size + 1)) if len(audio) > size else 0
+    clip = audio[start:start + size]
+    values = np.zeros(size, np.float32)
+    values[: len(clip)] = clip
+    mask = np.zeros(size, np.int32)
+    mask[: len(clip)] = 1
+    return values, mask, start
 
 
 def crop_and_pad(example, rng: np.random.Generator, config: DataConfig):
     """A `crop_samples` window at a random offset (labels cut at the same time), or zero padding."""
-    audio, size = example["audio"], config.crop_samples
-    start = int(rng.integers(0, len(audio) - size + 1)) if len(audio) > size else 0
-    clip = audio[start:start + size]
-    out_audio = np.zeros(size, np.float32)
-    out_audio[: len(clip)] = clip
-    mask = np.zeros(size, np.int32)
-    mask[: len(clip)] = 1
+    out_audio, mask, start = window(example["audio"], config.crop_samples, rng)
     label_start = int(round(start * config.label_rate / SAMPLE_RATE))
     labels = []
     for lab in example["labels"]:

@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from hubert_jax.data.manifest import SAMPLE_RATE, AudioError, check_files_exist, read_audio, read_manifest
+from hubert_jax.data.manifest import SAMPLE_RATE, check_files_exist, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -117,24 +117,16 @@ class TargetAudio:
         return len(self.entries)
 
     def __getitem__(self, index: int):
-        entry = self.entries[index]
-        try:
-            audio = read_audio(entry.path)
-        except AudioError as e:
-            raise AudioError(f"{self.manifest}:{entry.line}: {e}") from e
-        if self.normalize:
-            audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-5)
+        from hubert_jax.data.pipeline import read_entry_audio
+
+        audio = read_entry_audio(self.manifest, self.entries[index], normalize=self.normalize)
         return {"audio": audio, "target": self.targets[index]}
 
     def pad(self, example, rng: np.random.Generator):
         """Grain random_map: pad (or, for classification, randomly crop) to max_samples; pad the labels."""
-        audio, size = example["audio"], self.max_samples
-        start = int(rng.integers(0, len(audio) - size + 1)) if len(audio) > size else 0
-        clip = audio[start:start + size]
-        values = np.zeros(size, np.float32)
-        values[: len(clip)] = clip
-        mask = np.zeros(size, np.int32)
-        mask[: len(clip)] = 1
+        from hubert_jax.data.pipeline import window
+
+        values, mask, start = window(example["audio"], self.max_samples, rng)
         target = example["target"]
         if self.frame_rate is not None:  # frame labels: the crop's window, -100 past the audio
             first = int(round(start * self.frame_rate / SAMPLE_RATE))
