@@ -224,3 +224,35 @@ def test_frame_classification_run_on_phone_labels(tmp_path):
     with torch.no_grad():
         theirs = tmodel(torch.tensor(audio)).logits.numpy()
     np.testing.assert_allclose(np.asarray(ours(jnp.asarray(audio)).logits), theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["hubert", "wav2vec2"])
+def test_spec_augment_masks_equal_transformers(family):
+    # transformers draws its masks inside forward; given the same masks, its _mask_hidden_states (time spans
+    # -> masked_spec_embed, feature channels -> 0) followed by the encoder must equal ours
+    import torch
+
+    from tests.reference import audio, build_pair, max_diff
+
+    tmodel, jmodel, config = build_pair(family, "ForCTC", mask_time_prob=0.3, mask_feature_prob=0.3)
+    x, mask = audio(pad_to=(4000, 3000))
+    rng = np.random.RandomState(1)
+    frames = int(hubert_jax.lengths.feat_extract_output_lengths(config, 4000))
+    time = rng.rand(2, frames) < 0.3
+    feature = rng.rand(2, config.hidden_size) < 0.3
+    base = tmodel.base_model
+    with torch.no_grad():
+        xt, mt = torch.tensor(x), torch.tensor(mask)
+        features = base.feature_extractor(xt).transpose(1, 2)
+        hidden = base.feature_projection(features)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        hidden = base._mask_hidden_states(hidden, mask_time_indices=torch.tensor(time))  # noqa: SLF001
+        hidden[torch.tensor(feature)[:, None, :].expand(-1, frames, -1)] = 0
+        frame_mask = base._get_feature_vector_attention_mask(frames, mt)  # noqa: SLF001
+        theirs = tmodel.lm_head(base.encoder(hidden, attention_mask=frame_mask).last_hidden_state)
+    ours = jmodel(jnp.asarray(x), jnp.asarray(mask), mask_time_indices=jnp.asarray(time),
+                  mask_feature_indices=jnp.asarray(feature)).logits
+    valid = np.asarray(frame_mask)[..., None].astype(bool)
+    assert max_diff(np.where(valid, theirs.numpy(), 0), np.where(valid, ours, 0)) < 1e-4
+    plain = jmodel(jnp.asarray(x), jnp.asarray(mask)).logits
+    assert max_diff(plain, ours) > 1e-2  # the masks did something
