@@ -7,7 +7,9 @@ import os
 import numpy as np
 import pytest
 
+from hubert_jax.data.targets import build_vocab
 from hubert_jax.sharding import make_mesh
+from hubert_jax.training.finetune import FINETUNE_TASKS, FineTuner
 from hubert_jax.training.loop import run
 from hubert_jax.training.pretrain import Pretrainer, param_count
 from tests import tiny_config
@@ -25,7 +27,11 @@ EXPECTED = {
     "demo": None,  # no published size to check against
     # student (transformers' distilhubert, 2 layers) + heads: Linear(768, 3 x 768) and 3 x Linear(768, 768)
     "distilhubert": 23_491_968 + 768 * 2304 + 2304 + 3 * (768 * 768 + 768),
+    # HubertForCTC: encoder + lm_head over LibriSpeech's letters (4 specials, |, A-Z and ')
+    "ctc_base_10h": 94_371_712 + 768 * 32 + 32,
+    "ctc_demo": None,
 }
+LETTERS = {"vocab": build_vocab(["ABCDEFGHIJKLMNOPQRSTUVWXYZ'"])}
 
 
 def _trainer(cfg, teacher=None):
@@ -38,6 +44,8 @@ def _trainer(cfg, teacher=None):
 
         teacher = teacher or nnx.eval_shape(lambda: HubertModel(preset("hubert-base")))
         return Distiller(cfg, make_mesh({"data": -1}), teacher)
+    if cfg.task in FINETUNE_TASKS:
+        return FineTuner(cfg, make_mesh({"data": -1}), LETTERS)
     return Pretrainer(cfg, make_mesh({"data": -1}))
 
 
@@ -78,6 +86,9 @@ def test_two_real_steps_with_a_shrunk_model(name, tmp_path):
     cfg.train.eval_every = 2
     if cfg.task == "distill":
         cfg.distill.teacher = tiny_teacher(tmp_path / "teacher")
+    if cfg.task in FINETUNE_TASKS:  # the demo transcripts
+        for split in ("train", "valid"):
+            cfg.data[split].targets = os.path.join(ROOT, "data", "demo", f"{split}.wrd")
     cfg.model.head.num_classes = (max(92, cfg.model.head.num_classes[0]),)
     if cfg.model.head.label_rate == 50:  # the demo phones are at 100 Hz: keep every other frame
         for split in ("train", "valid"):
