@@ -178,8 +178,11 @@ def test_feature_grad_mult_scales_the_feature_encoder_gradient():
     full, grads_full = conv_grad(1.0)
     tenth, grads_tenth = conv_grad(0.1)
     none, _ = conv_grad(0.0)
-    assert np.abs(full).max() > 0
-    np.testing.assert_allclose(tenth, 0.1 * full, rtol=1e-4, atol=1e-9)
+    scale = np.abs(full).max()
+    assert scale > 0
+    # the per-tap kernel gradient sums in a different order per call: tiny entries that cancel (1e-5 of the
+    # largest) carry rounding of the largest ones, so the absolute floor follows the gradient's scale
+    np.testing.assert_allclose(tenth, 0.1 * full, rtol=1e-4, atol=1e-6 * 0.1 * scale)
     assert np.abs(none).max() == 0
     # above the feature encoder nothing changes
     np.testing.assert_allclose(np.asarray(grads_tenth.final_proj.kernel[...]),
