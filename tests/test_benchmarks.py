@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end and print their table (speed is not asserted: timed tests are flaky).
+
+Smoke-sized: hubert-base with random weights on half a second of audio, one timed round, on one CPU device.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_benchmark(script, *args):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user runs it
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def table_row(stdout, prefix):
+    rows = [line for line in stdout.splitlines() if line.startswith(prefix)]
+    assert len(rows) == 1, stdout
+    return [cell.strip() for cell in rows[0].strip("|").split("|")]
+
+
+@pytest.mark.parametrize("script,args,prefix,columns", [
+    ("inference.py", ["--seconds", "0.5", "--repeats", "1", "--torch-impls", "eager"], "| base | 1 x 0.5 |", 6),
+    ("training.py", ["--batch", "1", "--seconds", "0.5", "--repeats", "1"], "| base | 1 x 0.5 |", 7),
+])
+def test_benchmark_prints_its_table(script, args, prefix, columns):
+    stdout = run_benchmark(script, *args)
+    assert stdout.startswith("device: "), stdout
+    cells = table_row(stdout, prefix)
+    assert len(cells) == columns, cells
+    speeds = [float(c) for c in cells[2:5]]  # hubert-jax and torch audio s/s, then the ratio of times
+    assert all(s > 0 for s in speeds), cells
+    assert re.fullmatch(r"n/a|\d+\.\d%", cells[-1]), cells  # MFU: no peak FLOPs on CPU
