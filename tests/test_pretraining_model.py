@@ -180,8 +180,9 @@ def test_feature_grad_mult_scales_the_feature_encoder_gradient():
     none, _ = conv_grad(0.0)
     scale = np.abs(full).max()
     assert scale > 0
-    # the per-tap kernel gradient sums in a different order per call: tiny entries that cancel (1e-5 of the
-    # largest) carry rounding of the largest ones, so the absolute floor follows the gradient's scale
+    # scaling the incoming gradient by 0.1 (not a power of two) changes the rounding of the per-tap kernel
+    # gradient: entries that nearly cancel (1e-5 of the largest) keep the rounding error of the large terms,
+    # so the absolute floor follows the gradient's scale
     np.testing.assert_allclose(tenth, 0.1 * full, rtol=1e-4, atol=1e-6 * 0.1 * scale)
     assert np.abs(none).max() == 0
     # above the feature encoder nothing changes

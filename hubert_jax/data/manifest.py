@@ -115,6 +115,17 @@ def read_audio(path: str, *, min_samples: int = 400) -> np.ndarray:
     return audio
 
 
+def read_entry_audio(manifest: str, entry: Entry, *, normalize: bool) -> np.ndarray:
+    """A manifest row's waveform (errors name the manifest line), layer-normalised if asked (fairseq)."""
+    try:
+        audio = read_audio(entry.path)
+    except AudioError as e:
+        raise AudioError(f"{manifest}:{entry.line}: {e}") from e
+    if normalize:
+        audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-5)
+    return audio
+
+
 def iter_audio(entries: list[Entry], *, strict: bool = False, min_samples: int = 400):
     """(entry, audio) for every usable file. Unusable ones are logged by path and skipped (counted in
     the returned `skipped` list), or raise with strict=True."""

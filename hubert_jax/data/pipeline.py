@@ -18,10 +18,9 @@ import numpy as np
 
 from hubert_jax.data.manifest import (
     SAMPLE_RATE,
-    AudioError,
     IntLabelFile,
     check_files_exist,
-    read_audio,
+    read_entry_audio,
     read_manifest,
 )
 
@@ -87,17 +86,6 @@ class LabeledAudio:
     def __getitem__(self, index: int):
         audio = read_entry_audio(self.config.manifest, self.entries[index], normalize=self.config.normalize)
         return {"audio": audio, "labels": [f[self.keep[index]] for f in self.label_files]}
-
-
-def read_entry_audio(manifest: str, entry, *, normalize: bool) -> np.ndarray:
-    """A manifest row's waveform (errors name the manifest line), layer-normalised if asked (fairseq)."""
-    try:
-        audio = read_audio(entry.path)
-    except AudioError as e:
-        raise AudioError(f"{manifest}:{entry.line}: {e}") from e
-    if normalize:
-        audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-5)
-    return audio
 
 
 def window(audio: np.ndarray, size: int, rng: np.random.Generator):

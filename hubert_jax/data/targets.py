@@ -21,7 +21,8 @@ import logging
 
 import numpy as np
 
-from hubert_jax.data.manifest import SAMPLE_RATE, check_files_exist, read_manifest
+from hubert_jax.data.manifest import SAMPLE_RATE, check_files_exist, read_entry_audio, read_manifest
+from hubert_jax.data.pipeline import window
 
 logger = logging.getLogger(__name__)
 
@@ -117,22 +118,18 @@ class TargetAudio:
         return len(self.entries)
 
     def __getitem__(self, index: int):
-        from hubert_jax.data.pipeline import read_entry_audio
-
         audio = read_entry_audio(self.manifest, self.entries[index], normalize=self.normalize)
         return {"audio": audio, "target": self.targets[index]}
 
     def pad(self, example, rng: np.random.Generator):
         """Grain random_map: pad (or, for classification, randomly crop) to max_samples; pad the labels."""
-        from hubert_jax.data.pipeline import window
-
         values, mask, start = window(example["audio"], self.max_samples, rng)
         target = example["target"]
         if self.frame_rate is not None:  # frame labels: the crop's window, -100 past the audio
             first = int(round(start * self.frame_rate / SAMPLE_RATE))
             labels = np.full(self.label_length, CTC_IGNORE, np.int32)
-            window = np.asarray(target[first: first + self.label_length], np.int32)
-            labels[: len(window)] = window
+            cut = np.asarray(target[first: first + self.label_length], np.int32)
+            labels[: len(cut)] = cut
         elif self.label_length is not None:
             labels = np.full(self.label_length, CTC_IGNORE, np.int32)
             labels[: len(target)] = target
