@@ -20,10 +20,9 @@ import argparse
 import os
 import sys
 
-from inference import interleaved_medians, start_devices  # benchmarks/ is on the path when run as a script
+from inference import gflop, interleaved_medians, start_devices  # benchmarks/ is on the path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLOPS_PER_AUDIO_SECOND = {"base": (13.9e9, 0.092e9), "large": (35.8e9, 0.246e9)}
 RECIPE = {"base": ("hubert_base_iter1", 5), "large": ("hubert_large", 3)}
 
 
@@ -149,9 +148,8 @@ def main(argv=None) -> int:
         calls = {"jax": jax_step(cfg, batch, samples), "torch": torch_step(cfg, batch, samples, args.dtype, device)}
         t = interleaved_medians(calls, args.repeats)
         audio = batch * samples / 16000
-        a, b = FLOPS_PER_AUDIO_SECOND[name]
-        flops = 3 * batch * args.seconds * (a + b * args.seconds)
-        mfu = {k: f"{flops / t[k] / 1e12 / peak:.1%}" if peak else "n/a" for k in t}
+        train_gflop = 3 * gflop(name, batch, args.seconds)  # forward + backward
+        mfu = {k: f"{train_gflop / t[k] / 1e3 / peak:.1%}" if peak else "n/a" for k in t}
         print(f"| {name} | {batch} x {args.seconds:g} | {audio / t['jax']:.1f} | {audio / t['torch']:.1f} | "
               f"{t['jax'] / t['torch']:.2f} | {mfu['jax']} | {mfu['torch']} |", flush=True)
     return 0
