@@ -1,0 +1,449 @@
+"""Checkpoints written by fairseq, unilm and s3prl themselves, with those tools' own outputs, for the tests.
+
+    python -m venv /tmp/peer && /tmp/peer/bin/pip install torch==2.13.0 && \
+        /tmp/peer/bin/pip install fairseq-fixed soundfile && /tmp/peer/bin/pip install --no-deps s3prl
+    git clone https://github.com/microsoft/unilm /tmp/unilm     # WavLM.py + modules.py (standalone)
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /tmp/peer/bin/python scripts/make_peer_fixtures.py \
+        --unilm /tmp/unilm/wavlm --out tests/fixtures/peer
+
+It writes, under --out, one folder per format:
+- fairseq: real `fairseq-hydra-train` runs of 2 updates on a tiny synthetic corpus (so `cfg`, `task_state`
+  with its pickled Dictionary objects, optimizer history and state are the trainer's own): HuBERT base-like
+  (post-LN, group norm, one label set), HuBERT large-like (pre-LN, layer norm, normalize, two label sets,
+  untied final_proj), HuBERT CTC fine-tuned from the base-like run, wav2vec 2.0 pretraining and wav2vec 2.0
+  CTC fine-tuned from it. Only `checkpoint_last.pt` is kept (optimizer state included).
+  `hubert_large/checkpoint_dictconfig.pt` is the large-like run re-saved by fairseq's own loader and saver,
+  which keeps `cfg` as an omegaconf DictConfig (as the released checkpoints have it), optimizer state stripped.
+- unilm: WavLM base-like and large-like, built with unilm's own `WavLM`/`WavLMConfig` and saved as the
+  released files are (`{'cfg': dict, 'model': state_dict}`).
+- s3prl: a DistilHuBERT `DistillerModel` after one optimizer step, saved with the runner's keys
+  (`Distiller`, `Config`, `Args`, `Optimizer`, `Step`), read back through s3prl's own `UpstreamExpert`.
+
+Each folder has `expected.npz` with the tool's outputs on fixed audio (`audio_0`, `audio_1`, unpadded):
+`hidden_{i}_{L}` = input of layer 0 (L=0) and output of layer L, in transformers' numbering; `last_{i}` =
+the model's final output (with the final LayerNorm of pre-LN models); CTC folders `logits_{i}`. It also
+holds a padded batch of both clips (`padded_last`, `padded_mask`, the frames fairseq counts as valid).
+HuBERT folders add the criterion's loss on `audio_0` with the labels and the mask it used
+(`loss_labels_{k}`, `loss_mask`, `loss`, the criterion's loss divided by its sample size).
+wav2vec 2.0 pretraining adds `projected_states_{i}` / `projected_quantized_*` from an unmasked forward.
+`meta.json` says what each file is.
+
+Tiny models (2 layers of 32, conv channels 48, the real conv strides so features are at 50 Hz) keep the
+fixtures at a few MB. Nothing here is imported by the package or the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+SR = 16000
+CONV = "[(48,10,5)] + [(48,3,2)] * 4 + [(48,2,2)] * 2"
+TINY = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+            conv_feature_layers=CONV, conv_pos=8, conv_pos_groups=4)
+LETTERS = "ETAONIHS"
+
+
+def fixed_audio() -> list[np.ndarray]:
+    rng = np.random.default_rng(1234)
+    return [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 11840)]
+
+
+# ----------------------------------------------------------------------------- the synthetic corpus
+def write_corpus(root: str) -> None:
+    """train/valid manifests, 50 Hz k-means labels (two label sets) and letter transcripts."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    os.makedirs(f"{root}/wav", exist_ok=True)
+    for split, count in (("train", 8), ("valid", 2)):
+        rows, km, km2, ltr = [], [], [], []
+        for i in range(count):
+            n = int(rng.integers(16000, 32000))
+            t = np.arange(n) / SR
+            wave = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.05 * rng.standard_normal(n)
+            name = f"wav/{split}{i}.wav"
+            sf.write(f"{root}/{name}", wave.astype(np.float32), SR, subtype="PCM_16")
+            rows.append(f"{name}\t{n}")
+            frames = n // 320
+            km.append(" ".join(map(str, rng.integers(0, 12, frames))))
+            km2.append(" ".join(map(str, rng.integers(0, 7, frames))))
+            words = ["".join(rng.choice(list(LETTERS), int(rng.integers(1, 4)))) for _ in range(2)]
+            ltr.append(" ".join(" ".join(w) + " |" for w in words))
+        for ext, lines in (("tsv", [root] + rows), ("km", km), ("km2", km2), ("ltr", ltr)):
+            with open(f"{root}/{split}.{ext}", "w") as f:
+                f.write("\n".join(lines) + "\n")
+    for ext, k in (("km", 12), ("km2", 7)):
+        with open(f"{root}/dict.{ext}.txt", "w") as f:  # as the recipe writes it: clusters 0..K-1 in order
+            f.writelines(f"{c} 1\n" for c in range(k))
+    with open(f"{root}/dict.ltr.txt", "w") as f:
+        f.writelines(f"{c} {100 - i}\n" for i, c in enumerate("|" + LETTERS))
+
+
+# ----------------------------------------------------------------------------- fairseq runs
+COMMON = {
+    "common": dict(cpu=True, fp16=False, seed=1, log_interval=1),
+    "distributed_training": dict(distributed_world_size=1),
+    "dataset": dict(num_workers=0, max_tokens=64000, disable_validation=True),
+    "checkpoint": dict(no_epoch_checkpoints=True),
+    "optimization": dict(max_update=2, lr=[0.0005]),
+    "optimizer": dict(_name="adam", adam_betas="(0.9,0.98)", adam_eps=1e-06, weight_decay=0.01),
+    "lr_scheduler": dict(_name="polynomial_decay", warmup_updates=1),
+}
+
+
+def fix_hubert_ctc() -> None:
+    """fairseq 0.12 (and its main branch) can neither build nor load hubert_ctc: HubertEncoder reads
+    `cfg.autoregressive`, which only HubertSeq2SeqConfig declares. This adds it (False, as CTC is)."""
+    from omegaconf import open_dict
+    from fairseq.models.hubert import hubert_asr
+
+    init = hubert_asr.HubertEncoder.__init__
+    if getattr(init, "fixed", False):
+        return
+
+    def patched(self, cfg, task):
+        with open_dict(cfg):
+            cfg.autoregressive = False
+        init(self, cfg, task)
+
+    patched.fixed = True
+    hubert_asr.HubertEncoder.__init__ = patched
+
+
+def hydra_train(run_dir: str, sections: dict) -> str:
+    """One fairseq-hydra-train run from a config file written as fairseq's example yaml files are."""
+    import yaml
+
+    config = {group: dict(values) for group, values in COMMON.items()}
+    for group, values in sections.items():
+        config.setdefault(group, {}).update(values)
+    config["checkpoint"]["save_dir"] = os.path.join(run_dir, "ckpt")
+    config["hydra"] = {"run": {"dir": os.path.join(run_dir, "hydra")}}
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "run.yaml"), "w") as f:
+        f.write("# @package _group_\n" + yaml.safe_dump(config, sort_keys=False))
+    if sections["model"]["_name"] == "hubert_ctc":  # fairseq-hydra-train's main, after fix_hubert_ctc
+        cmd = [sys.executable, os.path.abspath(__file__), "--fairseq-hydra-train"]
+    else:
+        cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train")]
+    subprocess.run([*cmd, "--config-dir", run_dir, "--config-name", "run"], check=True, cwd=run_dir)
+    return os.path.join(run_dir, "ckpt", "checkpoint_last.pt")
+
+
+def fairseq_runs(corpus: str, work: str) -> dict[str, str]:
+    hubert_task = dict(_name="hubert_pretraining", data=corpus, label_dir=corpus, label_rate=50, sample_rate=16000,
+                       pad_audio=False, random_crop=True)
+    hubert_criterion = dict(_name="hubert", pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10])
+    hubert = dict(_name="hubert", label_rate=50, final_dim=16, mask_prob=0.8, feature_grad_mult=0.1,
+                  encoder_layerdrop=0.05, dropout_input=0.1, dropout_features=0.1, untie_final_proj=True, **TINY)
+    ctc_criterion = dict(_name="ctc", zero_infinity=True)
+    ctc = dict(apply_mask=True, mask_prob=0.5, mask_length=4, freeze_finetune_updates=0)
+    paths = {}
+    paths["hubert_base"] = hydra_train(f"{work}/hubert_base", {
+        "task": {**hubert_task, "labels": ["km"], "normalize": False}, "criterion": hubert_criterion,
+        "model": {**hubert, "extractor_mode": "default"}})
+    paths["hubert_large"] = hydra_train(f"{work}/hubert_large", {
+        "task": {**hubert_task, "labels": ["km", "km2"], "normalize": True}, "criterion": hubert_criterion,
+        "model": {**hubert, "extractor_mode": "layer_norm", "layer_norm_first": True}})
+    paths["hubert_ctc"] = hydra_train(f"{work}/hubert_ctc", {
+        "task": dict(_name="hubert_pretraining", data=corpus, label_dir=corpus, fine_tuning=True, labels=["ltr"],
+                     single_target=True, normalize=False),
+        "criterion": ctc_criterion, "optimization": dict(sentence_avg=True),
+        "model": dict(_name="hubert_ctc", w2v_path=paths["hubert_base"], **ctc)})
+    paths["wav2vec2"] = hydra_train(f"{work}/wav2vec2", {
+        "task": dict(_name="audio_pretraining", data=corpus, normalize=False, max_sample_size=250000,
+                     min_sample_size=8000),
+        "criterion": dict(_name="wav2vec", infonce=True, log_keys=["prob_perplexity", "code_perplexity", "temp"],
+                          loss_weights=[0.1, 10]),
+        "model": dict(_name="wav2vec2", quantize_targets=True, final_dim=16, latent_vars=8, latent_groups=2,
+                      num_negatives=10, mask_prob=0.65, mask_length=4, feature_grad_mult=0.1,
+                      encoder_layerdrop=0.05, **TINY)})
+    paths["wav2vec2_ctc"] = hydra_train(f"{work}/wav2vec2_ctc", {
+        "task": dict(_name="audio_finetuning", data=corpus, labels="ltr", normalize=False),
+        "criterion": ctc_criterion, "optimization": dict(sentence_avg=True),
+        "model": dict(_name="wav2vec_ctc", w2v_path=paths["wav2vec2"], **ctc)})
+    return paths
+
+
+def resave_with_dictconfig(path: str, out: str) -> None:
+    """fairseq's own loader and saver: the released checkpoints (and files re-saved after
+    `load_checkpoint_to_cpu`, as release scripts strip the optimizer state) keep `cfg` as an omegaconf
+    DictConfig, which fairseq 0.12's trainer no longer writes."""
+    from fairseq import checkpoint_utils
+    from omegaconf import DictConfig
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    assert isinstance(state["cfg"], DictConfig), type(state["cfg"])
+    del state["last_optimizer_state"]
+    checkpoint_utils.torch_persistent_save(state, out)
+
+
+# ----------------------------------------------------------------------------- recording outputs
+def layer_hooks(layers):
+    """Captures the input of layer 0 and each layer's output (fairseq layers run T x B x C)."""
+    seen = []
+
+    def pre(_, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        seen.append(x.transpose(0, 1).detach().numpy().copy())
+
+    def post(_, __, out):
+        seen.append(out[0].transpose(0, 1).detach().numpy().copy())
+
+    handles = [layers[0].register_forward_pre_hook(pre, with_kwargs=True)]
+    handles += [layer.register_forward_hook(post) for layer in layers]
+    return seen, handles
+
+
+def record_layers(run, layers, audio) -> dict:
+    """run(x (1, T) tensor) -> final output (1, F, C). Hidden states of every layer and the final output."""
+    import torch
+
+    out = {}
+    for i, x in enumerate(audio):
+        seen, handles = layer_hooks(layers)
+        with torch.no_grad():
+            last = run(torch.from_numpy(x)[None])
+        for h in handles:
+            h.remove()
+        for layer, value in enumerate(seen):
+            out[f"hidden_{i}_{layer}"] = value[0]
+        out[f"last_{i}"] = last[0].numpy()
+    return out
+
+
+def padded(audio):
+    import torch
+
+    n = max(len(a) for a in audio)
+    x = torch.zeros(len(audio), n)
+    pad = torch.ones(len(audio), n, dtype=torch.bool)
+    for i, a in enumerate(audio):
+        x[i, : len(a)] = torch.from_numpy(a)
+        pad[i, : len(a)] = False
+    return x, pad
+
+
+def load_fairseq(path):
+    from fairseq import checkpoint_utils
+
+    fix_hubert_ctc()
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path])
+    return models[0].eval(), cfg, task
+
+
+def record_fairseq_hubert(path, audio) -> dict:
+    import torch
+    from fairseq.criterions.hubert_criterion import HubertCriterion
+
+    model, cfg, task = load_fairseq(path)
+    out = record_layers(lambda x: model.extract_features(x, padding_mask=None, mask=False)[0],
+                        model.encoder.layers, audio)
+    x, pad = padded(audio)
+    with torch.no_grad():
+        feats, mask = model.extract_features(x, padding_mask=pad, mask=False)
+    out["padded_last"], out["padded_mask"] = feats.numpy(), (~mask).numpy()
+
+    # the criterion's loss on audio_0 with the masks fairseq drew (recorded through apply_mask)
+    rng = np.random.default_rng(7)
+    frames = len(audio[0]) // 320
+    labels = [torch.from_numpy(rng.integers(0, len(d) - d.nspecial, (1, frames))) for d in task.dictionaries]
+    targets = [lab + d.nspecial for lab, d in zip(labels, task.dictionaries)]  # dict.km.txt lists 0..K-1
+    used = {}
+    original = model.apply_mask
+
+    def apply_mask(*args, **kw):
+        x_masked, mask_indices = original(*args, **kw)
+        used["mask"] = mask_indices.numpy().copy()
+        return x_masked, mask_indices
+
+    model.apply_mask = apply_mask
+    criterion = HubertCriterion(task, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10.0])
+    np.random.seed(3)
+    source = torch.from_numpy(audio[0])[None]
+    sample = {"net_input": {"source": source, "padding_mask": torch.zeros(source.shape, dtype=torch.bool)},
+              "target_list": targets, "id": torch.tensor([0])}
+    with torch.no_grad():
+        loss, sample_size, log = criterion(model, sample, reduce=True)
+    for k, lab in enumerate(labels):
+        out[f"loss_labels_{k}"] = lab.numpy()
+    out["loss_mask"] = used["mask"]
+    out["loss"] = np.float64(loss.item() / sample_size)
+    return out
+
+
+def record_fairseq_ctc(path, audio) -> dict:
+    import torch
+
+    model, cfg, task = load_fairseq(path)
+    out = {}
+    for i, a in enumerate(audio):
+        with torch.no_grad():
+            net = model(source=torch.from_numpy(a)[None], padding_mask=None)
+        out[f"logits_{i}"] = net["encoder_out"].transpose(0, 1)[0].numpy()
+    w2v = model.w2v_encoder.w2v_model
+    out.update(record_layers(lambda x: w2v.extract_features(x, padding_mask=None, mask=False)[0]
+                             if hasattr(w2v, "label_embs_concat") else
+                             w2v.extract_features(x, padding_mask=None, mask=False)["x"], w2v.encoder.layers, audio))
+    return out
+
+
+def record_fairseq_wav2vec2(path, audio) -> dict:
+    import torch
+
+    model, cfg, task = load_fairseq(path)
+    out = record_layers(lambda x: model.extract_features(x, padding_mask=None, mask=False)["x"],
+                        model.encoder.layers, audio)
+    x, pad = padded(audio)
+    with torch.no_grad():
+        res = model.extract_features(x, padding_mask=pad, mask=False)
+    out["padded_last"], out["padded_mask"] = res["x"].numpy(), (~res["padding_mask"]).numpy()
+    for i, a in enumerate(audio):  # the quantizer and both projections, unmasked (transformers' names)
+        with torch.no_grad():
+            feats = model.feature_extractor(torch.from_numpy(a)[None]).transpose(1, 2)
+            feats = model.layer_norm(feats)
+            unmasked = feats.clone()
+            feats = model.post_extract_proj(feats)
+            enc, _ = model.encoder(feats, padding_mask=None)
+            q = model.quantizer(unmasked, produce_targets=False)
+            out[f"projected_states_{i}"] = model.final_proj(enc)[0].numpy()
+            out[f"projected_quantized_{i}"] = model.project_q(q["x"])[0].numpy()
+    return out
+
+
+def record_unilm(unilm_dir, out_dir, audio, *, large: bool) -> dict:
+    import torch
+
+    sys.path.insert(0, unilm_dir)
+    from WavLM import WavLM, WavLMConfig
+
+    torch.manual_seed(11 if large else 10)
+    cfg = {**TINY, "extractor_mode": "layer_norm" if large else "default", "layer_norm_first": large,
+           "normalize": large, "conv_bias": large, "relative_position_embedding": True, "num_buckets": 32,
+           "max_distance": 64, "gru_rel_pos": True, "encoder_layerdrop": 0.05 if not large else 0.0}
+    config = WavLMConfig(cfg)
+    model = WavLM(config)
+    with torch.no_grad():  # fresh modules start at tidy values (zero bias, unit norms): perturb every tensor
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    torch.save({"cfg": config.__dict__, "model": model.state_dict()}, os.path.join(out_dir, "wavlm.pt"))
+    out = record_layers(lambda x: model.extract_features(x, padding_mask=None)[0], model.encoder.layers, audio)
+    x, pad = padded(audio)
+    with torch.no_grad():
+        feats, mask = model.extract_features(x, padding_mask=pad)
+    out["padded_last"], out["padded_mask"] = feats.numpy(), (~mask).numpy()
+    return out
+
+
+def record_s3prl(out_dir, audio) -> dict:
+    import torch
+    from s3prl.upstream.distiller.expert import UpstreamExpert
+    from s3prl.upstream.distiller.model import DistillerConfig, DistillerModel
+
+    torch.manual_seed(12)
+    config = {"distiller": {"extractor_mode": "default", "extractor_conv_feature_layers": CONV,
+                            "extractor_dropout": 0.0, "feature_grad_mult": 0.1, "conv_pos": 8, "conv_pos_groups": 4,
+                            "encoder_layers": 2, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64,
+                            "encoder_attention_heads": 4, "activation_fn": "gelu", "layer_norm_first": False,
+                            "attention_type": "original", "dropout": 0.1, "attention_dropout": 0.1,
+                            "activation_dropout": 0.1, "encoder_layerdrop": 0.0, "final_dim": 32,
+                            "out_layer_type": "expand-last", "n_tasks": 2, "task_emb_type": "expand-last",
+                            "loss_type": "l1", "feat_pen_loss": 0.0, "cosine_loss": 1.0, "pred_layer_id": [1, 2],
+                            "init_teacher_conv_layers": True, "init_teacher_encoder_layers": True},
+              "teacher": {"model": "hubert_base", "n_layers": 12}, "task": {"sequence_length": 250000},
+              "audio": {"target_level": None}}
+    model = DistillerModel(DistillerConfig(config["distiller"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
+    wave = torch.from_numpy(np.concatenate(audio))[None]
+    _, _, pred, _, _ = model(wave, torch.ones_like(wave), get_hidden=True)
+    pred.abs().mean().backward()  # one update on a stand-in target: the weights and optimizer state are real
+    optimizer.step()
+    args = argparse.Namespace(upstream="distiller", config="pretrain/distiller/config_runner.yaml",
+                              expdir="result/pretrain/distilhubert", auto_resume=False, init_ckpt=None, seed=1337,
+                              device="cpu", multi_gpu=False, past_exp=None, upstream_config=None)
+    path = os.path.join(out_dir, "states-1.ckpt")
+    torch.save({"Optimizer": optimizer.state_dict(), "Step": 1, "Args": args, "Config": config,
+                "Distiller": model.float().state_dict()}, path)
+    expert = UpstreamExpert(path).eval()
+    layers = expert.model.model.encoder.layers
+    out = record_layers(lambda x: expert([x[0]])["hidden_states"][len(layers)], layers, audio)
+    for i, a in enumerate(audio):  # s3prl's own hidden_states[1..L] are the layer outputs recorded above
+        with torch.no_grad():
+            states = expert([torch.from_numpy(a)])["hidden_states"]
+        for layer in range(1, len(layers) + 1):
+            np.testing.assert_allclose(states[layer][0].numpy(), out[f"hidden_{i}_{layer}"], atol=1e-6)
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+def save(out_dir, name, arrays, meta):
+    np.savez_compressed(os.path.join(out_dir, name, "expected.npz"), **arrays)
+    with open(os.path.join(out_dir, name, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--unilm", required=True, help="folder with unilm's WavLM.py and modules.py")
+    parser.add_argument("--out", default="tests/fixtures/peer")
+    parser.add_argument("--work", help="keep the fairseq runs here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") != "1":
+        parser.error("fairseq's own loader needs TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 under torch >= 2.6")
+    import fairseq
+    import s3prl
+    import torch
+
+    audio = fixed_audio()
+    work = args.work or tempfile.mkdtemp(prefix="peer-fixtures-")
+    corpus = os.path.join(work, "corpus")
+    write_corpus(corpus)
+    runs = fairseq_runs(corpus, work)
+    versions = {"torch": torch.__version__, "fairseq": fairseq.__version__,
+                "s3prl": getattr(s3prl, "__version__", "?")}
+    shutil.rmtree(args.out, ignore_errors=True)
+    for name, path in runs.items():
+        os.makedirs(os.path.join(args.out, name))
+        shutil.copyfile(path, os.path.join(args.out, name, "checkpoint_last.pt"))
+    shutil.copyfile(os.path.join(corpus, "dict.ltr.txt"), os.path.join(args.out, "dict.ltr.txt"))
+    resave_with_dictconfig(runs["hubert_large"], os.path.join(args.out, "hubert_large", "checkpoint_dictconfig.pt"))
+    fixtures = os.path.join(args.out, "{}", "checkpoint_last.pt")
+    for name in ("hubert_base", "hubert_large"):
+        save(args.out, name, record_fairseq_hubert(fixtures.format(name), audio),
+             {"tool": "fairseq-hydra-train", "versions": versions, "file": "checkpoint_last.pt"})
+    for name in ("hubert_ctc", "wav2vec2_ctc"):
+        save(args.out, name, record_fairseq_ctc(fixtures.format(name), audio),
+             {"tool": "fairseq-hydra-train", "versions": versions, "file": "checkpoint_last.pt",
+              "w2v_path": runs[name.replace("_ctc", "").replace("hubert", "hubert_base")]})
+    save(args.out, "wav2vec2", record_fairseq_wav2vec2(fixtures.format("wav2vec2"), audio),
+         {"tool": "fairseq-hydra-train", "versions": versions, "file": "checkpoint_last.pt"})
+    for name, large in (("wavlm_base", False), ("wavlm_large", True)):
+        os.makedirs(os.path.join(args.out, name))
+        save(args.out, name, record_unilm(args.unilm, os.path.join(args.out, name), audio, large=large),
+             {"tool": "unilm WavLM.py", "versions": versions, "file": "wavlm.pt"})
+    os.makedirs(os.path.join(args.out, "distilhubert"))
+    save(args.out, "distilhubert", record_s3prl(os.path.join(args.out, "distilhubert"), audio),
+         {"tool": "s3prl DistillerModel + UpstreamExpert", "versions": versions, "file": "states-1.ckpt"})
+    np.savez_compressed(os.path.join(args.out, "audio.npz"), audio_0=audio[0], audio_1=audio[1])
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--fairseq-hydra-train"]:
+        from fairseq_cli.hydra_train import cli_main
+
+        fix_hubert_ctc()
+        sys.argv = [sys.argv[0], *sys.argv[2:]]
+        cli_main()
+    else:
+        main()
