@@ -237,33 +237,41 @@ PRETRAINING_HEADS = "pretraining_heads.safetensors"
 
 
 def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
-                                overwrite: bool = False, dictionary: str | None = None):
+                                overwrite: bool = False, dictionary: str | None = None,
+                                w2v_checkpoint: str | None = None):
     """A fairseq HuBERT/wav2vec 2.0, unilm WavLM or s3prl DistilHuBERT checkpoint -> a hubert-jax directory.
 
     HuBERT's pretraining heads go to `pretraining_heads.safetensors` (Flax layout: `final_proj.kernel`,
     `final_proj.bias`, `label_embs_concat`) with their settings under `hubert_pretraining` in config.json,
-    so pretraining can continue from them. Returns the converted model."""
+    so pretraining can continue from them. A fine-tuned checkpoint's vocabulary comes from `dictionary` (a
+    fairseq dict.ltr.txt) or else from the target dictionary the file carries. `w2v_checkpoint`: the
+    pretrained checkpoint of a fine-tuned file whose config does not keep the encoder's settings.
+    Returns the converted model."""
     from hubert_jax.convert import fairseq
     from hubert_jax.models import BASE_MODELS, TASK_CLASSES
 
-    fields, state, heads, kind = fairseq.convert_checkpoint(fairseq.load_checkpoint(path))
-    tokenizer = None
+    converted = fairseq.convert_checkpoint(fairseq.load_checkpoint(path), path, w2v_checkpoint)
+    fields, kind = converted.fields, converted.kind
+    if dictionary is not None and kind != "ForCTC":
+        raise ValueError(f"{dictionary}: a dictionary only goes with a fine-tuned (CTC) checkpoint")
+    vocab, vocab_source = converted.vocab, f"{path} (its target dictionary)"
     if dictionary is not None:
+        vocab, vocab_source = fairseq.read_fairseq_dictionary(dictionary), dictionary
+    tokenizer = None
+    if vocab is not None:
         from hubert_jax.processing import CTCTokenizer
 
-        if kind != "ForCTC":
-            raise ValueError(f"{dictionary}: a dictionary only goes with a fine-tuned (CTC) checkpoint")
-        tokenizer = CTCTokenizer(vocab=fairseq.read_fairseq_dictionary(dictionary))
-        if len(tokenizer.vocab) != fields["vocab_size"]:
-            raise ValueError(f"{dictionary} gives {len(tokenizer.vocab)} symbols, the checkpoint's CTC head has "
+        if len(vocab) != fields["vocab_size"]:
+            raise ValueError(f"{vocab_source} gives {len(vocab)} symbols, the checkpoint's CTC head has "
                              f"{fields['vocab_size']} outputs")
+        tokenizer = CTCTokenizer(vocab=vocab)
         fields.update(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     config = SpeechConfig.from_dict(fields)
     cls = BASE_MODELS[config.model_type] if kind == "Model" else TASK_CLASSES[kind][config.model_type]
     model = cls(config, rngs=nnx.Rngs(0))
-    load_flat(model, torch_to_flat(state, model), source=path)
+    load_flat(model, torch_to_flat(converted.state, model), source=path)
     head_arrays = {}
-    for key, value in heads.items():  # torch Linear weights become kernels in our layout
+    for key, value in converted.heads.items():  # torch Linear weights become kernels in our layout
         name = key[: -len(".weight")] + ".kernel" if key.endswith(".weight") else key
         head_arrays[name] = torch_to_ours(name, value)
 

@@ -214,8 +214,9 @@ def record_layers(run, layers, audio) -> dict:
             last = run(torch.from_numpy(x)[None])
         for h in handles:
             h.remove()
+        # fairseq 0.12 pads the frames to a multiple of 2 inside the encoder (masked as padding): keep the real ones
         for layer, value in enumerate(seen):
-            out[f"hidden_{i}_{layer}"] = value[0]
+            out[f"hidden_{i}_{layer}"] = value[0, : last.shape[1]]
         out[f"last_{i}"] = last[0].numpy()
     return out
 
@@ -405,7 +406,7 @@ def main(argv=None):
     import torch
 
     audio = fixed_audio()
-    work = args.work or tempfile.mkdtemp(prefix="peer-fixtures-")
+    work = args.work or tempfile.mkdtemp(prefix="peer-fixtures-")  # removed at the end unless --work
     corpus = os.path.join(work, "corpus")
     write_corpus(corpus)
     runs = fairseq_runs(corpus, work)
@@ -435,6 +436,8 @@ def main(argv=None):
     save(args.out, "distilhubert", record_s3prl(os.path.join(args.out, "distilhubert"), audio),
          {"tool": "s3prl DistillerModel + UpstreamExpert", "versions": versions, "file": "states-1.ckpt"})
     np.savez_compressed(os.path.join(args.out, "audio.npz"), audio_0=audio[0], audio_1=audio[1])
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out}")
 
 

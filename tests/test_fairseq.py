@@ -95,7 +95,8 @@ def test_fairseq_hubert_keeps_pretraining_heads(tmp_path, stable, layer, cfg_sty
     np.testing.assert_array_equal(heads["label_embs_concat"], label_embs.numpy())
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["hubert_pretraining"] == {"final_dim": 12, "logit_temp": 0.1, "untie_final_proj": False,
-                                            "label_rate": 50, "num_label_embeddings": 100, "label_offset": 4}
+                                            "label_rate": 50, "num_label_embeddings": 100, "label_offset": 4,
+                                            "num_classes": [100]}  # no task_state: one set, 4 specials
     assert config["do_stable_layer_norm"] == stable and config["mask_time_prob"] == 0.8
 
 

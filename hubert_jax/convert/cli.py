@@ -81,7 +81,10 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     parser.add_argument("--no-verify", action="store_true", help="skip the output comparison with transformers")
     parser.add_argument("--dict", dest="dictionary", help="fairseq dict.ltr.txt of a fine-tuned CTC checkpoint: "
-                        "written as vocab.json (with a feature extractor config)")
+                        "written as vocab.json (with a feature extractor config); without it, the target "
+                        "dictionary the checkpoint carries is used")
+    parser.add_argument("--w2v-checkpoint", help="the pretrained checkpoint a fine-tuned one was trained from, "
+                        "for files whose cfg.model.w2v_args is None (the encoder's settings live there)")
     parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("2GB"),
                         help="shard weights past this size (e.g. 500MB)")
     args = parser.parse_args(argv)
@@ -95,7 +98,8 @@ def main(argv=None) -> int:
         if args.to_pytorch:
             parser.error("--to-pytorch takes a hubert-jax directory as SRC")
         pretrained.convert_original_checkpoint(args.src, out, max_shard_bytes=args.max_shard_size,
-                                               overwrite=args.overwrite, dictionary=args.dictionary)
+                                               overwrite=args.overwrite, dictionary=args.dictionary,
+                                               w2v_checkpoint=args.w2v_checkpoint)
         print(f"wrote {out} (no reference run: fairseq itself is not a dependency)")
         return 0
 

@@ -8,12 +8,16 @@ can continue from them; `mask_emb` becomes `masked_spec_embed` as in transformer
 
 from __future__ import annotations
 
-import argparse
 import ast
+import dataclasses
 import logging
 import operator
+import os
 import re
 from typing import Mapping
+
+from hubert_jax.convert import unpickle
+from hubert_jax.convert.unpickle import FairseqDictionary, plain
 
 logger = logging.getLogger(__name__)
 
@@ -88,18 +92,34 @@ def parse_conv_layers(text: str) -> list[tuple[int, int, int]]:
 
 
 def _as_dict(obj) -> dict:
+    """A config as `unpickle.plain` leaves it (a dict, or None when absent)."""
     if obj is None:
         return {}
-    if isinstance(obj, argparse.Namespace):
-        return vars(obj)
-    if isinstance(obj, Mapping):
-        return {k: _as_dict(v) if isinstance(v, (Mapping, argparse.Namespace)) else v for k, v in obj.items()}
-    try:  # omegaconf containers
-        from omegaconf import OmegaConf
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"cannot read a checkpoint config of type {type(obj).__name__}")
+    return dict(obj)
 
-        return OmegaConf.to_container(obj, resolve=True)
-    except Exception as e:
-        raise ValueError(f"cannot read the checkpoint config of type {type(obj).__name__}") from e
+
+_INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
+
+
+def resolve_interpolations(cfg, root=None, depth: int = 0):
+    """omegaconf's `${group.key}` references, as a DictConfig pickled unresolved keeps them, replaced by the
+    values they name (left as they are when the key is absent)."""
+    root = cfg if root is None else root
+    if isinstance(cfg, dict):
+        return {k: resolve_interpolations(v, root, depth) for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [resolve_interpolations(v, root, depth) for v in cfg]
+    m = _INTERPOLATION.match(cfg) if isinstance(cfg, str) else None
+    if m is None or depth > 8:
+        return cfg
+    node = root
+    for part in m[1].split("."):
+        if not isinstance(node, dict) or part not in node:
+            return cfg
+        node = node[part]
+    return resolve_interpolations(node, root, depth + 1)
 
 
 def config_fields(cfg: Mapping) -> dict:
@@ -127,23 +147,55 @@ def config_fields(cfg: Mapping) -> dict:
     return fields
 
 
-def _model_cfg(ckpt: Mapping) -> tuple[dict, str]:
-    """(model config, source format) for each checkpoint layout we know."""
-    if "Distiller" in ckpt:  # s3prl DistilHuBERT
-        config = _as_dict(ckpt.get("Config"))
-        return _as_dict(config.get("distiller", config)), "s3prl"
-    if "cfg" in ckpt and ckpt["cfg"] is not None:
+def _finetuned_encoder_cfg(model: Mapping, path: str, w2v_checkpoint: str | None) -> dict:
+    """The pretrained encoder's model config of a fine-tuned checkpoint: `w2v_args` when the file keeps it;
+    else (current fairseq writes `w2v_args: None`) the config of the pretrained checkpoint it names in
+    `w2v_path`, read from `w2v_checkpoint`, that path, or a file of that name beside `path`."""
+    w2v_args = model.get("w2v_args")
+    if w2v_args:
+        w2v_args = _as_dict(w2v_args)
+        return _as_dict(w2v_args.get("model", w2v_args))  # hydra configs nest it; Namespace args are flat
+    w2v_path = model.get("w2v_path")
+    candidates = [c for c in (w2v_checkpoint, w2v_path, w2v_path and os.path.join(
+        os.path.dirname(os.path.abspath(path)), os.path.basename(w2v_path))) if c]
+    candidates = [c for c in dict.fromkeys(candidates) if os.path.abspath(c) != os.path.abspath(path)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            cfg = _stored_model_cfg(load_checkpoint(candidate), candidate)
+            if "w2v_args" in cfg or "w2v_path" in cfg:
+                raise ValueError(f"{candidate}: expected the pretrained checkpoint of {path}, found a fine-tuned one")
+            logger.info("%s: encoder settings read from %s (its w2v_args is None)", path, candidate)
+            return cfg
+    looked = ", ".join(candidates) if candidates else "no w2v_path either"
+    raise ValueError(
+        f"{path}: a fine-tuned checkpoint whose cfg.model.w2v_args is None, so the encoder's settings (layers, "
+        f"widths, attention heads, conv stack) are not in this file. fairseq reads them from the pretrained "
+        f"checkpoint in cfg.model.w2v_path; looked for it at: {looked}. Pass that file with --w2v-checkpoint "
+        f"PATH (w2v_checkpoint=PATH)")
+
+
+def _stored_model_cfg(ckpt: Mapping, path: str) -> dict:
+    """The model config a fairseq or unilm checkpoint stores."""
+    if ckpt.get("cfg") is not None:
         cfg = _as_dict(ckpt["cfg"])
-        model = cfg.get("model", cfg)  # fairseq hydra configs nest it; unilm's WavLM stores it flat
-        if "w2v_args" in model and model["w2v_args"]:  # fine-tuned: the pretrained model's config
-            return _as_dict(model["w2v_args"]).get("model", {}), "fairseq-finetuned"
-        return model, "fairseq"
-    if "args" in ckpt:  # older fairseq: argparse.Namespace
-        args = _as_dict(ckpt["args"])
-        if args.get("w2v_args"):
-            return _as_dict(args["w2v_args"]), "fairseq-finetuned"
-        return args, "fairseq"
-    raise ValueError("not a fairseq, unilm or s3prl checkpoint: expected a 'cfg', 'args' or 'Distiller' entry")
+        return _as_dict(cfg.get("model", cfg))  # fairseq hydra configs nest it; unilm's WavLM stores it flat
+    if ckpt.get("args") is not None:  # older fairseq: argparse.Namespace
+        return _as_dict(ckpt["args"])
+    raise ValueError(f"{path}: not a fairseq, unilm or s3prl checkpoint: expected a 'cfg', 'args' or "
+                     f"'Distiller' entry")
+
+
+def _model_cfg(ckpt: Mapping, path: str = "checkpoint", w2v_checkpoint: str | None = None) -> tuple[dict, str]:
+    """(model config, source format) for each checkpoint layout we know."""
+    if "Distiller" in ckpt:  # s3prl DistilHuBERT: the runner's Config holds the distiller's settings
+        config = _as_dict(ckpt.get("Config"))
+        if "distiller" not in config:
+            raise ValueError(f"{path}: an s3prl checkpoint whose Config has no 'distiller' section")
+        return _as_dict(config["distiller"]), "s3prl"
+    model = _stored_model_cfg(ckpt, path)
+    if "w2v_args" in model or "w2v_path" in model:  # fine-tuned: the pretrained encoder's config
+        return _finetuned_encoder_cfg(model, path, w2v_checkpoint), "fairseq-finetuned"
+    return model, "fairseq"
 
 
 def _family(model_cfg: Mapping, state: Mapping, fmt: str) -> str:
@@ -157,12 +209,86 @@ def _family(model_cfg: Mapping, state: Mapping, fmt: str) -> str:
     return "wav2vec2"
 
 
-def convert_checkpoint(ckpt: Mapping) -> tuple[dict, dict, dict, str]:
-    """(transformers config dict, transformers state dict, HuBERT pretraining heads, head kind).
+@dataclasses.dataclass
+class Converted:
+    fields: dict  # transformers config fields
+    state: dict  # transformers state dict
+    heads: dict  # HuBERT pretraining heads (fairseq names)
+    kind: str  # 'Model', 'ForCTC' (fine-tuned) or 'ForPreTraining' (wav2vec 2.0 with its quantizer)
+    vocab: dict | None = None  # a fine-tuned checkpoint's CTC vocabulary, from its target dictionary
 
-    head kind: 'Model', 'ForCTC' (fine-tuned) or 'ForPreTraining' (wav2vec 2.0 with its quantizer)."""
-    model_cfg, fmt = _model_cfg(ckpt)
-    raw = ckpt["Distiller"] if fmt == "s3prl" else ckpt["model"]
+
+def _label_dictionaries(ckpt: Mapping, path: str) -> list[FairseqDictionary] | None:
+    task_state = ckpt.get("task_state") or {}
+    dictionaries = task_state.get("dictionaries") if isinstance(task_state, Mapping) else None
+    if dictionaries is None:
+        return None
+    dictionaries = list(dictionaries) if isinstance(dictionaries, (list, tuple)) else [dictionaries]
+    if not all(isinstance(d, FairseqDictionary) for d in dictionaries):
+        raise ValueError(f"{path}: task_state.dictionaries holds something other than fairseq Dictionaries")
+    return dictionaries
+
+
+def _cluster_rows(d: FairseqDictionary, where: str) -> list[int]:
+    """Row of cluster k = 0..K-1 in a label set's embeddings: its symbol's index in the dictionary."""
+    index = {s: i for i, s in enumerate(d.symbols)}
+    clusters = len(d) - d.nspecial
+    missing = [str(k) for k in range(clusters) if str(k) not in index or index[str(k)] < d.nspecial]
+    if missing:
+        raise ValueError(f"{where}: its symbols after the {d.nspecial} specials are not the clusters 0.."
+                         f"{clusters - 1} (no {', '.join(missing[:5])}): not a k-means label dictionary")
+    return [index[str(k)] for k in range(clusters)]
+
+
+def _hubert_heads_config(model_cfg: Mapping, heads: dict, dictionaries, path: str) -> dict:
+    """`hubert_pretraining` settings; with the label dictionaries, the cluster count of each label set and
+    the offset of cluster 0 (the specials), the embedding rows put in cluster order when they are not."""
+    embeddings = heads["label_embs_concat"]
+    config = {"final_dim": model_cfg.get("final_dim", embeddings.shape[-1]),
+              "logit_temp": model_cfg.get("logit_temp", 0.1),
+              "untie_final_proj": bool(model_cfg.get("untie_final_proj", False)),
+              "label_rate": model_cfg.get("label_rate", 50)}
+    if dictionaries is None:  # e.g. a file stripped of task_state: one label set, fairseq's 4 specials
+        logger.warning("%s: no label dictionaries in task_state: assuming one label set of %d rows with "
+                       "fairseq's 4 special symbols first", path, embeddings.shape[0])
+        return {**config, "label_offset": 4, "num_classes": [int(embeddings.shape[0])],
+                "num_label_embeddings": int(embeddings.shape[0])}
+    sizes = [len(d) for d in dictionaries]
+    if sum(sizes) != embeddings.shape[0]:
+        raise ValueError(f"{path}: label_embs_concat has {embeddings.shape[0]} rows, its label dictionaries "
+                         f"{sizes} symbols")
+    offsets = {d.nspecial for d in dictionaries}
+    if len(offsets) != 1:
+        raise ValueError(f"{path}: label dictionaries with different numbers of specials {sorted(offsets)}")
+    order, start = [], 0
+    for i, d in enumerate(dictionaries):
+        rows = _cluster_rows(d, f"{path}: task_state.dictionaries[{i}]")
+        order += [start + r for r in range(d.nspecial)] + [start + r for r in rows]
+        start += len(d)
+    if order != list(range(len(order))):
+        heads["label_embs_concat"] = embeddings[order]
+    return {**config, "label_offset": offsets.pop(), "num_classes": sizes, "num_label_embeddings": sum(sizes)}
+
+
+def _ctc_vocab(ckpt: Mapping, path: str) -> dict[str, int] | None:
+    task_state = ckpt.get("task_state") or {}
+    d = task_state.get("target_dictionary") if isinstance(task_state, Mapping) else None
+    if not isinstance(d, FairseqDictionary):
+        return None
+    if (d.bos_index, d.pad_index, d.eos_index, d.unk_index, d.nspecial) != (0, 1, 2, 3, 4):
+        specials = (d.bos_index, d.pad_index, d.eos_index, d.unk_index)
+        raise ValueError(f"{path}: a target dictionary with specials at {specials} ({d.nspecial} in all), not "
+                         f"fairseq's <s> <pad> </s> <unk> at 0-3")
+    return ctc_vocab(d.symbols[d.nspecial:], f"{path}: task_state.target_dictionary")
+
+
+def convert_checkpoint(ckpt: Mapping, path: str = "checkpoint", w2v_checkpoint: str | None = None) -> Converted:
+    """A loaded original checkpoint -> transformers config fields and state dict, HuBERT pretraining heads
+    and, for a fine-tuned checkpoint that carries its target dictionary, the CTC vocabulary."""
+    model_cfg, fmt = _model_cfg(ckpt, path, w2v_checkpoint)
+    raw = ckpt["Distiller"] if fmt == "s3prl" else ckpt.get("model")
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: no state dict ('model' or 'Distiller' entry)")
     if fmt == "fairseq-finetuned":
         prefix = "w2v_encoder.w2v_model."
         state = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
@@ -181,8 +307,18 @@ def convert_checkpoint(ckpt: Mapping) -> tuple[dict, dict, dict, str]:
                       num_codevectors_per_group=model_cfg.get("latent_vars", 320),
                       codevector_dim=state["quantizer.vars"].shape[-1] * model_cfg.get("latent_groups", 2),
                       proj_codevector_dim=model_cfg.get("final_dim", 256))
-    if "mask_emb" in state and not fields.get("mask_time_prob"):
-        fields["mask_time_prob"] = 0.05  # transformers creates masked_spec_embed only when a prob is set
+    if "mask_emb" not in state:  # transformers creates masked_spec_embed only when a mask prob is set
+        fields.update(mask_time_prob=0.0, mask_feature_prob=0.0)
+    elif not fields.get("mask_time_prob"):
+        fields["mask_time_prob"] = 0.05
+    if "post_extract_proj.weight" not in state and fields["conv_dim"][-1] == fields["hidden_size"]:
+        # fairseq, unilm and s3prl skip the projection when the conv width is the model width; transformers
+        # always has one: the identity
+        import numpy as np
+
+        width = fields["hidden_size"]
+        state["post_extract_proj.weight"] = np.eye(width, dtype=np.float32)
+        state["post_extract_proj.bias"] = np.zeros(width, np.float32)
 
     out, heads, unknown = {}, {}, []
     for key, value in state.items():
@@ -198,7 +334,7 @@ def convert_checkpoint(ckpt: Mapping) -> tuple[dict, dict, dict, str]:
         logger.warning("s3prl distiller weights not part of the student HubertModel (prediction heads): %s",
                        ", ".join(sorted(unknown)))
     elif unknown:
-        raise ValueError(f"checkpoint tensors with no transformers name ({len(unknown)}): "
+        raise ValueError(f"{path}: checkpoint tensors with no transformers name ({len(unknown)}): "
                          f"{', '.join(sorted(unknown))}")
     if lm_head:
         out = {f"{family}.{k}": v for k, v in out.items()} | lm_head  # base_model_prefix == model_type
@@ -208,59 +344,48 @@ def convert_checkpoint(ckpt: Mapping) -> tuple[dict, dict, dict, str]:
                for k, v in out.items()}
     kind = "ForCTC" if lm_head else "ForPreTraining" if pretraining else "Model"
     if heads:
-        fields["hubert_pretraining"] = {
-            "final_dim": model_cfg.get("final_dim", heads["label_embs_concat"].shape[-1]),
-            "logit_temp": model_cfg.get("logit_temp", 0.1),
-            "untie_final_proj": bool(model_cfg.get("untie_final_proj", False)),
-            "label_rate": model_cfg.get("label_rate", 50),
-            "label_offset": 4,  # fairseq Dictionary: <s>, <pad>, </s>, <unk>, then the clusters
-            "num_label_embeddings": int(heads["label_embs_concat"].shape[0]),
-        }
-    return fields, out, heads, kind
+        fields["hubert_pretraining"] = _hubert_heads_config(model_cfg, heads, _label_dictionaries(ckpt, path), path)
+    vocab = _ctc_vocab(ckpt, path) if lm_head else None
+    return Converted(fields, out, heads, kind, vocab)
 
 
 def load_checkpoint(path: str) -> dict:
-    """torch.load with weights_only=True; fairseq's stored configs (argparse.Namespace, and omegaconf
-    containers when omegaconf is installed) are allowed as data, nothing else."""
-    from hubert_jax.convert.checkpoint_io import read_torch_file
-
-    try:
-        return read_torch_file(path)
-    except ValueError as first:
-        import torch
-
-        allowed = [argparse.Namespace]
-        try:
-            import omegaconf
-            from omegaconf import base, dictconfig, listconfig, nodes
-
-            allowed += [dictconfig.DictConfig, listconfig.ListConfig, base.ContainerMetadata, base.Metadata,
-                        nodes.AnyNode, omegaconf.Node]
-        except ImportError:
-            pass
-        try:
-            with torch.serialization.safe_globals(allowed):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            hint = "" if len(allowed) > 1 else " (if its config is an omegaconf object: pip install omegaconf)"
-            raise ValueError(f"{path}: not a readable checkpoint{hint}: {e}") from first
+    """An original checkpoint as data: tensors, dicts and lists, `FairseqDictionary` values; no code from
+    the file runs (`unpickle.load`). omegaconf `${...}` references in its config are resolved."""
+    ckpt = plain(unpickle.load(path))
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a dict of checkpoint entries, got {type(ckpt).__name__}")
+    for key in ("cfg", "Config"):
+        if isinstance(ckpt.get(key), dict):
+            ckpt[key] = resolve_interpolations(ckpt[key])
+    return ckpt
 
 
-def read_fairseq_dictionary(path: str) -> dict[str, int]:
-    """A fairseq `dict.ltr.txt` -> a transformers CTC vocabulary.
+def ctc_vocab(symbols, where: str) -> dict[str, int]:
+    """fairseq letter symbols (after its 4 specials) -> a transformers CTC vocabulary.
 
-    fairseq numbers <s>, <pad>, </s>, <unk> 0..3 before the file's symbols and uses index 0 (<s>) as the
-    CTC blank; transformers' blank is the pad token, so <pad> takes id 0 and <s> id 1 (the layout of
+    fairseq numbers <s>, <pad>, </s>, <unk> 0..3 before the symbols and uses index 0 (<s>) as the CTC
+    blank; transformers' blank is the pad token, so <pad> takes id 0 and <s> id 1 (the layout of
     facebook/wav2vec2-base-960h's vocab.json). Other ids keep fairseq's numbering.
     """
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for symbol in symbols:
+        if symbol in vocab:
+            raise ValueError(f"{where}: symbol {symbol!r} appears twice")
+        vocab[symbol] = len(vocab)
+    return vocab
+
+
+def read_fairseq_dictionary(path: str) -> dict[str, int]:
+    """A fairseq `dict.ltr.txt` ("symbol count" lines) -> a transformers CTC vocabulary (`ctc_vocab`)."""
+    symbols = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
                 continue
             symbol = line.rsplit(" ", 1)[0] if " " in line else line
-            if symbol in vocab:
+            if symbol in symbols or symbol in ("<pad>", "<s>", "</s>", "<unk>"):
                 raise ValueError(f"{path}:{line_no}: symbol {symbol!r} appears twice")
-            vocab[symbol] = len(vocab)
-    return vocab
+            symbols.append(symbol)
+    return ctc_vocab(symbols, path)

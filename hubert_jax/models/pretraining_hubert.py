@@ -68,7 +68,10 @@ class HeadConfig:
         d = dict(d)
         total = d.pop("num_label_embeddings", None)
         if "num_classes" not in d and total is not None:
-            d["num_classes"] = (total,)  # a converted fairseq checkpoint: one label set
+            d["num_classes"] = (total,)  # converted before the label dictionaries were read: one label set
+        elif total is not None and sum(d["num_classes"]) != total:
+            raise ValueError(f"hubert_pretraining: num_classes {list(d['num_classes'])} do not add up to "
+                             f"num_label_embeddings {total}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -1,0 +1,163 @@
+"""Checkpoints written by fairseq, unilm and s3prl themselves (tests/fixtures/peer, made by
+scripts/make_peer_fixtures.py) convert through convert_pt_to_flax.py and give those tools' own outputs,
+recorded by the tools on fixed audio: every layer, the CTC logits, the wav2vec 2.0 projections."""
+
+import json
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hubert_jax
+from hubert_jax.convert.cli import main as convert_main
+from hubert_jax.convert.fairseq import read_fairseq_dictionary
+
+PEER = os.path.join(os.path.dirname(__file__), "fixtures", "peer")
+TOL = 1e-4
+# folder -> (checkpoint file, loader, family, pre-LN, extra converter arguments)
+FIXTURES = {
+    "hubert_base": ("checkpoint_last.pt", "Model", "hubert", False, ()),
+    "hubert_large": ("checkpoint_last.pt", "Model", "hubert", True, ()),
+    "hubert_large_dictconfig": ("checkpoint_dictconfig.pt", "Model", "hubert", True, ()),
+    "hubert_ctc": ("checkpoint_last.pt", "ForCTC", "hubert", False,
+                   ("--w2v-checkpoint", os.path.join(PEER, "hubert_base", "checkpoint_last.pt"))),
+    "wav2vec2": ("checkpoint_last.pt", "ForPreTraining", "wav2vec2", False, ()),
+    "wav2vec2_ctc": ("checkpoint_last.pt", "ForCTC", "wav2vec2", False, ()),
+    "wavlm_base": ("wavlm.pt", "Model", "wavlm", False, ()),
+    "wavlm_large": ("wavlm.pt", "Model", "wavlm", True, ()),
+    "distilhubert": ("states-1.ckpt", "Model", "hubert", False, ()),
+}
+AUTO = {"Model": hubert_jax.FlaxAutoModel, "ForCTC": hubert_jax.FlaxAutoModelForCTC,
+        "ForPreTraining": hubert_jax.FlaxAutoModelForPreTraining}
+
+
+def folder(name):
+    return os.path.join(PEER, name.replace("_dictconfig", ""))
+
+
+def expected(name):
+    return dict(np.load(os.path.join(folder(name), "expected.npz")))
+
+
+def clips():
+    data = np.load(os.path.join(PEER, "audio.npz"))
+    return [data["audio_0"], data["audio_1"]]
+
+
+def convert(name, out):
+    file, _, _, _, extra = FIXTURES[name]
+    assert convert_main([os.path.join(folder(name), file), str(out), *extra]) == 0
+    return out
+
+
+def outputs(model, x, head):
+    out = model(jnp.asarray(x)[None], output_hidden_states=True)
+    return out, [np.asarray(h[0]) for h in out.hidden_states]
+
+
+def check_layers(ref, hidden, i):
+    """hidden_states[L] against the tool's layer L: the input of layer 0 for L=0, else layer L's output
+    (as transformers v5 gives it: pre-LN models apply the encoder LayerNorm to last_hidden_state only)."""
+    assert len(hidden) == sum(k.startswith(f"hidden_{i}_") for k in ref)
+    for layer, value in enumerate(hidden):
+        np.testing.assert_allclose(value, ref[f"hidden_{i}_{layer}"], atol=TOL, rtol=0,
+                                   err_msg=f"hidden_states[{layer}]")
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_peer_checkpoint_matches_its_tool(tmp_path, name):
+    _, head, family, pre_ln, _ = FIXTURES[name]
+    out = convert(name, tmp_path / "out")
+    model = AUTO[head].from_pretrained(out)
+    assert model.config.model_type == family and model.config.do_stable_layer_norm == pre_ln
+    ref = expected(name)
+    for i, x in enumerate(clips()):
+        result, hidden = outputs(model, x, head)
+        check_layers(ref, hidden, i)
+        if head == "ForCTC":
+            np.testing.assert_allclose(np.asarray(result.logits[0]), ref[f"logits_{i}"], atol=TOL, rtol=0)
+        elif head == "ForPreTraining":
+            np.testing.assert_allclose(np.asarray(result.projected_states[0]), ref[f"projected_states_{i}"],
+                                       atol=TOL, rtol=0)
+            np.testing.assert_allclose(np.asarray(result.projected_quantized_states[0]),
+                                       ref[f"projected_quantized_{i}"], atol=TOL, rtol=0)
+        else:
+            np.testing.assert_allclose(np.asarray(result.last_hidden_state[0]), ref[f"last_{i}"], atol=TOL, rtol=0)
+
+
+def test_dictconfig_cfg_converts_like_the_plain_one(tmp_path):
+    """fairseq's own loader+saver keep cfg as an omegaconf DictConfig (as released files have it)."""
+    a = json.loads((convert("hubert_large", tmp_path / "a") / "config.json").read_text())
+    b = json.loads((convert("hubert_large_dictconfig", tmp_path / "b") / "config.json").read_text())
+    assert a == b
+
+
+@pytest.mark.parametrize("name,sizes", [("hubert_base", [16]), ("hubert_large", [16, 11])])
+def test_hubert_label_dictionaries_give_sizes_and_offset(tmp_path, name, sizes):
+    """12 and 7 k-means clusters after fairseq's 4 specials; cluster k scores against row 4 + k of its set."""
+    config = json.loads((convert(name, tmp_path / "out") / "config.json").read_text())
+    head = config["hubert_pretraining"]
+    assert head["num_classes"] == sizes and head["label_offset"] == 4 and head["num_label_embeddings"] == sum(sizes)
+    assert head["untie_final_proj"] is True and head["final_dim"] == 16 and head["label_rate"] == 50
+
+
+def test_ctc_vocabulary_comes_from_the_checkpoint(tmp_path):
+    out = convert("wav2vec2_ctc", tmp_path / "out")
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert vocab == read_fairseq_dictionary(os.path.join(PEER, "dict.ltr.txt"))
+    assert vocab["<pad>"] == 0 and vocab["|"] == 4
+    import transformers
+
+    tok = transformers.Wav2Vec2CTCTokenizer.from_pretrained(out)
+    assert tok.decode([5, 5, 0, 6, 4, 7]) == "ET A"
+    # --dict still wins: the same symbols in another order
+    (tmp_path / "dict.txt").write_text("".join(f"{c} 1\n" for c in "SHINOATE|"))
+    assert convert_main([os.path.join(PEER, "wav2vec2_ctc", "checkpoint_last.pt"), str(tmp_path / "out2"),
+                         "--dict", str(tmp_path / "dict.txt")]) == 0
+    assert json.loads((tmp_path / "out2" / "vocab.json").read_text())["S"] == 4
+
+
+def test_hubert_ctc_without_its_encoder_settings(tmp_path):
+    """Current fairseq writes hubert_ctc with w2v_args None: the error says what is missing and where it looked."""
+    shutil.copyfile(os.path.join(PEER, "hubert_ctc", "checkpoint_last.pt"), tmp_path / "ctc.pt")
+    with pytest.raises(ValueError, match=r"ctc.pt: a fine-tuned checkpoint whose cfg.model.w2v_args is None.*"
+                                         r"looked for it at: /tmp/\S+/hubert_base/ckpt/checkpoint_last.pt, "
+                                         r".*--w2v-checkpoint"):
+        convert_main([str(tmp_path / "ctc.pt"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    # the pretrained file found beside the fine-tuned one, under the name w2v_path gives
+    os.makedirs(tmp_path / "beside")
+    shutil.copyfile(os.path.join(PEER, "hubert_base", "checkpoint_last.pt"), tmp_path / "beside" / "checkpoint_last.pt")
+    shutil.copyfile(os.path.join(PEER, "hubert_ctc", "checkpoint_last.pt"), tmp_path / "beside" / "ctc.pt")
+    assert convert_main([str(tmp_path / "beside" / "ctc.pt"), str(tmp_path / "out")]) == 0
+    vocab = json.loads((tmp_path / "out" / "vocab.json").read_text())
+    assert len(vocab) == 13
+
+
+def test_distilhubert_has_no_mask_embedding(tmp_path):
+    config = json.loads((convert("distilhubert", tmp_path / "out") / "config.json").read_text())
+    assert config["mask_time_prob"] == 0.0 and not config["feat_proj_layer_norm"]
+    assert config["num_hidden_layers"] == 2 and config["hidden_size"] == 32 and config["conv_dim"][-1] == 48
+
+
+@pytest.mark.parametrize("name", ["hubert_base", "hubert_large", "wav2vec2_ctc", "wavlm_base", "distilhubert"])
+def test_export_back_to_transformers(tmp_path, name):
+    """Converted -> transformers directory (the converter verifies it against transformers itself) ->
+    transformers gives the tool's numbers."""
+    import torch
+    import transformers
+
+    _, head, family, _, _ = FIXTURES[name]
+    convert(name, tmp_path / "jax")
+    assert convert_main([str(tmp_path / "jax"), str(tmp_path / "pt"), "--to-pytorch"]) == 0
+    cls = getattr(transformers, {"hubert": "Hubert", "wavlm": "WavLM", "wav2vec2": "Wav2Vec2"}[family] + head)
+    tmodel = cls.from_pretrained(tmp_path / "pt").eval()
+    ref = expected(name)
+    for i, x in enumerate(clips()):
+        with torch.no_grad():
+            out = tmodel(torch.from_numpy(x)[None], output_hidden_states=True)
+        check_layers(ref, [h[0].numpy() for h in out.hidden_states], i)
+        if head == "Model":
+            np.testing.assert_allclose(out.last_hidden_state[0].numpy(), ref[f"last_{i}"], atol=TOL, rtol=0)
