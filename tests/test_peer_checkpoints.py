@@ -161,3 +161,46 @@ def test_export_back_to_transformers(tmp_path, name):
         check_layers(ref, [h[0].numpy() for h in out.hidden_states], i)
         if head == "Model":
             np.testing.assert_allclose(out.last_hidden_state[0].numpy(), ref[f"last_{i}"], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["hubert_base", "hubert_large"])
+def test_init_from_continues_the_fairseq_run(tmp_path, name):
+    """A converted fairseq HuBERT continues pretraining with no hand-set heads: the run takes the label-set
+    sizes and the specials' offset from the directory, its loss with fairseq's mask equals the loss
+    fairseq's hubert criterion gave, and train steps update every parameter."""
+    import jax
+
+    from hubert_jax.models.pretraining_hubert import LossWeights, pretraining_loss
+    from hubert_jax.sharding import mesh_from_config
+    from hubert_jax.training.config import pretraining_defaults, with_init_from_heads
+    from hubert_jax.training.pretrain import Pretrainer, host_model
+
+    out = convert(name, tmp_path / "out")
+    cfg = pretraining_defaults()
+    cfg.model.init_from = str(out)
+    cfg.optim.schedule.warmup_steps = 1  # so that the second step moves every parameter visibly
+    cfg = with_init_from_heads(cfg)
+    sets = 1 if name == "hubert_base" else 2
+    assert cfg.model.head.num_classes == (16,) * 1 + (11,) * (sets - 1) and cfg.model.head.label_offset == 4
+    assert cfg.model.head.label_rate == 50.0 and cfg.model.head.final_dim == 16
+    trainer = Pretrainer(cfg, mesh_from_config(cfg.mesh))
+    state = trainer.load_initial(trainer.init(), str(out))
+
+    ref = expected(name)
+    x = clips()[0][None]
+    labels = [ref[f"loss_labels_{k}"] for k in range(sets)]
+    model = host_model(trainer, state)
+    result = model(jnp.asarray(x), [jnp.asarray(lab) for lab in labels], mask_time_indices=jnp.asarray(ref["loss_mask"]))
+    loss, _ = pretraining_loss(result, LossWeights(masked=1.0, unmasked=0.0, features_pen=10.0))
+    np.testing.assert_allclose(float(loss), float(ref["loss"]), rtol=1e-5)
+
+    batch = {"input_values": np.repeat(x, 8, 0), "attention_mask": np.ones((8, x.shape[1]), np.int32),
+             "labels": np.repeat(np.stack(labels, 1), 8, 0).astype(np.int32)}
+    batch = {k: jax.make_array_from_process_local_data(trainer.batch_sharding, v) for k, v in batch.items()}
+    before = jax.device_get(state["params"])
+    for _ in range(2):  # the warmup's first learning rate is 0
+        state, metrics = trainer.train_step(state, batch)
+        assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"]))
+    moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, jax.device_get(state["params"]))
+    still = [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(moved) if not m]
+    assert not still, still

@@ -192,7 +192,19 @@ def test_init_from_an_exported_model_continues_with_its_heads(reference, tmp_pat
     assert start.step == 0
     assert_same_params(reference.state, start.state)  # encoder and heads, all from the export
 
+    # the directory's hubert_pretraining fixes the heads: a run config that says otherwise follows it
     cfg.model.head.num_classes = (100,)
+    start = run(cfg, str(tmp_path / "other_config"), stop_after=0)
+    assert_same_params(reference.state, start.state)
+    saved = json.loads((tmp_path / "other_config" / "config.json").read_text())
+    assert saved["model"]["head"]["num_classes"] == [92]
+
+    # without those settings, heads of another shape are refused, naming the file
+    config_path = os.path.join(exported, "config.json")
+    config = json.loads(open(config_path).read())
+    del config["hubert_pretraining"]
+    with open(config_path, "w") as f:
+        json.dump(config, f)
     with pytest.raises(ValueError, match=r"pretraining_heads.safetensors: label_embs_concat has shape \(92, 16\)"):
         run(cfg, str(tmp_path / "mismatch"), stop_after=0)
 

@@ -156,14 +156,7 @@ class FineTuner(Trainer):
 
     def speech_config(self):
         cfg = self.cfg
-        if cfg.model.init_from:  # the architecture of the model we start from, with the run's overrides
-            from hubert_jax.config import SpeechConfig, read_json_object
-
-            base = SpeechConfig.from_dict(read_json_object(os.path.join(cfg.model.init_from, "config.json")))
-            overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(cfg.model.overrides).items()}
-            config = base.replace(**overrides)
-        else:
-            config = model_config(cfg.model)
+        config = model_config(cfg.model)  # init_from's architecture (or the preset), with the run's overrides
         if cfg.task == "ctc":
             return config.replace(vocab_size=len(self.meta["vocab"]), pad_token_id=self.tokenizer.pad_token_id,
                                   ctc_loss_reduction=cfg.finetune.ctc_loss_reduction, ctc_zero_infinity=True)

@@ -21,6 +21,7 @@ from hubert_jax.data.pipeline import (
 )
 from hubert_jax.sharding import mesh_from_config
 from hubert_jax.training.checkpoint import Checkpoints
+from hubert_jax.training.config import with_init_from_heads
 from hubert_jax.training.finetune import FINETUNE_TASKS, FineTuner, finetune_sources, read_meta
 from hubert_jax.training.metrics_log import MetricLog
 from hubert_jax.training.pretrain import Pretrainer, Trainer, param_count
@@ -77,6 +78,7 @@ def _check_batch_splits(cfg, mesh) -> None:
 
 def restore_latest(cfg, workdir: str, step: int | None = None):
     """(trainer, state) of a workdir's newest (or given) checkpoint, e.g. to export or inspect a run."""
+    cfg = with_init_from_heads(cfg)
     meta = read_meta(workdir) if cfg.task in FINETUNE_TASKS else None
     trainer = make_trainer(cfg, mesh_from_config(cfg.mesh), meta)
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
@@ -132,6 +134,7 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
                          f"host and pass the mount, e.g. /gcs/BUCKET/ckpt/run")
     os.makedirs(workdir, exist_ok=True)
     main_process = jax.process_index() == 0
+    cfg = with_init_from_heads(cfg)  # before anything reads the heads' settings; config.json records them
     config_json = cfg.to_json(sort_keys=True)
     if main_process:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
