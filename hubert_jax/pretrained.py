@@ -249,6 +249,7 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
     Returns the converted model."""
     from hubert_jax.convert import fairseq
     from hubert_jax.models import BASE_MODELS, TASK_CLASSES
+    from hubert_jax.processing import FeatureExtractor
 
     converted = fairseq.convert_checkpoint(fairseq.load_checkpoint(path), path, w2v_checkpoint)
     fields, kind = converted.fields, converted.kind
@@ -258,6 +259,9 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
     if dictionary is not None:
         vocab, vocab_source = fairseq.read_fairseq_dictionary(dictionary), dictionary
     tokenizer = None
+    if vocab is None and kind == "ForCTC":
+        logger.warning("%s: no target dictionary in the file, so no vocab.json: pass --dict dict.ltr.txt "
+                       "(dictionary=...) to write one", path)
     if vocab is not None:
         from hubert_jax.processing import CTCTokenizer
 
@@ -281,10 +285,10 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
             io.write_safetensors(head_arrays, tmp, PRETRAINING_HEADS[: -len(".safetensors")],
                                  metadata={"format": "hubert-jax", "source": "fairseq"})
         if tokenizer is not None:
-            from hubert_jax.processing import FeatureExtractor
-
             tokenizer.save_pretrained(tmp)
-            FeatureExtractor(return_attention_mask=config.feat_extract_norm == "layer").save_pretrained(tmp)
+        # the model's input as it was trained: fairseq's normalize, and masks only for layer-norm extractors
+        FeatureExtractor(do_normalize=converted.normalize,
+                         return_attention_mask=config.feat_extract_norm == "layer").save_pretrained(tmp)
 
     write_directory(directory, fill, overwrite=overwrite)
     return model

@@ -2,7 +2,7 @@
 
     python -m venv /tmp/peer && /tmp/peer/bin/pip install torch==2.13.0 && \
         /tmp/peer/bin/pip install fairseq-fixed soundfile && /tmp/peer/bin/pip install --no-deps s3prl
-    git clone https://github.com/microsoft/unilm /tmp/unilm     # WavLM.py + modules.py (standalone)
+    # unilm's standalone WavLM: wavlm/WavLM.py and wavlm/modules.py of GitHub's microsoft/unilm, in /tmp/unilm/wavlm
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /tmp/peer/bin/python scripts/make_peer_fixtures.py \
         --unilm /tmp/unilm/wavlm --out tests/fixtures/peer
 
@@ -35,6 +35,7 @@ fixtures at a few MB. Nothing here is imported by the package or the tests.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -428,10 +429,12 @@ def main(argv=None):
               "w2v_path": runs[name.replace("_ctc", "").replace("hubert", "hubert_base")]})
     save(args.out, "wav2vec2", record_fairseq_wav2vec2(fixtures.format("wav2vec2"), audio),
          {"tool": "fairseq-hydra-train", "versions": versions, "file": "checkpoint_last.pt"})
+    unilm = {f: hashlib.sha256(open(os.path.join(args.unilm, f), "rb").read()).hexdigest()[:16]
+             for f in ("WavLM.py", "modules.py")}
     for name, large in (("wavlm_base", False), ("wavlm_large", True)):
         os.makedirs(os.path.join(args.out, name))
         save(args.out, name, record_unilm(args.unilm, os.path.join(args.out, name), audio, large=large),
-             {"tool": "unilm WavLM.py", "versions": versions, "file": "wavlm.pt"})
+             {"tool": "unilm WavLM.py", "versions": versions, "unilm_sha256": unilm, "file": "wavlm.pt"})
     os.makedirs(os.path.join(args.out, "distilhubert"))
     save(args.out, "distilhubert", record_s3prl(os.path.join(args.out, "distilhubert"), audio),
          {"tool": "s3prl DistillerModel + UpstreamExpert", "versions": versions, "file": "states-1.ckpt"})

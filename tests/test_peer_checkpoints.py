@@ -103,6 +103,17 @@ def test_hubert_label_dictionaries_give_sizes_and_offset(tmp_path, name, sizes):
     assert head["untie_final_proj"] is True and head["final_dim"] == 16 and head["label_rate"] == 50
 
 
+@pytest.mark.parametrize("name,normalize", [("hubert_base", False), ("hubert_large", True),
+                                            ("hubert_large_dictconfig", True), ("wav2vec2_ctc", False),
+                                            ("wavlm_base", False), ("wavlm_large", True), ("distilhubert", False)])
+def test_feature_extractor_follows_the_training_normalisation(tmp_path, name, normalize):
+    """fairseq's task.normalize (unilm: the model's normalize) becomes do_normalize; masks go with
+    layer-norm extractors, as transformers' own configs have them."""
+    pre = json.loads((convert(name, tmp_path / "out") / "preprocessor_config.json").read_text())
+    assert pre["do_normalize"] is normalize and pre["return_attention_mask"] is normalize
+    assert pre["sampling_rate"] == 16000
+
+
 def test_ctc_vocabulary_comes_from_the_checkpoint(tmp_path):
     out = convert("wav2vec2_ctc", tmp_path / "out")
     vocab = json.loads((out / "vocab.json").read_text())
@@ -204,3 +215,35 @@ def test_init_from_continues_the_fairseq_run(tmp_path, name):
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, jax.device_get(state["params"]))
     still = [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(moved) if not m]
     assert not still, still
+
+
+def test_padding_rule_differs_from_fairseq_hubert_and_unilm(tmp_path):
+    """fairseq's HuBERT and unilm's WavLM call a frame padding only when all of its samples are padding;
+    transformers and hubert-jax (and fairseq's wav2vec 2.0) use the conv output length. For the 11840-sample
+    clip padded to 16000 that is 37 frames against 36, and the whole padded row differs (README:
+    "Padding frames"). Our padded layer-norm models give their unpadded outputs; the label pipeline's
+    feature dump uses each utterance's own conv length, fairseq's unpadded frame count."""
+    from hubert_jax.labels.dump import _layer_features
+    from hubert_jax.lengths import feat_extract_output_lengths
+
+    audio = clips()
+    x = np.zeros((2, len(audio[0])), np.float32)
+    mask = np.zeros(x.shape, np.int32)
+    for i, clip in enumerate(audio):
+        x[i, : len(clip)], mask[i, : len(clip)] = clip, 1
+    for name, fairseq_frames in (("hubert_large", 37), ("wavlm_large", 37), ("wav2vec2", 36)):
+        ref = expected(name)
+        model = hubert_jax.FlaxAutoModel.from_pretrained(convert(name, tmp_path / name))
+        ours = int(feat_extract_output_lengths(model.config, len(audio[1])))
+        assert ours == 36 and ref["padded_mask"].sum(1).tolist() == [49, fairseq_frames]
+        padded = np.asarray(model(jnp.asarray(x), attention_mask=jnp.asarray(mask)).last_hidden_state)
+        np.testing.assert_allclose(padded[0], ref["padded_last"][0], atol=TOL, rtol=0)  # the unpadded row
+        gap = np.abs(padded[1, :ours] - ref["padded_last"][1, :ours]).max()
+        assert (gap > 0.1) == (fairseq_frames != ours), (name, gap)
+        layer_norm = model.config.feat_extract_norm == "layer"
+        if layer_norm:  # (a group norm's statistics take in the padded samples, in every implementation)
+            np.testing.assert_allclose(padded[1, :ours], ref["last_1"], atol=TOL, rtol=0)  # = the clip alone
+        # the dump pads to a bucket with a mask (group norm: exact lengths) and keeps the conv length,
+        # fairseq's unpadded frame count
+        dumped = _layer_features(model, 2, audio[1], bucket=16000 if layer_norm else 0)
+        np.testing.assert_allclose(dumped, ref["hidden_1_2"], atol=TOL, rtol=0)

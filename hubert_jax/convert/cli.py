@@ -2,11 +2,12 @@
 
     python convert_pt_to_flax.py SRC OUT [--overwrite] [--no-verify]
     python convert_pt_to_flax.py SRC OUT --to-pytorch
+    python convert_pt_to_flax.py FINETUNED.pt OUT [--dict dict.ltr.txt] [--w2v-checkpoint PRETRAINED.pt]
 
 SRC (forward): a transformers PyTorch model directory (config.json + model.safetensors or
 pytorch_model.bin, sharded or not), or a fairseq HuBERT / wav2vec 2.0, unilm WavLM or s3prl
-DistilHuBERT checkpoint file. With --to-pytorch, SRC is a hubert-jax directory and OUT a
-transformers directory. OUT is written atomically and an existing non-empty OUT is refused
+DistilHuBERT checkpoint file (read without running any code from it). With --to-pytorch, SRC is a
+hubert-jax directory and OUT a transformers directory. OUT is written atomically and an existing non-empty OUT is refused
 unless --overwrite. Unless --no-verify, outputs are compared with transformers before OUT is written.
 """
 

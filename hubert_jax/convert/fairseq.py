@@ -216,6 +216,7 @@ class Converted:
     heads: dict  # HuBERT pretraining heads (fairseq names)
     kind: str  # 'Model', 'ForCTC' (fine-tuned) or 'ForPreTraining' (wav2vec 2.0 with its quantizer)
     vocab: dict | None = None  # a fine-tuned checkpoint's CTC vocabulary, from its target dictionary
+    normalize: bool = False  # the waveform normalisation the model was trained with (fairseq task.normalize)
 
 
 def _label_dictionaries(ckpt: Mapping, path: str) -> list[FairseqDictionary] | None:
@@ -346,7 +347,15 @@ def convert_checkpoint(ckpt: Mapping, path: str = "checkpoint", w2v_checkpoint: 
     if heads:
         fields["hubert_pretraining"] = _hubert_heads_config(model_cfg, heads, _label_dictionaries(ckpt, path), path)
     vocab = _ctc_vocab(ckpt, path) if lm_head else None
-    return Converted(fields, out, heads, kind, vocab)
+    return Converted(fields, out, heads, kind, vocab, _normalize(ckpt, model_cfg))
+
+
+def _normalize(ckpt: Mapping, model_cfg: Mapping) -> bool:
+    """fairseq keeps it in the task config (cfg.task, or the flat args), unilm in the model config."""
+    for source in (_as_dict(ckpt.get("cfg")).get("task"), ckpt.get("args"), model_cfg):
+        if isinstance(source, Mapping) and "normalize" in source:
+            return bool(source["normalize"])
+    return False
 
 
 def load_checkpoint(path: str) -> dict:
