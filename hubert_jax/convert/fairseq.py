@@ -16,6 +16,8 @@ import os
 import re
 from typing import Mapping
 
+import numpy as np
+
 from hubert_jax.convert import unpickle
 from hubert_jax.convert.unpickle import FairseqDictionary, plain
 
@@ -219,9 +221,13 @@ class Converted:
     normalize: bool = False  # the waveform normalisation the model was trained with (fairseq task.normalize)
 
 
+def _task_state(ckpt: Mapping) -> Mapping:
+    task_state = ckpt.get("task_state")
+    return task_state if isinstance(task_state, Mapping) else {}
+
+
 def _label_dictionaries(ckpt: Mapping, path: str) -> list[FairseqDictionary] | None:
-    task_state = ckpt.get("task_state") or {}
-    dictionaries = task_state.get("dictionaries") if isinstance(task_state, Mapping) else None
+    dictionaries = _task_state(ckpt).get("dictionaries")
     if dictionaries is None:
         return None
     dictionaries = list(dictionaries) if isinstance(dictionaries, (list, tuple)) else [dictionaries]
@@ -272,8 +278,7 @@ def _hubert_heads_config(model_cfg: Mapping, heads: dict, dictionaries, path: st
 
 
 def _ctc_vocab(ckpt: Mapping, path: str) -> dict[str, int] | None:
-    task_state = ckpt.get("task_state") or {}
-    d = task_state.get("target_dictionary") if isinstance(task_state, Mapping) else None
+    d = _task_state(ckpt).get("target_dictionary")
     if not isinstance(d, FairseqDictionary):
         return None
     if (d.bos_index, d.pad_index, d.eos_index, d.unk_index, d.nspecial) != (0, 1, 2, 3, 4):
@@ -315,8 +320,6 @@ def convert_checkpoint(ckpt: Mapping, path: str = "checkpoint", w2v_checkpoint: 
     if "post_extract_proj.weight" not in state and fields["conv_dim"][-1] == fields["hidden_size"]:
         # fairseq, unilm and s3prl skip the projection when the conv width is the model width; transformers
         # always has one: the identity
-        import numpy as np
-
         width = fields["hidden_size"]
         state["post_extract_proj.weight"] = np.eye(width, dtype=np.float32)
         state["post_extract_proj.bias"] = np.zeros(width, np.float32)
@@ -387,14 +390,15 @@ def ctc_vocab(symbols, where: str) -> dict[str, int]:
 
 def read_fairseq_dictionary(path: str) -> dict[str, int]:
     """A fairseq `dict.ltr.txt` ("symbol count" lines) -> a transformers CTC vocabulary (`ctc_vocab`)."""
-    symbols = []
+    symbols, seen = [], {"<pad>", "<s>", "</s>", "<unk>"}
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
                 continue
             symbol = line.rsplit(" ", 1)[0] if " " in line else line
-            if symbol in symbols or symbol in ("<pad>", "<s>", "</s>", "<unk>"):
+            if symbol in seen:  # named here with its line; ctc_vocab would only name the file
                 raise ValueError(f"{path}:{line_no}: symbol {symbol!r} appears twice")
+            seen.add(symbol)
             symbols.append(symbol)
     return ctc_vocab(symbols, path)
