@@ -16,6 +16,13 @@ import math
 
 import numpy as np
 
+from hubert_jax.data.buckets import (
+    BatchPlan,
+    BucketedBatches,
+    batch_sizes,
+    check_buckets,
+    crop_bucket,
+)
 from hubert_jax.data.manifest import (
     SAMPLE_RATE,
     IntLabelFile,
@@ -36,10 +43,17 @@ class DataConfig:
     min_samples: int = 32000  # fairseq min_sample_size
     normalize: bool = False  # layer-norm each waveform (fairseq `normalize`, true for large/xlarge)
     label_tolerance_s: float = 0.1  # allowed label/audio duration mismatch (fairseq's tol)
+    # length buckets (samples) and the samples of one global batch (hubert_jax/data/buckets.py); empty:
+    # every batch is `batch_size` crops of `crop_samples`
+    buckets: tuple[int, ...] = ()
+    max_tokens: int = 0
 
     @property
     def label_length(self) -> int:
-        return int(round(self.crop_samples * self.label_rate / SAMPLE_RATE))
+        return self.labels_for(self.crop_samples)
+
+    def labels_for(self, samples: int) -> int:
+        return int(round(samples * self.label_rate / SAMPLE_RATE))
 
 
 class LabeledAudio:
@@ -72,6 +86,10 @@ class LabeledAudio:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def item_buckets(self, buckets) -> list[int]:
+        """Pretraining: each utterance is cropped to the longest bucket it fills."""
+        return [crop_bucket(e.num_samples, buckets) for e in self.entries]
+
     def check_num_classes(self, num_classes, label_offset: int = 0) -> None:
         """Every label must have a label embedding: a label >= K would silently turn the loss into NaN."""
         if len(num_classes) != len(self.config.labels):
@@ -100,14 +118,17 @@ def window(audio: np.ndarray, size: int, rng: np.random.Generator):
     return values, mask, start
 
 
-def crop_and_pad(example, rng: np.random.Generator, config: DataConfig):
-    """A `crop_samples` window at a random offset (labels cut at the same time), or zero padding."""
-    out_audio, mask, start = window(example["audio"], config.crop_samples, rng)
-    label_start = int(round(start * config.label_rate / SAMPLE_RATE))
+def crop_and_pad(example, rng: np.random.Generator, config: DataConfig, size: int | None = None):
+    """A window of `size` (default `crop_samples`) samples at a random offset (labels cut at the same
+    time), or zero padding."""
+    size = config.crop_samples if size is None else size
+    out_audio, mask, start = window(example["audio"], size, rng)
+    label_start = config.labels_for(start)
+    label_length = config.labels_for(size)
     labels = []
     for lab in example["labels"]:
-        cut = lab[label_start: label_start + config.label_length]
-        labels.append(np.pad(cut, (0, config.label_length - len(cut)), constant_values=-1))
+        cut = lab[label_start: label_start + label_length]
+        labels.append(np.pad(cut, (0, label_length - len(cut)), constant_values=-1))
     out = {"input_values": out_audio, "attention_mask": mask}
     if labels:
         out["labels"] = np.stack(labels)
@@ -145,16 +166,25 @@ def host_part(ds, *, global_batch: int, process_index: int, process_count: int):
 
 
 def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, shuffle: bool = True, repeat: bool = True, transform=None):
+                 process_count: int = 1, shuffle: bool = True, repeat: bool = True, transform=None,
+                 data_shards: int = 1):
     """A grain MapDataset of this host's part of each global batch (`batch_size` is the global batch).
 
     The order, the crops and the contents of every global batch depend only on the seed, never on the
     number of hosts: the shuffle and the crop offsets are drawn over the whole manifest, and host h reads
     rows [h * b, (h + 1) * b) of each global batch (b = batch_size / hosts). So a run on 4 hosts trains on
-    exactly the batches a run on 1 host does. `transform(example, rng)` makes an example fixed-size (default:
-    the pretraining crop, `crop_and_pad`)."""
+    exactly the batches a run on 1 host does. `transform(example, rng, size)` makes an example `size`
+    samples long (default: the pretraining crop, `crop_and_pad`). With `config.buckets`, each global batch
+    is one bucket's, of the rows `config.max_tokens` holds (a multiple of `data_shards` and the hosts), and
+    `batch_size` is not used (hubert_jax/data/buckets.py)."""
     import grain
 
+    transform = transform or (lambda ex, rng, size=None: crop_and_pad(ex, rng, config, size))
+    if config.buckets:
+        return grain.MapDataset.source(bucketed_batches(source, config, seed=seed, process_index=process_index,
+                                                        process_count=process_count, shuffle=shuffle,
+                                                        repeat=repeat, transform=transform,
+                                                        data_shards=data_shards))
     if batch_size % process_count:
         raise ValueError(f"the global batch ({batch_size}) must be divisible by the {process_count} hosts")
     if len(source) < batch_size:
@@ -164,19 +194,30 @@ def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, proc
         ds = ds.shuffle(seed=seed)
     if repeat:
         ds = ds.repeat(None)
-    transform = transform or (lambda ex, rng: crop_and_pad(ex, rng, config))
     ds = ds.random_map(transform, seed=seed)
     if process_count > 1:
         ds = host_part(ds, global_batch=batch_size, process_index=process_index, process_count=process_count)
     return ds.batch(batch_size // process_count, drop_remainder=True)
 
 
+def bucketed_batches(source, config: DataConfig, *, seed: int, process_index: int, process_count: int,
+                     shuffle: bool, repeat: bool, transform, data_shards: int) -> BucketedBatches:
+    buckets = check_buckets(config.buckets)
+    if config.max_tokens <= 0:
+        raise ValueError("data.buckets needs data.max_tokens (samples per global batch)")
+    sizes = batch_sizes(buckets, config.max_tokens, math.lcm(data_shards, process_count))
+    plan = BatchPlan(source.item_buckets(buckets), sizes, seed=seed, shuffle=shuffle, repeat=repeat)
+    return BucketedBatches(source, plan, buckets, transform, process_index=process_index,
+                           process_count=process_count)
+
+
 def make_iterator(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, num_threads: int = 2, prefetch: int = 4, transform=None):
+                  process_count: int = 1, num_threads: int = 2, prefetch: int = 4, transform=None,
+                  data_shards: int = 1):
     """An endless, checkpointable iterator (grain DatasetIterator: get_state / set_state) over this host's
-    part of each global batch of `batch_size`."""
+    part of each global batch (of `batch_size`, or bucketed: see make_dataset)."""
     import grain
 
     ds = make_dataset(source, config, batch_size=batch_size, seed=seed, process_index=process_index,
-                      process_count=process_count, transform=transform)
+                      process_count=process_count, transform=transform, data_shards=data_shards)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))

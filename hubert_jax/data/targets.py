@@ -22,6 +22,7 @@ import logging
 import numpy as np
 
 from hubert_jax.data.manifest import SAMPLE_RATE, check_files_exist, read_entry_audio, read_manifest
+from hubert_jax.data.buckets import pad_bucket
 from hubert_jax.data.pipeline import window
 
 logger = logging.getLogger(__name__)
@@ -121,14 +122,24 @@ class TargetAudio:
         audio = read_entry_audio(self.manifest, self.entries[index], normalize=self.normalize)
         return {"audio": audio, "target": self.targets[index]}
 
-    def pad(self, example, rng: np.random.Generator):
-        """Grain random_map: pad (or, for classification, randomly crop) to max_samples; pad the labels."""
-        values, mask, start = window(example["audio"], self.max_samples, rng)
+    def item_buckets(self, buckets) -> list[int]:
+        """Fine-tuning: each utterance whole, in the shortest bucket that holds it (the caller makes the
+        last bucket hold the longest, max_samples)."""
+        if buckets[-1] < self.max_samples:
+            raise ValueError(f"data.buckets: the last bucket ({buckets[-1]}) must hold the longest utterance "
+                             f"({self.max_samples} samples)")
+        return [pad_bucket(min(e.num_samples, self.max_samples), buckets) for e in self.entries]
+
+    def pad(self, example, rng: np.random.Generator, size: int | None = None):
+        """Pad (or, for classification, randomly crop) to `size` (default max_samples); pad the labels."""
+        size = self.max_samples if size is None else size
+        values, mask, start = window(example["audio"], size, rng)
         target = example["target"]
         if self.frame_rate is not None:  # frame labels: the crop's window, -100 past the audio
             first = int(round(start * self.frame_rate / SAMPLE_RATE))
-            labels = np.full(self.label_length, CTC_IGNORE, np.int32)
-            cut = np.asarray(target[first: first + self.label_length], np.int32)
+            length = int(round(size * self.frame_rate / SAMPLE_RATE))
+            labels = np.full(length, CTC_IGNORE, np.int32)
+            cut = np.asarray(target[first: first + length], np.int32)
             labels[: len(cut)] = cut
         elif self.label_length is not None:
             labels = np.full(self.label_length, CTC_IGNORE, np.int32)

@@ -52,6 +52,12 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     # global batch in utterances. fairseq base: 32 GPUs x 1.4M samples (87.5 s) of crops of at most
     # 250k samples (15.6 s), i.e. 5 full crops per GPU = 160
     c.data.batch_size = 160
+    # length buckets (hubert_jax/data/buckets.py): a few crop lengths in samples and the samples of one
+    # global batch; each batch is one bucket's, its rows what max_tokens holds (batch_size is then unused).
+    # Pretraining crops each utterance to the longest bucket it fills (no padding); fine-tuning pads it to
+    # the shortest that holds it (the longest utterance is always the last bucket). Empty: fixed crops.
+    c.data.buckets = ()
+    c.data.max_tokens = 0
     c.data.num_threads = 2
     # fine-tuning: every utterance is padded to this many samples (0: the longest of the splits); CTC
     # leaves longer ones out, classification crops them

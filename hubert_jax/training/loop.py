@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ import time
 import jax
 import numpy as np
 
+from hubert_jax.data.buckets import batch_sizes
 from hubert_jax.data.manifest import SAMPLE_RATE
 from hubert_jax.data.pipeline import (
     DataConfig,
@@ -62,15 +64,31 @@ def data_config(cfg, split: str) -> DataConfig:
     labels = () if cfg.task == "distill" else tuple(part.labels)  # distillation needs no labels
     return DataConfig(manifest=part.manifest, labels=labels, label_rate=cfg.model.head.label_rate,
                       crop_samples=cfg.data.crop_samples, min_samples=cfg.data.min_samples,
-                      normalize=cfg.data.normalize)
+                      normalize=cfg.data.normalize, buckets=tuple(cfg.data.get("buckets", ())),
+                      max_tokens=int(cfg.data.get("max_tokens", 0)))
+
+
+def finetune_data_config(cfg, manifest: str, max_samples: int) -> DataConfig:
+    """Whole utterances: with data.buckets, those up to the longest utterance (`max_samples`), which
+    is always the last bucket, so that every utterance is kept."""
+    buckets = tuple(b for b in cfg.data.get("buckets", ()) if b < max_samples)
+    buckets = buckets + (max_samples,) if cfg.data.get("buckets") else ()
+    return DataConfig(manifest=manifest, buckets=buckets, max_tokens=int(cfg.data.get("max_tokens", 0)))
+
+
+def data_shards(mesh) -> int:
+    return mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
 
 
 def _check_batch_splits(cfg, mesh) -> None:
-    """Before anything is read: the global batch must split over the hosts and over the data axes."""
+    """Before anything is read: the global batch must split over the hosts and over the data axes
+    (bucketed batches are sized to split, hubert_jax/data/buckets.py)."""
+    if cfg.data.get("buckets"):
+        return
     if cfg.data.batch_size % jax.process_count():
         raise ValueError(f"config.data.batch_size ({cfg.data.batch_size}) must be divisible by the "
                          f"{jax.process_count()} hosts")
-    shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    shards = data_shards(mesh)
     if cfg.data.batch_size % shards:
         raise ValueError(f"config.data.batch_size ({cfg.data.batch_size}) must be divisible by the mesh's data x fsdp "
                          f"axes ({shards} = {dict(mesh.shape)})")
@@ -101,7 +119,7 @@ def evaluate(trainer: Trainer, state, source, data_cfg: DataConfig, batch_size: 
     crops and masks every time)."""
     ds = make_dataset(source, data_cfg, batch_size=batch_size, seed=trainer.cfg.seed, shuffle=False, repeat=False,
                       process_index=jax.process_index(), process_count=jax.process_count(),
-                      transform=getattr(source, "pad", None))
+                      transform=getattr(source, "pad", None), data_shards=data_shards(trainer.mesh))
     count = min(len(ds), max_batches)
     metrics = [jax.device_get(trainer.eval_step(state, _global_batch(trainer, ds[i]), trainer.eval_key(i)))
                for i in range(count)]
@@ -149,8 +167,9 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     meta = None
     if cfg.task in FINETUNE_TASKS:  # whole utterances and their transcripts / labels
         train_source, valid_source, meta = finetune_sources(cfg, workdir)
-        train_cfg = DataConfig(manifest=cfg.data.train.manifest)
-        valid_cfg = DataConfig(manifest=cfg.data.valid.manifest) if valid_source is not None else None
+        train_cfg = finetune_data_config(cfg, cfg.data.train.manifest, meta["max_samples"])
+        valid_cfg = (finetune_data_config(cfg, cfg.data.valid.manifest, meta["max_samples"])
+                     if valid_source is not None else None)
     else:  # pretraining crops and frame labels
         train_cfg = data_config(cfg, "train")
         need_labels = cfg.task == "hubert"
@@ -162,7 +181,8 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
                 source.check_num_classes(tuple(cfg.model.head.num_classes), cfg.model.head.get("label_offset", 0))
     iterator = make_iterator(train_source, train_cfg, batch_size=batch_size, seed=cfg.seed,
                              process_index=jax.process_index(), process_count=jax.process_count(),
-                             num_threads=cfg.data.num_threads, transform=getattr(train_source, "pad", None))
+                             num_threads=cfg.data.num_threads, transform=getattr(train_source, "pad", None),
+                             data_shards=data_shards(mesh))
 
     # ------------------------------------------------------------------ state: resume, init_from or fresh
     trainer = make_trainer(cfg, mesh, meta)
@@ -178,8 +198,15 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
             state = trainer.load_initial(state, cfg.model.init_from)
             log.message(f"initialised from {cfg.model.init_from}")
     step = int(jax.device_get(state["step"]))
-    log.message(f"{param_count(state['params']):,} parameters; mesh {dict(mesh.shape)}; global batch "
-                f"{cfg.data.batch_size} x {(meta or {}).get('max_samples', cfg.data.crop_samples) / SAMPLE_RATE:.2f} s; "
+    if train_cfg.buckets:
+        shapes = ", ".join(f"{size} x {length / SAMPLE_RATE:.2f} s" for size, length in
+                           zip(batch_sizes(train_cfg.buckets, train_cfg.max_tokens,
+                                           math.lcm(data_shards(mesh), jax.process_count())), train_cfg.buckets))
+        batches = f"bucketed global batches ({shapes}; {train_cfg.max_tokens:,} samples each at most)"
+    else:
+        batches = (f"global batch {cfg.data.batch_size} x "
+                   f"{(meta or {}).get('max_samples', cfg.data.crop_samples) / SAMPLE_RATE:.2f} s")
+    log.message(f"{param_count(state['params']):,} parameters; mesh {dict(mesh.shape)}; {batches}; "
                 f"steps {step} -> {total}")
 
     # ------------------------------------------------------------------ preemption
@@ -202,12 +229,21 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     last_train: dict = {}
     last_valid: dict = {}
     audio_seconds = 0.0
+    compiled: set = set()
     tick = time.perf_counter()
     try:
         while step < end:
             batch = next(iterator)
             audio_seconds += float(batch["attention_mask"].sum()) / SAMPLE_RATE * jax.process_count()
+            shape = batch["input_values"].shape
+            new_shape = shape not in compiled
+            started = time.perf_counter()
             state, metrics = trainer.train_step(state, _global_batch(trainer, batch))
+            if new_shape:  # the first step of each batch shape compiles it (or reads the compilation cache)
+                jax.block_until_ready(metrics)
+                compiled.add(shape)
+                log.message(f"batch shape {shape[0] * jax.process_count()} x {shape[1]}: first step "
+                            f"{time.perf_counter() - started:.1f} s (compilation)")
             step += 1
             pending.append((step, metrics))
             logging_step = step % cfg.train.log_every == 0 or step == end
