@@ -148,3 +148,78 @@ def test_a_bucketed_batch_scores_like_its_crops_one_by_one(tmp_path):
         counts += int(one["masked_frames"])
     np.testing.assert_allclose(float(metrics["loss_m"]), sums / counts, rtol=1e-5)
     np.testing.assert_allclose(float(loss) - 10 * float(metrics["features_pen"]), sums / counts, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- whole runs with buckets
+def bucket_flags(root) -> list[str]:
+    config = short_corpus(root)
+    return [f"--config.data.train.manifest={config.manifest}", f"--config.data.train.labels=('{config.labels[0]}',)",
+            "--config.data.valid.manifest=", f"--config.data.buckets={BUCKETS}",
+            f"--config.data.max_tokens={MAX_TOKENS}", "--config.data.min_samples=8000",
+            "--config.model.head.num_classes=(50,)", "--config.model.head.label_rate=100.0"]
+
+
+def bucketed_config(root):
+    from tests import tiny_config
+
+    cfg = tiny_config.get_config()
+    config = short_corpus(root)
+    cfg.data.train.update(dict(manifest=config.manifest, labels=config.labels))
+    cfg.data.valid.manifest = ""
+    cfg.data.update(dict(buckets=BUCKETS, max_tokens=MAX_TOKENS, min_samples=8000))
+    cfg.model.head.update(dict(num_classes=(50,), label_rate=100.0))
+    return cfg
+
+
+def test_kill_9_then_restart_is_bit_identical_with_buckets(tmp_path):
+    import signal
+    import subprocess
+
+    from hubert_jax.training.loop import restore_latest, run
+    from tests.test_train import ROOT, TRAIN, _start, _wait_for_step, assert_same_params
+
+    corpus = tmp_path / "corpus"
+    reference = run(bucketed_config(corpus), str(tmp_path / "reference"))
+    assert reference.step == 12
+    kill_at = int(np.random.default_rng(99).integers(2, 10))
+    flags = bucket_flags(corpus) + ["--config.train.checkpoint_every=1"]
+    (tmp_path / "run").mkdir()
+    proc = _start(tmp_path / "run", *flags)
+    _wait_for_step(proc, tmp_path / "run", kill_at)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(TRAIN + ["--workdir", str(tmp_path / "run"), *flags], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resumed from" in done.stdout and "(compilation)" in done.stdout + done.stderr
+    cfg = bucketed_config(corpus)
+    cfg.train.checkpoint_every = 1
+    _, state = restore_latest(cfg, str(tmp_path / "run"))
+    assert int(state["step"]) == 12
+    assert_same_params(reference.state, state)
+
+
+def test_two_processes_train_like_one_with_buckets(tmp_path):
+    import subprocess
+
+    from hubert_jax.training.loop import restore_latest
+    from tests.test_scale import _assert_params_close, _env, _free_port, _train_cmd
+
+    flags = bucket_flags(tmp_path / "corpus")
+    port = _free_port()
+    procs = [subprocess.Popen(_train_cmd(tmp_path / "two", *flags, "--coordinator_address", f"127.0.0.1:{port}",
+                                         "--num_processes", "2", "--process_id", str(i)),
+                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    one = subprocess.run(_train_cmd(tmp_path / "one", *flags), env=_env(4), capture_output=True, text=True,
+                         timeout=600)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert one.returncode == 0, one.stderr[-3000:]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    cfg = bucketed_config(tmp_path / "corpus")
+    cfg.train.update(dict(steps=4, checkpoint_every=4, eval_every=100))
+    _, two = restore_latest(cfg, str(tmp_path / "two"))
+    _, single = restore_latest(cfg, str(tmp_path / "one"))
+    assert int(two["step"]) == int(single["step"]) == 4
+    _assert_params_close(two["params"], single["params"])
