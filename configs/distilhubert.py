@@ -10,9 +10,11 @@ layout) starts from the teacher's conv stack, projection, positional conv and fi
 heads regress teacher layers 4, 8 and 12 with L1 + cosine (-log sigmoid) losses. Runner settings from
 s3prl: 200k steps, batch 24, peak lr 2e-4 with 7 % linear warmup then linear decay, gradient clipping 10.
 No labels are needed. The run exports the student as a transformers HubertModel directory via
-`hubert_jax.training.pretrain.export_model`.
+`hubert_jax.training.pretrain.export_model`. s3prl batches utterances of similar length; here length buckets
+with the budget of its 24 full crops (hubert_jax/data/buckets.py).
 """
 
+from hubert_jax.data.buckets import geometric
 from hubert_jax.training.config import pretraining_defaults
 
 
@@ -25,7 +27,8 @@ def get_config():
                           init_from_teacher=True))
     c.data.train.labels = ()
     c.data.valid.labels = ()
-    c.data.batch_size = 24
+    c.data.buckets = geometric(32000, 250000, 1.25)  # as configs/hubert_base_iter1.py
+    c.data.max_tokens = 24 * 250000  # s3prl: 24 utterances of up to 250k samples
     c.loss.feature_grad_mult = 0.1
     c.optim.update(dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=10.0))
     c.optim.schedule.update(dict(kind="polynomial", peak=2e-4, warmup_steps=14000, total_steps=200000, end_ratio=0.0))

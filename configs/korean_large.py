@@ -11,6 +11,7 @@ Card: batch 128, 400k steps, warmup 32k, peak lr 1.5e-3, weight decay 0.01, Adam
 decay 0.1" (linear to 0.1 x peak, see hubert_jax/training/optim.py). Other settings follow fairseq large.
 """
 
+from hubert_jax.data.buckets import geometric
 from hubert_jax.training.config import pretraining_defaults
 
 
@@ -21,7 +22,9 @@ def get_config():
                                   feat_proj_dropout=0.0, layerdrop=0.0))
     c.model.head.update(dict(num_classes=(500,), final_dim=768, label_rate=50.0))
     c.data.normalize = True
-    c.data.batch_size = 128
+    c.data.min_samples = 8000
+    c.data.buckets = geometric(8000, 250000, 1.25)  # why: configs/korean_base.py
+    c.data.max_tokens = 128 * 64000
     c.loss.feature_grad_mult = 1.0
     c.optim.update(dict(b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
     c.optim.schedule.update(dict(kind="polynomial", peak=1.5e-3, warmup_steps=32000, total_steps=400000,

@@ -80,6 +80,30 @@ def test_full_size_builds_abstractly(name):
     assert param_count(trainer.abstract_state["opt_state"]) == 2 * params + 2
 
 
+PRETRAINING = ("hubert_base_iter1", "hubert_base_iter2", "hubert_large", "hubert_xlarge", "korean_base",
+               "korean_large", "distilhubert")
+# (max_tokens, data shards, rows of the 250k bucket): fairseq's budgets, samples per GPU x GPUs, on its GPU
+# count (fairseq's own per-GPU batches: 5, 3 and 1 full crops); s3prl's 24 crops; the Korean recipes on 32 chips
+BUDGETS = {"hubert_base_iter1": (1_400_000 * 32, 32, 160), "hubert_base_iter2": (1_400_000 * 32, 32, 160),
+           "hubert_large": (900_000 * 128, 128, 384), "hubert_xlarge": (360_000 * 256, 256, 256),
+           "korean_base": (128 * 64000, 32, 32), "korean_large": (128 * 64000, 32, 32),
+           "distilhubert": (24 * 250000, 8, 24)}
+
+
+@pytest.mark.parametrize("name", PRETRAINING)
+def test_pretraining_recipes_batch_by_a_token_budget_over_buckets(name):
+    from hubert_jax.data.buckets import batch_sizes
+
+    cfg = importlib.import_module(f"configs.{name}").get_config()
+    max_tokens, shards, longest_rows = BUDGETS[name]
+    assert cfg.data.max_tokens == max_tokens and cfg.data.buckets[-1] == 250000
+    assert cfg.data.buckets[0] == cfg.data.min_samples  # nothing shorter than the smallest bucket is kept
+    sizes = batch_sizes(cfg.data.buckets, cfg.data.max_tokens, shards)
+    assert sizes[-1] == longest_rows and all(s % shards == 0 for s in sizes)
+    ratios = np.array(cfg.data.buckets[1:-1]) / np.array(cfg.data.buckets[:-2])
+    assert np.all(ratios < 1.26)  # an utterance keeps at least 1 / 1.26 of itself
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_two_real_steps_with_a_shrunk_model(name, tmp_path):
     cfg = tiny_config.shrink(importlib.import_module(f"configs.{name}").get_config(), steps=2)

@@ -26,6 +26,8 @@ def shrink(c, *, steps=12):
     c.data.crop_samples = 8000
     c.data.min_samples = 8000
     c.data.batch_size = 8
+    if c.data.buckets:  # a recipe's buckets, at the demo corpus' scale (its utterances are 2.2-4.5 s)
+        c.data.buckets, c.data.max_tokens = (16000, 32000), 8 * 32000
     c.data.num_threads = 1
     c.train.update(dict(steps=steps, log_every=1, eval_every=6, eval_batches=2, checkpoint_every=3,
                         keep_checkpoints=2, tensorboard=False))

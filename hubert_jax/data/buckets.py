@@ -37,6 +37,16 @@ def batch_sizes(buckets, max_tokens: int, multiple: int) -> tuple[int, ...]:
     return sizes
 
 
+def geometric(smallest: int, largest: int, ratio: float, multiple: int = 320) -> tuple[int, ...]:
+    """Bucket lengths from `smallest` to `largest` samples, each `ratio` times the one before (rounded to
+    `multiple`, one frame of 20 ms): cropping an utterance down to its bucket keeps at least 1 / ratio of it."""
+    lengths, length = [], float(smallest)
+    while length < largest:
+        lengths.append(int(round(length / multiple)) * multiple)
+        length *= ratio
+    return tuple(sorted(set(lengths + [largest])))
+
+
 def check_buckets(buckets) -> tuple[int, ...]:
     buckets = tuple(int(b) for b in buckets)
     if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
