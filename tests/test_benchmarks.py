@@ -40,3 +40,17 @@ def test_benchmark_prints_its_table(script, args, prefix, columns):
     speeds = [float(c) for c in cells[2:5]]  # hubert-jax and torch audio s/s, then the ratio of times
     assert all(s > 0 for s in speeds), cells
     assert re.fullmatch(r"n/a|\d+\.\d%", cells[-1]), cells  # MFU: no peak FLOPs on CPU
+
+
+def test_batching_benchmark_prints_its_table():
+    stdout = run_benchmark("batching.py", "--smoke")
+    assert stdout.startswith("device: "), stdout
+    for corpus in ("librispeech", "korean"):
+        for scheme in ("fixed crops", "buckets"):
+            rows = [line for line in stdout.splitlines() if line.startswith(f"| {corpus}") and f"| {scheme} |" in line]
+            assert len(rows) == 1, stdout
+            cells = [c.strip() for c in rows[0].strip("|").split("|")]
+            assert cells[2].endswith("%") and cells[3].endswith("%") and int(cells[4]) >= 1 and float(cells[5]) > 0
+        padding = [line for line in stdout.splitlines() if line.startswith(f"| {corpus}") and "| buckets |" in line]
+        assert padding[0].split("|")[3].strip() == "0.0%"  # cropped to the bucket: no padding
+    assert "audio s/s per core" in stdout.splitlines()[-1]
