@@ -24,7 +24,11 @@ def test_mfcc_kmeans_label_quality_on_the_demo_corpus(tmp_path, capsys):
                  "--out", str(tmp_path / "valid.km")]) == 0
     km = read_int_labels(str(tmp_path / "valid.km"), lengths)
     assert all(k.max() < 20 for k in km)
-    capsys.readouterr()
+    # each stage reports its progress with the time left; not a terminal here: plain lines, no redraws
+    err = capsys.readouterr().err
+    for stage in ("mfcc: 100%", "k-means: ", "label: 100%"):
+        assert stage in err, err[-2000:]
+    assert "\r" not in err and "<" in err.split("mfcc: 100%")[1].splitlines()[0]
     assert main(["quality", "--km", str(tmp_path / "valid.km"), "--phones", os.path.join(DEMO, "valid.phn"),
                  "--manifest", manifest]) == 0
     pnmi = float(capsys.readouterr().out.split("PNMI")[1].split()[0])

@@ -32,6 +32,7 @@ from hubert_jax.data.manifest import (
 )
 from hubert_jax.labels.features import load_features, save_features, split_utterances
 from hubert_jax.labels.mfcc import mfcc_with_deltas
+from hubert_jax.progress import Progress, main_process
 
 
 def cmd_mfcc(args) -> None:
@@ -40,7 +41,9 @@ def cmd_mfcc(args) -> None:
     stream, skipped = iter_audio(entries, strict=args.strict)
     features, batch, seconds, start = [], [], 0.0, time.perf_counter()
     done = {e.line: None for e in entries}  # keyed by manifest line: a file may be listed twice
+    bar = Progress(len(entries), "mfcc", unit="utt", enabled=main_process())
     for entry, audio in stream:
+        bar.update()
         batch.append((entry, audio))
         seconds += len(audio) / 16000
         if len(batch) == args.batch:
@@ -49,6 +52,7 @@ def cmd_mfcc(args) -> None:
             batch = []
     for (e, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
         done[e.line] = f
+    bar.close()
     elapsed = time.perf_counter() - start
     features = [done[e.line] if done[e.line] is not None else np.zeros((0, 39), np.float32) for e in entries]
     save_features(args.out, features, dims=39)
@@ -74,7 +78,8 @@ def cmd_kmeans(args) -> None:
 
         mesh = make_mesh({"data": -1})
     start = time.perf_counter()
-    centers = fit(feats, config, rows=rows, mesh=mesh)
+    centers = fit(feats, config, rows=rows, mesh=mesh,
+                  progress=lambda total: Progress(total, "k-means", unit="batch", enabled=main_process()))
     if jax.process_index() == 0:
         save_centroids(args.out, centers)
     elapsed = time.perf_counter() - start
@@ -98,7 +103,8 @@ def cmd_label(args) -> None:
         raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
                          f"in {args.feats}.npy")
     if jax.process_count() == 1:
-        labels = predict(feats, centers)
+        with Progress(len(feats), "label", unit="frame", enabled=main_process()) as bar:
+            labels = predict(feats, centers, progress=bar)
         write_int_labels(args.out, split_utterances(labels, lengths))
         print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
         return
@@ -107,7 +113,8 @@ def cmd_label(args) -> None:
     rank, world = jax.process_index(), jax.process_count()
     first, last = shard_range(len(lengths), world, rank)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    labels = predict(feats, centers, start=int(offsets[first]), stop=int(offsets[last]))
+    with Progress(int(offsets[last] - offsets[first]), "label", unit="frame", enabled=rank == 0) as bar:
+        labels = predict(feats, centers, start=int(offsets[first]), stop=int(offsets[last]), progress=bar)
     part = f"{args.out}.part{rank}-of-{world}"
     write_int_labels(part, split_utterances(labels, lengths[first:last]))
     multihost_utils.sync_global_devices(f"label parts {args.out}")
@@ -147,8 +154,12 @@ def cmd_dump(args) -> None:
     world = jax.process_count() if args.world is None else args.world
     prefix = f"{args.out}_{rank}_{world}"
     start = time.perf_counter()
-    stats = dump_features(model, entries, prefix, layer=args.layer, rank=rank, world=world,
-                          chunk_size=args.chunk_size, bucket=args.bucket, strict=args.strict)
+    from hubert_jax.labels.dump import shard_range
+
+    first, last = shard_range(len(entries), world, rank)
+    with Progress(last - first, f"dump layer {args.layer}", unit="utt", enabled=main_process()) as bar:
+        stats = dump_features(model, entries, prefix, layer=args.layer, rank=rank, world=world,
+                              chunk_size=args.chunk_size, bucket=args.bucket, strict=args.strict, progress=bar)
     elapsed = time.perf_counter() - start
     print(f"{prefix}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
           f"{stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "

@@ -57,8 +57,9 @@ def _forward(model, x, mask):
 
 
 def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank: int = 0, world: int = 1,
-                  chunk_size: int = 64, bucket: int = 16000, strict: bool = False) -> dict:
-    """Dump hidden_states[layer] for this rank's slice of `entries`; returns counts for reporting."""
+                  chunk_size: int = 64, bucket: int = 16000, strict: bool = False, progress=None) -> dict:
+    """Dump hidden_states[layer] for this rank's slice of `entries`; returns counts for reporting.
+    `progress` (hubert_jax.progress.Progress over this rank's utterances) advances per chunk."""
     if not 0 <= layer <= model.config.num_hidden_layers:
         raise ValueError(f"layer {layer}: the model has hidden states 0..{model.config.num_hidden_layers}")
     start, end = shard_range(len(entries), world, rank)
@@ -70,6 +71,8 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
     computed, skipped_files, seconds = 0, [], 0.0
     for index, chunk in enumerate(chunks):
         path = f"{prefix}.chunk{index:05d}"
+        if progress is not None:
+            progress.update(len(chunk))
         if os.path.exists(path + ".npy") and os.path.exists(path + ".len"):
             continue  # done before an interruption
         stream, skipped = iter_audio(chunk, strict=strict)

@@ -156,12 +156,18 @@ def inertia(features, centers, *, chunk: int = 65536, mesh=None) -> float:
     return total
 
 
-def predict(features, centers, *, chunk: int = 65536, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Nearest-centre label for rows [start, stop) (default: all), in chunks."""
+def predict(features, centers, *, chunk: int = 65536, start: int = 0, stop: int | None = None,
+            progress=None) -> np.ndarray:
+    """Nearest-centre label for rows [start, stop) (default: all), in chunks; `progress` (a
+    hubert_jax.progress.Progress over the rows) advances per chunk."""
     stop = len(features) if stop is None else stop
     centers = jnp.asarray(centers, jnp.float32)
-    out = [np.asarray(assign(jnp.asarray(np.asarray(features[s: min(s + chunk, stop)]), jnp.float32), centers)[0])
-           for s in range(start, stop, chunk)]
+    out = []
+    for s in range(start, stop, chunk):
+        rows = np.asarray(features[s: min(s + chunk, stop)])
+        out.append(np.asarray(assign(jnp.asarray(rows, jnp.float32), centers)[0]))
+        if progress is not None:
+            progress.update(len(rows))
     return np.concatenate(out) if out else np.zeros((0,), np.int32)
 
 
@@ -177,12 +183,13 @@ def _replicate(tree, mesh):
 
 
 def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=None,
-        verbose: bool = False) -> np.ndarray:
+        verbose: bool = False, progress=None) -> np.ndarray:
     """Mini-batch k-means on the (N, d) features (an array, a memory map or `features.Rows`), or on the
     subset `rows` of them; returns (n_clusters, d) float32 centroids.
 
     With a mesh each batch is split over its devices; a mesh over several hosts (jax.distributed) has every
-    host read only its part of each batch. Every host draws the same batches from the same seed."""
+    host read only its part of each batch. Every host draws the same batches from the same seed.
+    `progress(total)` makes a hubert_jax.progress.Progress over the mini-batches, which the fit advances."""
     rows = np.arange(len(features)) if rows is None else np.sort(np.asarray(rows, np.int64))
     n = len(rows)
     if n < config.n_clusters:
@@ -204,6 +211,7 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
     steps = max(1, config.max_iter * n // batch_size)
     alpha = jnp.float32(min(1.0, batch_size * 2.0 / (n + 1)))
     order, cursor = rng.permutation(n), 0
+    bar = progress(steps) if progress is not None else None
     for step in range(steps):
         if cursor + batch_size > n:
             order, cursor = rng.permutation(n), 0
@@ -211,10 +219,14 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
         cursor += batch_size
         batch, weights = _place_rows(features, idx, sharding)
         state = minibatch_step(state, batch, weights, alpha, config.max_no_improvement)
+        if bar is not None:
+            bar.update()
         if step % 50 == 49 and bool(state.stopped):  # a sync every 50 batches, not every batch
             if verbose:
                 print(f"k-means: converged within {step + 1} batches")
             break
+    if bar is not None:
+        bar.close()
     return np.asarray(state.centers, np.float32)
 
 

@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from hubert_jax.progress import format_eta
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,6 +22,7 @@ class MetricLog:
         self.total, self.enabled = total_steps, enabled
         self.stream = stream or sys.stdout
         self.start = time.perf_counter()
+        self.last = None  # (step, time) of the previous train line: the rate over the last window
         self.jsonl = None
         self.tb = None
         if not enabled:
@@ -53,10 +56,18 @@ class MetricLog:
             return f"  [{split} @ {step}] {shown}"
         done = min(step / max(self.total, 1), 1.0)
         bar = "#" * int(done * 20) + "-" * (20 - int(done * 20))
-        elapsed = time.perf_counter() - self.start
+        now = time.perf_counter()
+        elapsed = now - self.start
         keys = ("loss", "accuracy_m", "accuracy_u", "rec_loss", "cosine", "lr", "grad_norm", "audio_s_per_s")
         shown = "  ".join(f"{k} {_fmt(values[k])}" for k in keys if k in values)
-        return f"[{bar}] {step}/{self.total} {shown}  ({elapsed:.0f} s)"
+        # steps per second over the last log window (the first window also holds the compilation)
+        last_step, last_time = self.last or (None, self.start)
+        self.last = (step, now)
+        if last_step is None or step <= last_step:
+            return f"[{bar}] {step}/{self.total} {shown}  ({elapsed:.0f} s)"
+        rate = (step - last_step) / max(now - last_time, 1e-9)
+        left = format_eta((self.total - step) / rate)
+        return f"[{bar}] {step}/{self.total} {shown}  {rate:.3g} steps/s, {left} left ({elapsed:.0f} s)"
 
     def message(self, text: str) -> None:
         if self.enabled:
