@@ -109,7 +109,7 @@ def dump_layer(model_dir: str, layer: int, out_dir: str) -> dict[str, str]:
     for split in SPLITS:
         manifest = os.path.join(DATA, f"{split}.tsv")
         prefix = os.path.join(out_dir, split)
-        stats = dump_features(model, read_manifest(manifest), prefix, layer=layer, bucket=16000)
+        stats = dump_features(model, read_manifest(manifest), prefix, layer=layer)
         print(f"  {split}: layer {layer} of {stats['utterances']} utterances")
         out[split] = prefix
     return out

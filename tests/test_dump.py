@@ -25,7 +25,7 @@ def setup():
 
 def test_exact_features_match_the_model(tmp_path, setup):
     model, entries = setup
-    dump_features(model, entries, str(tmp_path / "f"), layer=2, chunk_size=3, bucket=0)
+    dump_features(model, entries, str(tmp_path / "f"), layer=2, chunk_size=3)
     feats, lengths = load_features(str(tmp_path / "f"))
     bounds = np.cumsum([0] + lengths)
     for i, entry in enumerate(entries[:3]):
@@ -35,7 +35,7 @@ def test_exact_features_match_the_model(tmp_path, setup):
     assert not [p for p in os.listdir(tmp_path) if ".chunk" in p]  # chunks merged and removed
 
 
-def test_bucketed_shapes_stay_close_and_shards_keep_manifest_order(tmp_path, setup):
+def test_batched_shapes_equal_one_by_one_and_shards_keep_manifest_order(tmp_path, setup):
     model, entries = setup
     dump_features(model, entries, str(tmp_path / "all"), layer=1, chunk_size=2)
     for rank in range(3):
@@ -44,32 +44,31 @@ def test_bucketed_shapes_stay_close_and_shards_keep_manifest_order(tmp_path, set
     parts, part_lengths = load_features(str(tmp_path / "part"), nshard=3)
     np.testing.assert_array_equal(parts, whole)
     assert part_lengths == lengths
-    exact_dir = tmp_path / "exact"
-    dump_features(model, entries, str(exact_dir), layer=1, bucket=0)
-    exact, _ = load_features(str(exact_dir))
-    # padding changes the group-norm statistics a little; the features stay close
-    assert np.abs(exact - whole).mean() < 0.05 * np.abs(exact).mean()
+    batched_dir = tmp_path / "batched"  # one call for all 7 utterances, three padded lengths
+    dump_features(model, entries, str(batched_dir), layer=1, max_tokens=7 * 80000)
+    batched, _ = load_features(str(batched_dir))
+    np.testing.assert_allclose(batched, whole, atol=1e-5)  # the group norm sees the real samples only
     assert shard_range(7, 3, 0) == (0, 2) and shard_range(7, 3, 2) == (5, 7)
 
 
 def test_an_interrupted_dump_resumes_and_gives_the_same_result(tmp_path, setup, monkeypatch):
     model, entries = setup
     dump_features(model, entries, str(tmp_path / "ref"), layer=1, chunk_size=2)
-    real = dump_module._layer_features
+    real = dump_module._chunk_features
     calls = {"n": 0}
 
-    def crash_on_fifth(*args, **kwargs):
+    def crash_on_third_chunk(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == 3:
             raise KeyboardInterrupt("preempted")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dump_module, "_layer_features", crash_on_fifth)
+    monkeypatch.setattr(dump_module, "_chunk_features", crash_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         dump_features(model, entries, str(tmp_path / "run"), layer=1, chunk_size=2)
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith("run.chunk")) == [
         "run.chunk00000.len", "run.chunk00000.npy", "run.chunk00001.len", "run.chunk00001.npy"]
-    monkeypatch.setattr(dump_module, "_layer_features", real)
+    monkeypatch.setattr(dump_module, "_chunk_features", real)
     stats = dump_features(model, entries, str(tmp_path / "run"), layer=1, chunk_size=2)
     assert stats["computed"] == 2 and stats["chunks"] == 4  # two chunks were reused
     np.testing.assert_array_equal(load_features(str(tmp_path / "run"))[0], load_features(str(tmp_path / "ref"))[0])

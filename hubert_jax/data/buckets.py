@@ -47,6 +47,15 @@ def geometric(smallest: int, largest: int, ratio: float, multiple: int = 320) ->
     return tuple(sorted(set(lengths + [largest])))
 
 
+def grid_length(length: int, ratio: float, base: int = 16000, multiple: int = 320) -> int:
+    """The shortest length of the fixed grid base * ratio^k (k any integer, rounded up to `multiple`) that
+    holds `length`: a padded length that does not depend on which other utterances come along, so
+    successive calls reuse their compiled shapes."""
+    k = math.ceil(math.log(length / base) / math.log(ratio) - 1e-9)
+    size = math.ceil(base * ratio ** k / multiple) * multiple
+    return size if size >= length else math.ceil(base * ratio ** (k + 1) / multiple) * multiple
+
+
 def check_buckets(buckets) -> tuple[int, ...]:
     buckets = tuple(int(b) for b in buckets)
     if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):

@@ -159,7 +159,8 @@ def cmd_dump(args) -> None:
     first, last = shard_range(len(entries), world, rank)
     with Progress(last - first, f"dump layer {args.layer}", unit="utt", enabled=main_process()) as bar:
         stats = dump_features(model, entries, prefix, layer=args.layer, rank=rank, world=world,
-                              chunk_size=args.chunk_size, bucket=args.bucket, strict=args.strict, progress=bar)
+                              chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
+                              progress=bar)
     elapsed = time.perf_counter() - start
     print(f"{prefix}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
           f"{stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "
@@ -204,7 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, help="this shard (default: jax.process_index())")
     p.add_argument("--world", type=int, help="number of shards (default: jax.process_count())")
     p.add_argument("--chunk-size", type=int, default=64, help="utterances per resumable chunk")
-    p.add_argument("--bucket", type=int, default=16000, help="pad to a multiple of this many samples (0: exact)")
+    p.add_argument("--max-tokens", type=int, default=64 * 16000,
+                   help="samples per model call (utterances are batched over a few padded lengths)")
     p.add_argument("--strict", action="store_true")
     p.set_defaults(func=cmd_dump)
     p = sub.add_parser("kmeans", help="fit mini-batch k-means on (a sample of) dumped features")

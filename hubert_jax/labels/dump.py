@@ -5,10 +5,9 @@ manifest, so concatenating the shards in rank order restores manifest order. Fea
 chunks of utterances (`{prefix}.chunk{i}.npy/.len`), each atomically; a rerun skips the chunks already
 on disk, so an interrupted dump resumes. The finished shard is `{prefix}.npy` + `{prefix}.len`.
 
-Shapes: every utterance is padded up to a multiple of `bucket` samples (with an attention mask) so only
-a few shapes are compiled. For group-norm feature extractors the padding slightly changes the first
-conv's statistics; `bucket=0` runs every utterance at its exact length (fairseq's numbers, one compile
-per distinct length).
+Shapes: each chunk's utterances go through `hubert_jax.inference.extract`, padded up to a few bucket
+lengths and batched by `max_tokens` samples; the features equal each utterance run alone (fairseq's
+dump), group-norm extractors included.
 """
 
 from __future__ import annotations
@@ -29,35 +28,14 @@ def shard_range(total: int, world: int, rank: int) -> tuple[int, int]:
     return round(total / world * rank), round(total / world * (rank + 1))
 
 
-def _layer_features(model, layer: int, audio: np.ndarray, bucket: int) -> np.ndarray:
-    import jax.numpy as jnp
+def _chunk_features(model, layer: int, audio: list, max_tokens: int) -> list:
+    from hubert_jax.inference import extract
 
-    from hubert_jax.lengths import feat_extract_output_lengths
-
-    n = len(audio)
-    padded_len = n if bucket <= 0 else -(-n // bucket) * bucket
-    x = np.zeros((1, padded_len), np.float32)
-    x[0, :n] = audio
-    mask = None if padded_len == n else (np.arange(padded_len) < n).astype(np.int32)[None]
-    out = _forward(model, jnp.asarray(x), None if mask is None else jnp.asarray(mask))
-    frames = int(feat_extract_output_lengths(model.config, n))
-    return np.asarray(out[layer][0, :frames], np.float32)
-
-
-_FORWARD = []
-
-
-def _forward(model, x, mask):
-    if not _FORWARD:  # one jitted function; nnx.jit caches a compilation per model structure and shape
-        from flax import nnx
-
-        _FORWARD.append(nnx.jit(lambda m, x, mask: m(x, attention_mask=mask, output_hidden_states=True)
-                                .hidden_states))
-    return _FORWARD[0](model, x, mask)
+    return extract(model, audio, layer=layer, max_tokens=max_tokens)
 
 
 def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank: int = 0, world: int = 1,
-                  chunk_size: int = 64, bucket: int = 16000, strict: bool = False, progress=None) -> dict:
+                  chunk_size: int = 64, max_tokens: int = 64 * 16000, strict: bool = False, progress=None) -> dict:
     """Dump hidden_states[layer] for this rank's slice of `entries`; returns counts for reporting.
     `progress` (hubert_jax.progress.Progress over this rank's utterances) advances per chunk."""
     if not 0 <= layer <= model.config.num_hidden_layers:
@@ -76,10 +54,11 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
         if os.path.exists(path + ".npy") and os.path.exists(path + ".len"):
             continue  # done before an interruption
         stream, skipped = iter_audio(chunk, strict=strict)
-        by_line = {}  # keyed by manifest line: a file may be listed twice
-        for entry, audio in stream:
-            by_line[entry.line] = _layer_features(model, layer, audio, bucket)
-            seconds += len(audio) / 16000
+        read = list(stream)
+        # keyed by manifest line: a file may be listed twice
+        by_line = dict(zip([entry.line for entry, _ in read],
+                           _chunk_features(model, layer, [audio for _, audio in read], max_tokens)))
+        seconds += sum(len(audio) for _, audio in read) / 16000
         skipped_files += skipped
         dims = model.config.hidden_size
         save_features(path, [by_line.get(e.line, np.zeros((0, dims), np.float32)) for e in chunk], dims)

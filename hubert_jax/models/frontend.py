@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hubert_jax.lengths import conv_out_length, lengths_to_mask
 from hubert_jax.models.layers import (BatchNorm1d, Conv1d, GroupNorm, LayerNorm, Linear, ModelOptions, activation,
                                       conv1d, dropout, make_param, uniform, zeros)
 
@@ -35,9 +36,11 @@ class FeatureEncoderLayer(nnx.Module):
             self.layer_norm = None
         self.activation = activation(config.feat_extract_activation, "feat_extract_activation")
 
-    def __call__(self, x):
+    def __call__(self, x, frame_mask=None):
         x = self.conv(x)
-        if self.layer_norm is not None:
+        if isinstance(self.layer_norm, GroupNorm):
+            x = self.layer_norm(x, frame_mask)
+        elif self.layer_norm is not None:
             x = self.layer_norm(x)
         return self.activation(x)
 
@@ -47,15 +50,23 @@ class FeatureEncoder(nnx.Module):
         self.conv_layers = nnx.List([FeatureEncoderLayer(config, i, opts=opts, rngs=rngs)
                                      for i in range(config.num_feat_extract_layers)])
         self.remat = opts.remat_conv
+        self.first_conv = (config.conv_kernel[0], config.conv_stride[0])
 
-    def __call__(self, input_values):
+    def __call__(self, input_values, lengths=None):
+        """lengths (B,): real samples per row. Given, the group norm of a group-norm extractor takes its
+        statistics over the frames of real samples only, so a padded row gives the unpadded utterance's
+        features (transformers and fairseq take them over the whole padded row)."""
         x = input_values[:, :, None]
-        for layer in self.conv_layers:
+        for index, layer in enumerate(self.conv_layers):
+            frame_mask = None
+            if index == 0 and lengths is not None:
+                frames = conv_out_length(jnp.asarray(lengths), *self.first_conv)
+                frame_mask = lengths_to_mask(frames, conv_out_length(x.shape[1], *self.first_conv))
             if self.remat:  # at full-length crops the conv outputs are most of the step's activations
                 graphdef, state = nnx.split(layer)
-                x = jax.checkpoint(lambda s, h, g=graphdef: nnx.merge(g, s)(h))(state, x)
+                x = jax.checkpoint(lambda s, h, m, g=graphdef: nnx.merge(g, s)(h, m))(state, x, frame_mask)
             else:
-                x = layer(x)
+                x = layer(x, frame_mask)
         return x
 
 

@@ -225,11 +225,18 @@ class GroupNorm(nnx.Module):
         self.scale = make_param(rngs, ones, (channels,), axes, opts.param_dtype)
         self.bias = make_param(rngs, zeros, (channels,), axes, opts.param_dtype)
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        """mask (B, T), True on the frames the statistics are taken over (default: all)."""
         b, t, c = x.shape
         g = x.astype(jnp.float32).reshape(b, t, self.num_groups, c // self.num_groups)
-        mean = g.mean((1, 3), keepdims=True)
-        var = jnp.square(g - mean).mean((1, 3), keepdims=True)
+        if mask is None:
+            mean = g.mean((1, 3), keepdims=True)
+            var = jnp.square(g - mean).mean((1, 3), keepdims=True)
+        else:
+            w = mask.astype(jnp.float32)[:, :, None, None]
+            count = jnp.maximum(w.sum(1, keepdims=True) * g.shape[3], 1.0)
+            mean = (g * w).sum((1, 3), keepdims=True) / count
+            var = (jnp.square(g - mean) * w).sum((1, 3), keepdims=True) / count
         y = ((g - mean) * jax.lax.rsqrt(var + self.eps)).reshape(b, t, c)
         y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
         return y.astype(self.dtype)

@@ -53,12 +53,19 @@ class SpeechModel(PretrainedMixin, nnx.Module):
         self.adapter = Adapter(config, opts=opts, rngs=rngs) if config.uses_adapter else None
 
     def __call__(self, input_values, attention_mask=None, mask_time_indices=None, output_hidden_states=False,
-                 deterministic=True, dropout_rng=None, mask_feature_indices=None) -> ModelOutput:
+                 deterministic=True, dropout_rng=None, mask_feature_indices=None,
+                 group_norm_over_real_samples: bool = False) -> ModelOutput:
         """input_values (B, T) float audio; attention_mask (B, T), 1 on real samples (right padding);
         mask_time_indices (B, frames) bool: frames replaced by the SpecAugment vector;
-        mask_feature_indices (B, hidden) bool: channels zeroed on every frame (SpecAugment's feature mask)."""
+        mask_feature_indices (B, hidden) bool: channels zeroed on every frame (SpecAugment's feature mask);
+        group_norm_over_real_samples: with an attention mask, a group-norm extractor's statistics cover the
+        real samples only, so padded rows equal their utterances alone (not transformers' behaviour, which
+        includes the padding; `hubert_jax.inference.extract` uses it)."""
         check_waveform(self.config, input_values, attention_mask)
-        features = self.feature_extractor(input_values)
+        lengths = None
+        if group_norm_over_real_samples and attention_mask is not None:
+            lengths = attention_mask.astype(jnp.int32).sum(-1)
+        features = self.feature_extractor(input_values, lengths)
         frame_mask = None
         if attention_mask is not None:
             frame_mask = feature_vector_mask(self.config, features.shape[1], attention_mask, add_adapter=False)

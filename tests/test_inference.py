@@ -1,0 +1,57 @@
+"""hubert_jax.inference.extract: utterances of any lengths, bucketed and batched, give each utterance's
+features alone, in input order, for layer-norm and group-norm extractors of every family."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import hubert_jax
+from hubert_jax.inference import extract
+from tests.reference import PREFIX, TINY, TINY_BY_FAMILY
+
+
+def model_of(family, norm):
+    config = hubert_jax.SpeechConfig.from_dict({**TINY, **TINY_BY_FAMILY[family], "model_type": family,
+                                                "feat_extract_norm": norm, "do_stable_layer_norm": norm == "layer",
+                                                "conv_bias": norm == "layer"})
+    return getattr(hubert_jax, PREFIX[family] + "Model")(config, rngs=nnx.Rngs(3))
+
+
+@pytest.mark.parametrize("family,norm", [("hubert", "group"), ("hubert", "layer"), ("wavlm", "group"),
+                                         ("wav2vec2", "layer")])
+def test_batched_features_equal_each_utterance_alone(family, norm):
+    model = model_of(family, norm)
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(900, 6000, 9)]
+    for layer in (None, 1):
+        batched = extract(model, waves, layer=layer, max_tokens=4 * 6000)
+        assert len(batched) == len(waves)
+        for wave, features in zip(waves, batched):
+            out = model(jnp.asarray(wave)[None], output_hidden_states=True)
+            alone = out.last_hidden_state if layer is None else out.hidden_states[layer]
+            np.testing.assert_allclose(features, np.asarray(alone[0]), atol=1e-4)
+
+
+def test_padding_without_the_real_samples_rule_changes_group_norm_models():
+    """Why extract uses group_norm_over_real_samples: transformers' statistics include the padding."""
+    model = model_of("hubert", "group")
+    wave = np.random.default_rng(1).standard_normal(3000).astype(np.float32)
+    x = np.zeros((1, 6000), np.float32)
+    x[0, :3000] = wave
+    mask = (np.arange(6000) < 3000).astype(np.int32)[None]
+    alone = np.asarray(model(jnp.asarray(wave)[None]).last_hidden_state[0])
+    plain = np.asarray(model(jnp.asarray(x), attention_mask=jnp.asarray(mask)).last_hidden_state[0, : len(alone)])
+    real = np.asarray(model(jnp.asarray(x), attention_mask=jnp.asarray(mask),
+                            group_norm_over_real_samples=True).last_hidden_state[0, : len(alone)])
+    assert np.abs(plain - alone).max() > 1e-2
+    np.testing.assert_allclose(real, alone, atol=1e-4)
+
+
+def test_bad_input():
+    model = model_of("hubert", "layer")
+    assert extract(model, []) == []
+    with pytest.raises(ValueError, match="waveform 1 has 100 samples: too short for one frame"):
+        extract(model, [np.zeros(1000), np.zeros(100)])
+    with pytest.raises(ValueError, match="layer 7: the model has hidden states 0..3"):
+        extract(model, [np.zeros(1000)], layer=7)
