@@ -1,5 +1,6 @@
 """Progress of a long command with its time left: tqdm's bar on a terminal; elsewhere (a log file, a
-scheduler's captured output) tqdm's same line printed once every few percent instead of redrawn. Only
+scheduler's captured output) tqdm's same line printed every 5% (at most one line per 2 s, and always the
+last) instead of redrawn. Only
 the process that is asked to show it (process 0 of a multi-host run) writes anything."""
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import time
 
 class Progress:
     def __init__(self, total: int, desc: str, *, unit: str = "it", enabled: bool = True, stream=None,
-                 every: float = 0.05):
+                 every: float = 0.05, min_seconds: float = 2.0):
         self.total, self.desc, self.unit = max(int(total), 0), desc, unit
         self.stream = stream or sys.stderr
         self.enabled, self.every = enabled and self.total > 0, every
         self.count, self.next_report, self.start = 0, every, time.perf_counter()
+        self.min_seconds, self.last_line = min_seconds, float("-inf")
         self.bar = None
         if self.enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
@@ -28,8 +30,10 @@ class Progress:
         if self.bar is not None:
             self.bar.update(n)
             return
-        if self.count >= self.total or self.count / self.total >= self.next_report:
-            self._line()
+        finished = self.count >= self.total
+        if finished or self.count / self.total >= self.next_report:
+            if finished or time.perf_counter() - self.last_line >= self.min_seconds:
+                self._line()
             while self.next_report <= self.count / self.total:
                 self.next_report += self.every
 
@@ -40,6 +44,7 @@ class Progress:
                                  prefix=self.desc, unit=self.unit, ascii=True)
         self.stream.write(line + "\n")
         self.stream.flush()
+        self.last_line = time.perf_counter()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -222,8 +222,8 @@ def test_padding_rule_differs_from_fairseq_hubert_and_unilm(tmp_path):
     transformers and hubert-jax (and fairseq's wav2vec 2.0) use the conv output length. For the 11840-sample
     clip padded to 16000 that is 37 frames against 36, and the whole padded row differs (README:
     "Padding frames"). Our padded layer-norm models give their unpadded outputs; the label pipeline's
-    feature dump uses each utterance's own conv length, fairseq's unpadded frame count."""
-    from hubert_jax.labels.dump import _layer_features
+    feature dump (inference.extract) gives each utterance's unpadded frames and values."""
+    from hubert_jax.inference import extract
     from hubert_jax.lengths import feat_extract_output_lengths
 
     audio = clips()
@@ -243,7 +243,7 @@ def test_padding_rule_differs_from_fairseq_hubert_and_unilm(tmp_path):
         layer_norm = model.config.feat_extract_norm == "layer"
         if layer_norm:  # (a group norm's statistics take in the padded samples, in every implementation)
             np.testing.assert_allclose(padded[1, :ours], ref["last_1"], atol=TOL, rtol=0)  # = the clip alone
-        # the dump pads to a bucket with a mask (group norm: exact lengths) and keeps the conv length,
-        # fairseq's unpadded frame count
-        dumped = _layer_features(model, 2, audio[1], bucket=16000 if layer_norm else 0)
+        # the feature dump (extract) pads to its grid with a mask and keeps the conv length: fairseq's
+        # unpadded frames and values, group norm included
+        dumped = extract(model, [audio[0], audio[1]], layer=2, max_tokens=4 * 16000)[1]
         np.testing.assert_allclose(dumped, ref["hidden_1_2"], atol=TOL, rtol=0)

@@ -14,13 +14,22 @@ class Terminal(io.StringIO):
 
 def test_plain_lines_every_five_percent_when_not_a_terminal():
     out = io.StringIO()
-    with Progress(200, "dump", unit="utt", stream=out) as bar:
+    with Progress(200, "dump", unit="utt", stream=out, min_seconds=0) as bar:
         for _ in range(200):
             bar.update()
     lines = out.getvalue().splitlines()
     assert len(lines) == 20 and "\r" not in out.getvalue()
     assert lines[0].startswith("dump:   5%") and lines[-1].startswith("dump: 100%")
     assert "200/200" in lines[-1] and "<" in lines[-1]  # tqdm's [elapsed<left] meter
+
+
+def test_fast_stages_print_only_their_last_line():
+    out = io.StringIO()
+    with Progress(200, "mfcc", stream=out) as bar:  # at most one line per 2 s
+        for _ in range(200):
+            bar.update()
+    lines = out.getvalue().splitlines()
+    assert len(lines) <= 2 and lines[-1].startswith("mfcc: 100%")
 
 
 def test_a_terminal_gets_tqdms_bar():

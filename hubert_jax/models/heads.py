@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hubert_jax.lengths import feat_extract_output_lengths, feature_vector_mask
+from hubert_jax.models.compiled import compiled_in_inference
 from hubert_jax.models.hub_mixin import PretrainedMixin
 from hubert_jax.models.layers import Linear, ModelOptions, conv1d, dropout, fold, make_param, normal
 from hubert_jax.models.model import BASE_MODELS, make_options
@@ -84,6 +85,7 @@ class ForCTC(_Head):
         self.lm_head = Linear(config.encoder_output_size, config.vocab_size, axes=("embed", "vocab"),
                               std=config.initializer_range, opts=opts, rngs=rngs)
 
+    @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
                  deterministic=True, dropout_rng=None, mask_time_indices=None, mask_feature_indices=None) -> CTCOutput:
         """mask_time_indices / mask_feature_indices: SpecAugment masks (fine-tuning), see the base model."""
@@ -129,6 +131,7 @@ class ForSequenceClassification(_Head):
         self.classifier = Linear(config.classifier_proj_size, config.num_labels, axes=(None, "classes"), std=std,
                                  opts=opts, rngs=rngs)
 
+    @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
                  deterministic=True, dropout_rng=None, mask_time_indices=None,
                  mask_feature_indices=None) -> SequenceClassifierOutput:
@@ -153,6 +156,7 @@ class ForAudioFrameClassification(_Head):
         self.classifier = Linear(config.hidden_size, config.num_labels, axes=("embed", "classes"),
                                  std=config.initializer_range, opts=opts, rngs=rngs)
 
+    @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
                  deterministic=True, dropout_rng=None) -> TokenClassifierOutput:
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,
@@ -222,6 +226,7 @@ class ForXVector(_Head):
             lengths = lengths - kernel + 1
         return lengths
 
+    @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
                  deterministic=True, dropout_rng=None) -> XVectorOutput:
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,

@@ -7,6 +7,7 @@ from flax import nnx
 
 from hubert_jax.config import HubertConfig, SpeechConfig, Wav2Vec2Config, WavLMConfig
 from hubert_jax.lengths import feature_vector_mask
+from hubert_jax.models.compiled import compiled_in_inference
 from hubert_jax.models.encoder import Adapter, Encoder
 from hubert_jax.models.frontend import FeatureEncoder, FeatureProjection, check_waveform
 from hubert_jax.models.hub_mixin import PretrainedMixin
@@ -52,6 +53,7 @@ class SpeechModel(PretrainedMixin, nnx.Module):
         self.encoder = Encoder(config, opts=opts, rngs=rngs)
         self.adapter = Adapter(config, opts=opts, rngs=rngs) if config.uses_adapter else None
 
+    @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, mask_time_indices=None, output_hidden_states=False,
                  deterministic=True, dropout_rng=None, mask_feature_indices=None,
                  group_norm_over_real_samples: bool = False) -> ModelOutput:
