@@ -4,6 +4,8 @@
     python benchmarks/inference.py --models base,large --batches 1,8,32 --dtype bfloat16   # a GPU
 
 Both sides are built from the same preset with random weights (speed does not depend on the values).
+hubert-jax runs twice: under the benchmark's own `jax.jit`, and as the direct call `model(x)` a user
+writes (which hubert-jax compiles once per input shape, hubert_jax/models/compiled.py).
 Each cell is the median of --repeats timed calls after a warm-up (compilation excluded for JAX; the
 first PyTorch call is excluded too). The contenders' calls are interleaved round by round, so a
 machine whose speed drifts (shared CPUs, GPU clocks) slows every column alike. Audio seconds per second = batch x clip seconds / median time;
@@ -59,7 +61,9 @@ def jax_call(model_name: str, batch: int, seconds: float, dtype: str, attention_
         return nnx.merge(graphdef, state)(x).last_hidden_state
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, int(seconds * 16000)), np.float32))
-    return lambda: forward(state, x).block_until_ready()
+    # `model(x)` as a user writes it, no jit of their own: hubert-jax compiles it once per shape
+    direct = lambda: model(x).last_hidden_state.block_until_ready()  # noqa: E731
+    return (lambda: forward(state, x).block_until_ready()), direct
 
 
 def torch_call(model_name: str, batch: int, seconds: float, dtype: str, impl: str, device: str):
@@ -123,24 +127,27 @@ def main(argv=None) -> int:
     impls = [i for i in args.torch_impls.split(",") if i]
     if device == "cuda" and importlib.util.find_spec("flash_attn") and "flash_attention_2" not in impls:
         impls.append("flash_attention_2")  # transformers' FA2 path (bf16/fp16 only), when the package is there
-    print("| model | batch x s | hubert-jax audio s/s | " + " | ".join(f"torch {i} audio s/s" for i in impls)
+    print("| model | batch x s | hubert-jax audio s/s | direct call audio s/s | "
+          + " | ".join(f"torch {i} audio s/s" for i in impls)
           + " | " + " | ".join(f"ratio jax/{i}" for i in impls) + " | MFU jax |")
-    print("|---" * (3 + 2 * len(impls) + 1) + "|")
+    print("|---" * (4 + 2 * len(impls) + 1) + "|")
     for name in args.models.split(","):
         for batch in map(int, args.batches.split(",")):
             audio = batch * args.seconds
-            calls = {"jax": jax_call(name, batch, args.seconds, args.dtype, args.attention)}
+            jitted, direct = jax_call(name, batch, args.seconds, args.dtype, args.attention)
+            calls = {"jax": jitted, "direct": direct}
             for impl in impls:
                 try:
                     calls[impl] = torch_call(name, batch, args.seconds, args.dtype, impl, device)
                 except (ImportError, ValueError) as e:  # e.g. flash_attention_2 not installed
                     print(f"  torch {impl}: {e}", file=sys.stderr)
             t_torch = interleaved_medians(calls, args.repeats)
-            t_jax = t_torch.pop("jax")
+            t_jax, t_direct = t_torch.pop("jax"), t_torch.pop("direct")
             mfu = (f"{gflop(name, batch, args.seconds) / t_jax / 1e3 / peak:.1%}" if peak else "n/a")
             cells = [f"{audio / t_torch[i]:.1f}" if i in t_torch else "-" for i in impls]
             ratios = [f"{t_jax / t_torch[i]:.2f}" if i in t_torch else "-" for i in impls]
-            print(f"| {name} | {batch} x {args.seconds:g} | {audio / t_jax:.1f} | " + " | ".join(cells) + " | "
+            print(f"| {name} | {batch} x {args.seconds:g} | {audio / t_jax:.1f} | {audio / t_direct:.1f} | "
+                  + " | ".join(cells) + " | "
                   + " | ".join(ratios) + f" | {mfu} |", flush=True)
     return 0
 

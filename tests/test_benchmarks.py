@@ -29,7 +29,7 @@ def table_row(stdout, prefix):
 
 
 @pytest.mark.parametrize("script,args,prefix,columns", [
-    ("inference.py", ["--seconds", "0.5", "--repeats", "1", "--torch-impls", "eager"], "| base | 1 x 0.5 |", 6),
+    ("inference.py", ["--seconds", "0.5", "--repeats", "1", "--torch-impls", "eager"], "| base | 1 x 0.5 |", 7),
     ("training.py", ["--batch", "1", "--seconds", "0.5", "--repeats", "1"], "| base | 1 x 0.5 |", 7),
 ])
 def test_benchmark_prints_its_table(script, args, prefix, columns):
