@@ -28,6 +28,7 @@ def main(argv):
     from hubert_jax import distributed, xla_flags
 
     xla_flags.set_performance_flags()  # before any backend starts
+    xla_flags.enable_compilation_cache()  # restarts reuse every compiled step shape
 
     f = flags.FLAGS
     distributed.initialize(coordinator_address=f.coordinator_address, num_processes=f.num_processes,

@@ -33,3 +33,17 @@ def performance_flags(existing: str) -> str:
 def set_performance_flags(environ=os.environ) -> str:
     environ["XLA_FLAGS"] = performance_flags(environ.get("XLA_FLAGS", ""))
     return environ["XLA_FLAGS"]
+
+
+def enable_compilation_cache(environ=os.environ) -> str:
+    """JAX's persistent compilation cache, so a restarted run (and every bucket shape it had compiled)
+    starts without recompiling: `$JAX_COMPILATION_CACHE_DIR` when the user set it, else
+    `$XDG_CACHE_HOME/hubert-jax/jax` (default `~/.cache/hubert-jax/jax`). Returns the directory."""
+    import jax
+
+    directory = jax.config.jax_compilation_cache_dir or environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not directory:
+        base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        directory = os.path.join(base, "hubert-jax", "jax")
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory

@@ -54,3 +54,21 @@ def test_batching_benchmark_prints_its_table():
         padding = [line for line in stdout.splitlines() if line.startswith(f"| {corpus}") and "| buckets |" in line]
         assert padding[0].split("|")[3].strip() == "0.0%"  # cropped to the bucket: no padding
     assert "audio s/s per core" in stdout.splitlines()[-1]
+
+
+def test_gpu_check_smoke_runs_every_section():
+    stdout = run_benchmark("gpu_check.py", "--smoke")
+    for section in ("## 1. fused attention against XLA", "## 2. inference", "## 3. training step",
+                    "## 4. one bucketed pretraining step per bucket"):
+        assert section in stdout, stdout[-3000:]
+    assert "FAILED" not in stdout and "4 of 4 sections ran" in stdout.splitlines()[-1], stdout[-3000:]
+    assert len(table_row(stdout, "| hubert | auto |")) == 5 and len(table_row(stdout, "| 32000 | 2 |")) == 6
+
+
+def test_gpu_check_names_what_is_missing(monkeypatch, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "NEEDED", ("numpy", "no_such_module_here"))
+    assert gpu_check.main([]) == 2
+    assert "gpu_check needs no_such_module_here" in capsys.readouterr().out

@@ -27,3 +27,17 @@ def test_flags_parse_in_the_installed_jaxlib():
     out = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; jnp.ones(3).sum()"],
                          env=bad, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "Unknown flag" in out.stderr  # the check above can fail
+
+
+def test_the_compilation_cache_is_on_and_written(tmp_path):
+    code = ("from hubert_jax import xla_flags; d = xla_flags.enable_compilation_cache(); import jax, jax.numpy as jnp;"
+            " jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready(); print(d)")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    directory = out.stdout.strip()
+    assert directory == str(tmp_path / "hubert-jax" / "jax") and os.listdir(directory)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")  # the user's choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == str(tmp_path / "mine")
