@@ -18,7 +18,6 @@ would.
 from __future__ import annotations
 
 import bisect
-import functools
 import math
 
 import numpy as np
@@ -82,16 +81,25 @@ class BatchPlan:
         self.sizes, self.seed, self.shuffle, self.repeat = tuple(sizes), seed, shuffle, repeat
         self.members = [np.flatnonzero(item_buckets == k) for k in range(len(self.sizes))]
         self.per_epoch = sum(len(m) // s for m, s in zip(self.members, self.sizes))
+        self._cached: dict = {}
         if self.per_epoch == 0:
             counts = [len(m) for m in self.members]
             raise ValueError(f"no bucket has a full batch: {counts} utterances per bucket against batches of "
                              f"{list(self.sizes)} (lower data.max_tokens or use fewer buckets)")
 
     def __len__(self) -> int:
-        return math.prod((self.per_epoch, 10 ** 9)) if self.repeat else self.per_epoch
+        return self.per_epoch * 10 ** 9 if self.repeat else self.per_epoch  # "endless", as grain's repeat
 
-    @functools.lru_cache(maxsize=2)
     def epoch(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """(bucket, items) of each batch of `epoch`, in order. The last two epochs asked for are kept (reader
+        threads meet at an epoch's boundary); each call returns its own epoch's plan."""
+        plan = self._cached.get(epoch)
+        if plan is None:
+            plan = self._draw(epoch)
+            self._cached = {**{e: p for e, p in self._cached.items() if e == epoch - 1}, epoch: plan}
+        return plan
+
+    def _draw(self, epoch: int) -> list[tuple[int, np.ndarray]]:
         rng = np.random.default_rng([self.seed, epoch])
         batches = []
         for k, (members, size) in enumerate(zip(self.members, self.sizes)):
