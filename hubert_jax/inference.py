@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from hubert_jax.data.buckets import grid_length
-from hubert_jax.lengths import feat_extract_output_lengths
+from hubert_jax.lengths import feat_extract_output_lengths, receptive_field
 
 _FORWARD: dict = {}
 
@@ -54,9 +54,10 @@ def extract(model, waveforms, *, layer: int | None = None, max_tokens: int = 64 
     if not audio:
         return []
     lengths = np.array([len(a) for a in audio])
-    if lengths.min() < 400:
+    needed = receptive_field(config)
+    if lengths.min() < needed:
         short = int(np.argmin(lengths))
-        raise ValueError(f"waveform {short} has {lengths[short]} samples: too short for one frame (400)")
+        raise ValueError(f"waveform {short} has {lengths[short]} samples: too short for one frame ({needed})")
     padded = np.array([grid_length(int(n), ratio) for n in lengths])
     out: list = [None] * len(audio)
     forward = _forward(layer)

@@ -117,10 +117,6 @@ class BatchPlan:
         bucket, items = self.epoch(epoch)[position]
         return bucket, items, epoch, position
 
-    def bucket_counts(self) -> list[int]:
-        """Batches per epoch of each bucket."""
-        return [len(m) // s for m, s in zip(self.members, self.sizes)]
-
 
 class BucketedBatches:
     """A random-access source of this host's rows of each global batch of a `BatchPlan`:

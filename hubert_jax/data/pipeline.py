@@ -200,14 +200,19 @@ def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, proc
     return ds.batch(batch_size // process_count, drop_remainder=True)
 
 
-def bucketed_batches(source, config: DataConfig, *, seed: int, process_index: int, process_count: int,
-                     shuffle: bool, repeat: bool, transform, data_shards: int) -> BucketedBatches:
+def bucket_batch_sizes(config: DataConfig, *, data_shards: int, process_count: int) -> tuple[int, ...]:
+    """Rows of each bucket's global batch: whole rows for every data shard and every host."""
     buckets = check_buckets(config.buckets)
     if config.max_tokens <= 0:
         raise ValueError("data.buckets needs data.max_tokens (samples per global batch)")
-    sizes = batch_sizes(buckets, config.max_tokens, math.lcm(data_shards, process_count))
-    plan = BatchPlan(source.item_buckets(buckets), sizes, seed=seed, shuffle=shuffle, repeat=repeat)
-    return BucketedBatches(source, plan, buckets, transform, process_index=process_index,
+    return batch_sizes(buckets, config.max_tokens, math.lcm(data_shards, process_count))
+
+
+def bucketed_batches(source, config: DataConfig, *, seed: int, process_index: int, process_count: int,
+                     shuffle: bool, repeat: bool, transform, data_shards: int) -> BucketedBatches:
+    sizes = bucket_batch_sizes(config, data_shards=data_shards, process_count=process_count)
+    plan = BatchPlan(source.item_buckets(config.buckets), sizes, seed=seed, shuffle=shuffle, repeat=repeat)
+    return BucketedBatches(source, plan, config.buckets, transform, process_index=process_index,
                            process_count=process_count)
 
 

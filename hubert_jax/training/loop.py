@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import signal
 import time
@@ -13,11 +12,11 @@ import time
 import jax
 import numpy as np
 
-from hubert_jax.data.buckets import batch_sizes
 from hubert_jax.data.manifest import SAMPLE_RATE
 from hubert_jax.data.pipeline import (
     DataConfig,
     LabeledAudio,
+    bucket_batch_sizes,
     make_dataset,
     make_iterator,
 )
@@ -199,9 +198,8 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
             log.message(f"initialised from {cfg.model.init_from}")
     step = int(jax.device_get(state["step"]))
     if train_cfg.buckets:
-        shapes = ", ".join(f"{size} x {length / SAMPLE_RATE:.2f} s" for size, length in
-                           zip(batch_sizes(train_cfg.buckets, train_cfg.max_tokens,
-                                           math.lcm(data_shards(mesh), jax.process_count())), train_cfg.buckets))
+        sizes = bucket_batch_sizes(train_cfg, data_shards=data_shards(mesh), process_count=jax.process_count())
+        shapes = ", ".join(f"{size} x {length / SAMPLE_RATE:.2f} s" for size, length in zip(sizes, train_cfg.buckets))
         batches = f"bucketed global batches ({shapes}; {train_cfg.max_tokens:,} samples each at most)"
     else:
         batches = (f"global batch {cfg.data.batch_size} x "
