@@ -33,9 +33,14 @@ def main(argv):
     f = flags.FLAGS
     distributed.initialize(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
                            process_id=f.process_id, timeout_s=f.init_timeout, mode=f.distributed)
+    from hubert_jax.training.checkpoint import DiskFull
     from hubert_jax.training.loop import run
+    from hubert_jax.training.workdir_lock import LockLost, WorkdirBusy
 
-    run(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        run(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (DiskFull, WorkdirBusy, LockLost) as e:  # conditions of the machine, not bugs: one line, no traceback
+        raise SystemExit(f"train.py: {e}") from None
 
 
 if __name__ == "__main__":

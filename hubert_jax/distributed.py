@@ -97,3 +97,25 @@ def initialize(*, coordinator_address: str | None = None, num_processes: int | N
     logger.info("process %d of %d; %d local devices of %d", jax.process_index(), jax.process_count(),
                 jax.local_device_count(), jax.device_count())
     return True
+
+
+def all_hosts_agree(ok: bool) -> bool:
+    """True when every process says ok, so that all of them take the same branch (ok itself on one)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return bool(ok)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def sync(name: str) -> None:
+    """A barrier of every process (nothing on one)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -1,21 +1,37 @@
-"""Orbax checkpoints of a training run: the train state, the Grain iterator's position and the run's config.
+"""Orbax checkpoints of a training run: the train state, the Grain iterator's position, the run's config,
+and digests that prove the first two intact.
 
-`{workdir}/checkpoints/{step}/` holds three items:
+`{workdir}/checkpoints/{step}/` holds four items:
   - `state`: the train state flattened to `{path: array}` (string keys, so nothing depends on how a
     pytree spells its keys), saved asynchronously;
-  - `data`: the Grain iterator state;
-  - `config`: the run's config as JSON, so a workdir refuses a config it cannot resume.
+  - `data`: the Grain iterator state (one file per host);
+  - `config`: the run's config as JSON, so a workdir refuses a config it cannot resume;
+  - `integrity`: a digest of every array (computed on the devices, hubert_jax/training/integrity.py) and
+    of each host's iterator state.
 Orbax writes each step into a temporary folder and renames it when complete, so a crash during a save
 leaves the earlier checkpoints as they were, and an unfinished one is never picked up.
+
+Restoring verifies the digests. A step that cannot be read or does not verify is reported by path and
+step, moved to `{workdir}/checkpoints.damaged/` (kept for inspection, never deleted) and the run falls
+back to the newest step that verifies. A step written before digests existed restores with a warning.
+`keep` counts the newest steps; the step a run resumed from (the last one known to verify) is never
+deleted by it, and old steps go only once a newer save has completed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
+import time
 
 import jax
+import numpy as np
+
+from hubert_jax.distributed import all_hosts_agree, sync
+from hubert_jax.training import integrity
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +71,63 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return out
 
 
+class IncompatibleCheckpoint(ValueError):
+    """A checkpoint this run's config cannot resume (a user's choice, never a reason to fall back)."""
+
+
+class CheckpointDamaged(RuntimeError):
+    """A checkpoint step that cannot be read, or whose contents differ from its digests."""
+
+
+class DiskFull(RuntimeError):
+    """A save that does not fit on the workdir's filesystem."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether an error, or one it was raised from, is ENOSPC (from Python or from tensorstore's C++)."""
+    if isinstance(error, DiskFull):
+        return True
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _host_digests(digest: str) -> list[str]:
+    """Every host's iterator digest (first 64 bits), in process order."""
+    if jax.process_count() == 1:
+        return [digest[:16]]
+    from jax.experimental import multihost_utils
+
+    words = np.frombuffer(bytes.fromhex(digest[:16]), np.uint32)
+    gathered = np.asarray(multihost_utils.process_allgather(words)).reshape(-1, 2)
+    return [row.astype(np.uint32).tobytes().hex() for row in gathered]
+
+
 class Checkpoints:
-    def __init__(self, workdir: str, *, every: int, keep: int, config_json: str, async_save: bool = True):
+    def __init__(self, workdir: str, *, every: int, keep: int, config_json: str, async_save: bool = True,
+                 before_write=None):
+        """`before_write()` runs before each save (the workdir lock's check: it raises if the run lost it)."""
         import orbax.checkpoint as ocp
 
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.damaged_directory = os.path.join(self.workdir, "checkpoints.damaged")
         self.config_json = config_json
-        options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep, create=True,
+        self.keep = keep
+        self.protected: int | None = None  # the newest step known to verify: never deleted by `keep`
+        self.before_write = before_write
+        options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=None, create=True,
                                                enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         import grain.checkpoint
 
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "config"),
+            self.directory, options=options, item_names=("state", "data", "config", "integrity"),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-                           "config": ocp.JsonCheckpointHandler()})
+                           "config": ocp.JsonCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -77,43 +136,152 @@ class Checkpoints:
         """Whether save(step) will write a checkpoint without being forced."""
         return self.manager.should_save(step)
 
+    # ------------------------------------------------------------------ saving
+    def _check_space(self, step: int, flat: dict) -> None:
+        needed = _nbytes(flat)
+        free = shutil.disk_usage(self.directory).free
+        if free < needed * 1.05 + (16 << 20):
+            raise DiskFull(disk_full_message(self, step, needed, free))
+
+    def _prune(self) -> None:
+        """Delete the steps beyond the newest `keep`, except the protected one (only finished steps)."""
+        steps = sorted(self.manager.all_steps())
+        for step in steps[:-self.keep] if self.keep > 0 else []:
+            if step != self.protected:
+                self.manager.delete(step)
+
     def save(self, step: int, state, iterator, *, force: bool = False) -> bool:
         import grain.checkpoint
         import orbax.checkpoint as ocp
 
-        return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(flatten(state)), data=grain.checkpoint.CheckpointSave(iterator),
-            config=ocp.args.JsonSave(json.loads(self.config_json))), force=force)
+        if not (force or self.manager.should_save(step)):
+            return False
+        flat = flatten(state)
+        self.manager.wait_until_finished()  # the previous save (orbax would wait for it too)
 
+        def may_write():  # on process 0; every host learns its answer, so that all stop together
+            if self.before_write is not None:
+                self.before_write()
+            self._check_space(step, flat)
+
+        error = None
+        if jax.process_index() == 0:
+            try:
+                may_write()
+            except Exception as e:
+                error = e
+        if not all_hosts_agree(error is None):
+            raise error or RuntimeError(f"checkpoint step {step}: process 0 refused to save (its log says why)")
+        self._prune()
+        record = {"format": 1, "step": step, "arrays": integrity.array_digests(flat),
+                  "data": _host_digests(integrity.iterator_digest(iterator.get_state()))}
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(flat), data=grain.checkpoint.CheckpointSave(iterator),
+            config=ocp.args.JsonSave(json.loads(self.config_json)), integrity=ocp.args.JsonSave(record)),
+            force=True)
+
+    # ------------------------------------------------------------------ restoring
     def restore(self, step: int, abstract_state, shardings, iterator=None):
-        """The state at `step` on the given shardings, with the iterator (if given) moved to where it was.
-        Refuses a checkpoint whose config differs in the model, or whose arrays do not match this run's."""
+        """The state at `step` on the given shardings, with the iterator (if given) moved to where it was,
+        verified against the step's digests. IncompatibleCheckpoint: the config differs in the model, or
+        the arrays do not match this run's; CheckpointDamaged: the step cannot be read or does not verify."""
         import grain.checkpoint
         import orbax.checkpoint as ocp
 
         where = os.path.join(self.directory, str(step))
-        saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        try:
+            saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        except Exception as e:
+            raise CheckpointDamaged(f"{where}: its config cannot be read ({type(e).__name__}: {e})") from e
         differences = config_differences(saved_config, json.loads(self.config_json))
         if differences:
-            raise ValueError(f"{where}: this checkpoint was written by an incompatible config, refusing to resume "
-                             f"(use a new --workdir, or --config.model.init_from to start from its weights):\n  "
-                             + "\n  ".join(differences))
-        saved = self.manager.item_metadata(step)["state"]
+            raise IncompatibleCheckpoint(
+                f"{where}: this checkpoint was written by an incompatible config, refusing to resume "
+                f"(use a new --workdir, or --config.model.init_from to start from its weights):\n  "
+                + "\n  ".join(differences))
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+            if saved is None:
+                raise ValueError("no metadata")
+        except Exception as e:
+            raise CheckpointDamaged(f"{where}/state: its metadata (_METADATA) is missing or unreadable "
+                                    f"({type(e).__name__}: {e})") from e
         wanted = flatten(abstract_state)
         problems = [f"{k}: missing" for k in wanted if k not in saved]
         problems += [f"{k}: saved {tuple(saved[k].shape)}, expected {tuple(v.shape)}" for k, v in wanted.items()
                      if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
         problems += [f"{k}: not in this run's state" for k in saved if k not in wanted]
         if problems:
-            raise ValueError(f"{where}: the saved state does not match this run's ({len(problems)} arrays):\n  "
-                             + "\n  ".join(problems[:20]))
+            raise IncompatibleCheckpoint(f"{where}: the saved state does not match this run's ({len(problems)} "
+                                         f"arrays):\n  " + "\n  ".join(problems[:20]))
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)
                   for (k, v), s in zip(wanted.items(), flatten(shardings).values())}
         items = dict(state=ocp.args.StandardRestore(target))
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        has_digests = os.path.isdir(os.path.join(where, "integrity"))
+        if has_digests:
+            items["integrity"] = ocp.args.JsonRestore()
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:
+            raise CheckpointDamaged(f"{where}: cannot be read ({type(e).__name__}: {str(e)[:500]})") from e
+        if not has_digests:
+            logger.warning("%s: written before checkpoints carried digests; restored without verifying it", where)
+            return unflatten(abstract_state, restored["state"])
+        record = restored["integrity"]
+        bad = integrity.differing(record.get("arrays", {}), integrity.array_digests(restored["state"]))
+        if bad:
+            raise CheckpointDamaged(f"{where}: {len(bad)} arrays differ from the digests saved with them "
+                                    f"({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})")
+        if iterator is not None:
+            digests = record.get("data", [])
+            if len(digests) == jax.process_count():
+                if digests[jax.process_index()] != integrity.iterator_digest(iterator.get_state())[:16]:
+                    raise CheckpointDamaged(f"{where}/data: the data iterator's state differs from its digest "
+                                            f"(host {jax.process_index()})")
         return unflatten(abstract_state, restored["state"])
+
+    def restore_newest(self, abstract_state, shardings, iterator=None, *,
+                       move_damaged: bool = True) -> tuple[int | None, object]:
+        """(step, state) of the newest step that verifies, or (None, None) in a workdir without one.
+        Damaged newer steps are logged and (with move_damaged) moved to checkpoints.damaged/; when no step
+        verifies, nothing is moved and CheckpointDamaged lists them all."""
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            error = None
+            try:
+                state = self.restore(step, abstract_state, shardings, iterator)
+            except CheckpointDamaged as e:
+                error = str(e)
+            if not all_hosts_agree(error is None):
+                damaged.append((step, error or "damaged on another host (see its log)"))
+                logger.error("checkpoint step %d is damaged: %s", step, damaged[-1][1])
+                continue
+            for bad, _ in damaged if move_damaged else ():
+                self.quarantine(bad)
+            if damaged and move_damaged:
+                logger.warning("resuming from step %d, the newest checkpoint that verifies; damaged steps %s were "
+                               "moved to %s for inspection", step, ", ".join(str(b) for b, _ in damaged),
+                               self.damaged_directory)
+            self.protected = step
+            return step, state
+        if damaged:
+            raise CheckpointDamaged(f"{self.directory}: no checkpoint verifies, so none is resumed and nothing was "
+                                    f"moved:\n  " + "\n  ".join(f"step {s}: {why}" for s, why in damaged)
+                                    + "\nMove them away (or use a new --workdir) to start over.")
+        return None, None
+
+    def quarantine(self, step: int) -> str:
+        """Move a damaged step out of the checkpoints (orbax no longer sees it) into checkpoints.damaged/."""
+        source = os.path.join(self.directory, str(step))
+        target = os.path.join(self.damaged_directory, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+        if jax.process_index() == 0:
+            os.makedirs(self.damaged_directory, exist_ok=True)
+            os.rename(source, target)
+        sync(f"quarantine {step}")
+        self.manager.reload()
+        return target
 
     def reached_preemption(self, step: int) -> bool:
         """Whether the hosts of a multi-host run agreed to stop at `step` for a preemption (JAX's
@@ -123,5 +291,38 @@ class Checkpoints:
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
+    def finish(self) -> None:
+        """Wait for the last save, then apply `keep` to it."""
+        self.manager.wait_until_finished()
+        self._prune()
+
     def close(self) -> None:
         self.manager.close()
+
+    def remove_unfinished(self) -> list[str]:
+        """Remove orbax's temporary folders of unfinished saves (after a failed save; never a finished step)."""
+        removed = []
+        if jax.process_index() == 0 and os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                if ".orbax-checkpoint-tmp" in name:
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+                    removed.append(name)
+        return removed
+
+
+def _nbytes(flat: dict) -> int:
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in flat.values())
+
+
+def checkpoint_bytes(state) -> int:
+    """About what a checkpoint of `state` takes on disk (its arrays' bytes)."""
+    return _nbytes(flatten(state))
+
+
+def disk_full_message(checkpoints: Checkpoints, step: int, needed: int | None, free: int | None = None) -> str:
+    free = shutil.disk_usage(checkpoints.directory).free if free is None else free
+    latest = [s for s in checkpoints.manager.all_steps() if s != step]
+    return (f"no space left on device for checkpoint step {step} in {checkpoints.directory}: it needs about "
+            f"{(needed or 0) / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB are free. The checkpoints already there are "
+            f"intact (newest: step {max(latest) if latest else None}); free space or move the workdir, then "
+            f"run the same command to resume.")

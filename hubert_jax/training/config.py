@@ -83,7 +83,10 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         steps=400000, log_every=100, eval_every=5000, eval_batches=20, checkpoint_every=5000, keep_checkpoints=3,
-        max_nan_in_a_row=10, tensorboard=True))
+        max_nan_in_a_row=10, tensorboard=True,
+        # the workdir lock (hubert_jax/training/workdir_lock.py): heartbeat period, and the heartbeat age after
+        # which another machine's lock counts as stale (a lock of this machine's is stale once its process is gone)
+        lock_heartbeat_s=30.0, lock_stale_after_s=300.0))
     # device mesh (hubert_jax/sharding.py): one of data/fsdp/tensor may be -1 (the rest of the devices);
     # dcn_data > 1 spreads the data axis over that many TPU slices (multi-slice)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))

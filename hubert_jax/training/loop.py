@@ -21,11 +21,12 @@ from hubert_jax.data.pipeline import (
     make_iterator,
 )
 from hubert_jax.sharding import mesh_from_config
-from hubert_jax.training.checkpoint import Checkpoints
+from hubert_jax.training.checkpoint import Checkpoints, DiskFull, checkpoint_bytes, disk_full_message, is_disk_full
 from hubert_jax.training.config import with_init_from_heads
 from hubert_jax.training.finetune import FINETUNE_TASKS, FineTuner, finetune_sources, read_meta
 from hubert_jax.training.metrics_log import MetricLog
 from hubert_jax.training.pretrain import Pretrainer, Trainer, param_count
+from hubert_jax.training.workdir_lock import lock_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +102,12 @@ def restore_latest(cfg, workdir: str, step: int | None = None):
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                               config_json=cfg.to_json(sort_keys=True))
     try:
-        step = checkpoints.latest_step() if step is None else step
+        if step is not None:
+            return trainer, checkpoints.restore(step, trainer.abstract_state, trainer.state_shardings)
+        step, state = checkpoints.restore_newest(trainer.abstract_state, trainer.state_shardings, move_damaged=False)
         if step is None:
             raise FileNotFoundError(f"{checkpoints.directory}: no checkpoint")
-        return trainer, checkpoints.restore(step, trainer.abstract_state, trainer.state_shardings)
+        return trainer, state
     finally:
         checkpoints.close()
 
@@ -125,6 +128,20 @@ def evaluate(trainer: Trainer, state, source, data_cfg: DataConfig, batch_size: 
     return trainer.summarize(metrics)
 
 
+def _abandon_saves(checkpoints) -> list[str]:
+    """Wait for (or, on a full disk, give up on) a save in flight. A save that failed leaves only its
+    temporary folder, removed here (a finished step is never touched); their names are returned."""
+    try:
+        checkpoints.wait()
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+    removed = checkpoints.remove_unfinished()
+    if removed:
+        logger.info("removed the unfinished save(s) %s", ", ".join(removed))
+    return removed
+
+
 def _fetch(pending: list, window: dict, max_nan_in_a_row: int, checkpoints) -> None:
     """Bring the pending steps' metrics to the host, in order: window them, report skipped updates."""
     for step, metrics in jax.device_get(pending):
@@ -142,20 +159,42 @@ def _fetch(pending: list, window: dict, max_nan_in_a_row: int, checkpoints) -> N
     pending.clear()
 
 
+def write_config(workdir: str, config_json: str, step: int) -> str:
+    """`config.json` (the config the workdir's run now follows) and, kept for good, `configs/` with one file
+    per start (`{n}-step{step}.json`): a resumed run's earlier configs are never lost."""
+    history = os.path.join(workdir, "configs")
+    os.makedirs(history, exist_ok=True)
+    starts = [name for name in os.listdir(history) if name.split("-")[0].isdigit()]
+    name = os.path.join(history, f"{len(starts) + 1:04d}-step{step}.json")
+    for path in (name, os.path.join(workdir, "config.json")):
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(config_json + "\n")
+        os.replace(path + ".tmp", path)
+    return name
+
+
 def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
-    """Train to cfg.train.steps (or `stop_after` more steps), resuming from the workdir's latest checkpoint."""
-    # ------------------------------------------------------------------ setup
+    """Train to cfg.train.steps (or `stop_after` more steps), resuming from the newest checkpoint of the
+    workdir that verifies. The workdir is locked for the run (hubert_jax/training/workdir_lock.py)."""
     if "://" in workdir:
         raise ValueError(f"--workdir {workdir}: give a filesystem path. Checkpoints, config.json and the logs are "
                          f"written through the filesystem; mount a bucket with Cloud Storage FUSE (gcsfuse) on every "
                          f"host and pass the mount, e.g. /gcs/BUCKET/ckpt/run")
     os.makedirs(workdir, exist_ok=True)
+    lock = lock_workdir(workdir, heartbeat_s=cfg.train.get("lock_heartbeat_s", 30.0),
+                        stale_after_s=cfg.train.get("lock_stale_after_s", 300.0))
+    try:
+        return _run(cfg, workdir, lock, stop_after)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
+    # ------------------------------------------------------------------ setup
     main_process = jax.process_index() == 0
     cfg = with_init_from_heads(cfg)  # before anything reads the heads' settings; config.json records them
     config_json = cfg.to_json(sort_keys=True)
-    if main_process:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config_json + "\n")
     mesh = mesh_from_config(cfg.mesh)
     _check_batch_splits(cfg, mesh)
     total = cfg.train.steps
@@ -186,10 +225,9 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     # ------------------------------------------------------------------ state: resume, init_from or fresh
     trainer = make_trainer(cfg, mesh, meta)
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
-                              config_json=config_json)
-    latest = checkpoints.latest_step()
+                              config_json=config_json, before_write=lock.check if lock is not None else None)
+    latest, state = checkpoints.restore_newest(trainer.abstract_state, trainer.state_shardings, iterator)
     if latest is not None:
-        state = checkpoints.restore(latest, trainer.abstract_state, trainer.state_shardings, iterator)
         log.message(f"resumed from {checkpoints.directory}/{latest}")
     else:
         state = trainer.initial_state(trainer.init())
@@ -197,6 +235,8 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
             state = trainer.load_initial(state, cfg.model.init_from)
             log.message(f"initialised from {cfg.model.init_from}")
     step = int(jax.device_get(state["step"]))
+    if main_process:  # only now: the run is known to be compatible with its workdir
+        write_config(workdir, config_json, step)
     if train_cfg.buckets:
         sizes = bucket_batch_sizes(train_cfg, data_shards=data_shards(mesh), process_count=jax.process_count())
         shapes = ", ".join(f"{size} x {length / SAMPLE_RATE:.2f} s" for size, length in zip(sizes, train_cfg.buckets))
@@ -272,11 +312,18 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
                 break
         if valid_source is not None and not last_valid:  # nothing left to train: report where it stands
             last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
+        checkpoints.finish()
         if cfg.task in FINETUNE_TASKS and step >= total and not preempted["flag"]:
             directory = trainer.export(state, os.path.join(workdir, "model"))
             log.message(f"exported the fine-tuned model to {directory}")
+    except Exception as e:
+        if isinstance(e, DiskFull) or not is_disk_full(e):
+            raise
+        # an async save failed: it is the one whose temporary folder is left
+        failed = [int(name.split(".")[0]) for name in _abandon_saves(checkpoints) if name.split(".")[0].isdigit()]
+        raise DiskFull(disk_full_message(checkpoints, max(failed, default=step), checkpoint_bytes(state))) from None
     finally:
-        checkpoints.wait()
+        _abandon_saves(checkpoints)
         checkpoints.close()
         log.close()
         if previous_handler is not None:
