@@ -107,6 +107,22 @@ def _host_digests(digest: str) -> list[str]:
     return [row.astype(np.uint32).tobytes().hex() for row in gathered]
 
 
+class _QuietDiskFull(logging.Filter):
+    """Drops orbax's own log records of a save that hit ENOSPC (one per writer thread, each with its
+    traceback): the run reports the full disk once, in one line (DiskFull)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (is_disk_full(error) if error is not None else False) and \
+            "No space left on device" not in record.getMessage()
+
+
+def _short(error: BaseException) -> str:
+    """An orbax/tensorstore error without the kilobytes of tensorstore spec it carries."""
+    text = str(error).split(" [tensorstore_spec=")[0]
+    return f"{type(error).__name__}: {text[:600]}"
+
+
 class Checkpoints:
     def __init__(self, workdir: str, *, every: int, keep: int, config_json: str, async_save: bool = True,
                  before_write=None):
@@ -120,6 +136,8 @@ class Checkpoints:
         self.keep = keep
         self.protected: int | None = None  # the newest step known to verify: never deleted by `keep`
         self.before_write = before_write
+        self._quiet = _QuietDiskFull()
+        logging.getLogger("absl").addFilter(self._quiet)
         options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=None, create=True,
                                                enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         import grain.checkpoint
@@ -137,11 +155,24 @@ class Checkpoints:
         return self.manager.should_save(step)
 
     # ------------------------------------------------------------------ saving
+    def space_needed(self, state) -> int:
+        """Bytes a checkpoint of `state` needs: its arrays and room for the metadata, or what the newest
+        finished step takes on disk if that is more."""
+        return int(max(_nbytes(flatten(state)) * 1.1 + (1 << 20), 1.1 * self._size_on_disk(self.manager.latest_step())))
+
     def _check_space(self, step: int, flat: dict) -> None:
-        needed = _nbytes(flat)
+        needed = self.space_needed(flat)
         free = shutil.disk_usage(self.directory).free
-        if free < needed * 1.05 + (16 << 20):
+        if free < needed:
             raise DiskFull(disk_full_message(self, step, needed, free))
+
+    def _size_on_disk(self, step: int | None) -> int:
+        if step is None:
+            return 0
+        total = 0
+        for root, _, files in os.walk(os.path.join(self.directory, str(step))):
+            total += sum(os.path.getsize(os.path.join(root, name)) for name in files)
+        return total
 
     def _prune(self) -> None:
         """Delete the steps beyond the newest `keep`, except the protected one (only finished steps)."""
@@ -192,7 +223,7 @@ class Checkpoints:
         try:
             saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
         except Exception as e:
-            raise CheckpointDamaged(f"{where}: its config cannot be read ({type(e).__name__}: {e})") from e
+            raise CheckpointDamaged(f"{where}: its config cannot be read ({_short(e)})") from e
         differences = config_differences(saved_config, json.loads(self.config_json))
         if differences:
             raise IncompatibleCheckpoint(
@@ -204,8 +235,8 @@ class Checkpoints:
             if saved is None:
                 raise ValueError("no metadata")
         except Exception as e:
-            raise CheckpointDamaged(f"{where}/state: its metadata (_METADATA) is missing or unreadable "
-                                    f"({type(e).__name__}: {e})") from e
+            raise CheckpointDamaged(f"{where}/state: the state metadata is missing or unreadable "
+                                    f"({_short(e)})") from e
         wanted = flatten(abstract_state)
         problems = [f"{k}: missing" for k in wanted if k not in saved]
         problems += [f"{k}: saved {tuple(saved[k].shape)}, expected {tuple(v.shape)}" for k, v in wanted.items()
@@ -225,7 +256,7 @@ class Checkpoints:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:
-            raise CheckpointDamaged(f"{where}: cannot be read ({type(e).__name__}: {str(e)[:500]})") from e
+            raise CheckpointDamaged(f"{where}: cannot be read ({_short(e)})") from e
         if not has_digests:
             logger.warning("%s: written before checkpoints carried digests; restored without verifying it", where)
             return unflatten(abstract_state, restored["state"])
@@ -298,6 +329,7 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+        logging.getLogger("absl").removeFilter(self._quiet)
 
     def remove_unfinished(self) -> list[str]:
         """Remove orbax's temporary folders of unfinished saves (after a failed save; never a finished step)."""
@@ -312,11 +344,6 @@ class Checkpoints:
 
 def _nbytes(flat: dict) -> int:
     return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in flat.values())
-
-
-def checkpoint_bytes(state) -> int:
-    """About what a checkpoint of `state` takes on disk (its arrays' bytes)."""
-    return _nbytes(flatten(state))
 
 
 def disk_full_message(checkpoints: Checkpoints, step: int, needed: int | None, free: int | None = None) -> str:

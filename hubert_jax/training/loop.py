@@ -21,7 +21,7 @@ from hubert_jax.data.pipeline import (
     make_iterator,
 )
 from hubert_jax.sharding import mesh_from_config
-from hubert_jax.training.checkpoint import Checkpoints, DiskFull, checkpoint_bytes, disk_full_message, is_disk_full
+from hubert_jax.training.checkpoint import Checkpoints, DiskFull, disk_full_message, is_disk_full
 from hubert_jax.training.config import with_init_from_heads
 from hubert_jax.training.finetune import FINETUNE_TASKS, FineTuner, finetune_sources, read_meta
 from hubert_jax.training.metrics_log import MetricLog
@@ -321,7 +321,7 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
             raise
         # an async save failed: it is the one whose temporary folder is left
         failed = [int(name.split(".")[0]) for name in _abandon_saves(checkpoints) if name.split(".")[0].isdigit()]
-        raise DiskFull(disk_full_message(checkpoints, max(failed, default=step), checkpoint_bytes(state))) from None
+        raise DiskFull(disk_full_message(checkpoints, max(failed, default=step), checkpoints.space_needed(state))) from None
     finally:
         _abandon_saves(checkpoints)
         checkpoints.close()
