@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from typing import Mapping
@@ -29,27 +30,41 @@ _OPTION_KEYS = ("dtype", "param_dtype", "attention_impl", "scan_layers", "remat_
 
 
 # ----------------------------------------------------------------------------- locating a checkpoint
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the hub spells model ids
+
+
+def looks_like_hub_id(path: str) -> bool:
+    return bool(_HUB_ID.match(path)) and not path.startswith((".", "~"))
+
+
 def resolve(path_or_id: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
             local_files_only: bool = False) -> str:
-    """A local directory as is; otherwise a hub id through huggingface_hub (cache first, offline when cached)."""
+    """A local directory as is; an argument that looks like a hub id (`owner/name`) through huggingface_hub
+    (cache first, offline when cached); anything else that is no directory is "no such directory"."""
     path = os.fspath(path_or_id)
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
         raise ValueError(f"{path} is a file: from_pretrained expects a model directory or a hub id")
+    if not looks_like_hub_id(path):
+        raise FileNotFoundError(f"{path}: no such directory ({os.path.abspath(path)}). from_pretrained takes a "
+                                f"model directory, or a hub id such as facebook/hubert-base-ls960")
+    where = f"{path}: no such local directory ({os.path.abspath(path)}), and as a hub id"
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:
-        raise FileNotFoundError(f"{path} is not a local directory, and huggingface_hub is not installed to "
-                                f"resolve it as a hub id") from e
+        raise FileNotFoundError(f"{where} it needs huggingface_hub, which is not installed") from e
     patterns = ["*.json", "*.safetensors", "*.bin", "*.msgpack", "*.txt"]
     try:  # the cache first: works offline once downloaded
         return snapshot_download(path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
                                  local_files_only=True)
-    except Exception:
+    except Exception as e:
         if local_files_only:
-            raise FileNotFoundError(f"{path}: not a local directory and not in the hub cache") from None
-    return snapshot_download(path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
+            raise FileNotFoundError(f"{where} it is not in the hub cache ({type(e).__name__})") from None
+    try:
+        return snapshot_download(path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
+    except Exception as e:
+        raise FileNotFoundError(f"{where} it could not be fetched ({type(e).__name__}: {str(e)[:300]})") from None
 
 
 # ----------------------------------------------------------------------------- base model vs head prefixes

@@ -64,7 +64,7 @@ def test_unusable_audio_is_skipped_with_a_count_or_stops_with_strict(tmp_path, c
     (tmp_path / "broken.flac").write_bytes(b"not audio")
     sf.write(tmp_path / "nan.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
     assert main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "f")]) == 0
-    assert "from 3 files (3 skipped)" in capsys.readouterr().out
+    assert f"from 3 files (3 skipped, listed in {tmp_path / 'f'}.skipped)" in capsys.readouterr().out
     _, lengths = load_features(str(tmp_path / "f"))
     assert lengths[3:] == [0, 0, 0] and all(n > 0 for n in lengths[:3])  # manifest order kept
     with pytest.raises(ValueError, match="short.flac: 100 samples"):

@@ -18,7 +18,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
+from hubert_jax.data.audio import SAMPLE_RATE, AudioError, check_count, load, read_audio  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +56,11 @@ def _read_rows(path: str, lines: list[str], locate) -> list[Entry]:
     return entries
 
 
-def _is_tfds(path: str) -> bool:
+def is_tfds(path: str) -> bool:
     return path.startswith("tfds://")
 
 
-def _tfds_example(path: str):
+def tfds_example(path: str):
     from hubert_jax.data.tfds_source import open_split
 
     address, _, index = path.rpartition("#")
@@ -76,70 +76,46 @@ def check_files_exist(manifest: str, entries: list[Entry]) -> None:
 
 
 def _exists(path: str) -> bool:
-    if _is_tfds(path):
-        split, index = _tfds_example(path)
+    if is_tfds(path):
+        split, index = tfds_example(path)
         return 0 <= index < len(split)
     return os.path.isfile(path)
 
 
-class AudioError(ValueError):
-    """An audio file that cannot be used (unreadable, empty, NaN, too short)."""
-
-
-def read_audio(path: str, *, min_samples: int = 400) -> np.ndarray:
-    """Mono float32 at 16 kHz: stereo is averaged, other rates resampled (polyphase, scipy)."""
-    import soundfile as sf
-
+def _read_checked(manifest: str, entry: Entry, *, min_samples: int = 400) -> np.ndarray:
+    """A manifest row's waveform, its sample count checked against the row (errors name the line)."""
+    where = f"{manifest}:{entry.line}"
     try:
-        if _is_tfds(path):
-            split, index = _tfds_example(path)
-            audio, rate = split.audio(index)
-        else:
-            audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:
-        raise AudioError(f"{path}: unreadable audio ({type(e).__name__}: {e})") from e
-    audio = audio.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
-        g = gcd(rate, SAMPLE_RATE)
-        audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
-    if audio.size == 0:
-        raise AudioError(f"{path}: empty audio")
-    if not np.all(np.isfinite(audio)):
-        raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    if audio.size < min_samples:
-        raise AudioError(f"{path}: {audio.size} samples, fewer than the {min_samples} one frame needs")
+        audio, rate = load(entry.path, min_samples=min_samples)
+    except AudioError as e:
+        raise AudioError(f"{where}: {e}") from e
+    check_count(entry.num_samples, audio, rate, where=where, path=entry.path)
     return audio
 
 
 def read_entry_audio(manifest: str, entry: Entry, *, normalize: bool) -> np.ndarray:
     """A manifest row's waveform (errors name the manifest line), layer-normalised if asked (fairseq)."""
-    try:
-        audio = read_audio(entry.path)
-    except AudioError as e:
-        raise AudioError(f"{manifest}:{entry.line}: {e}") from e
+    audio = _read_checked(manifest, entry)
     if normalize:
         audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-5)
     return audio
 
 
-def iter_audio(entries: list[Entry], *, strict: bool = False, min_samples: int = 400):
-    """(entry, audio) for every usable file. Unusable ones are logged by path and skipped (counted in
-    the returned `skipped` list), or raise with strict=True."""
-    skipped: list[str] = []
+def iter_audio(entries: list[Entry], *, strict: bool = False, min_samples: int = 400, manifest: str = "manifest"):
+    """(entry, audio) for every usable row. Unusable ones (unreadable, damaged, or not the length the
+    manifest says) are logged by path and skipped (the returned `skipped` dict maps the row's index in
+    `entries` to why), or raise with strict=True."""
+    skipped: dict[int, str] = {}
 
     def generate():
-        for entry in entries:
+        for index, entry in enumerate(entries):
             try:
-                yield entry, read_audio(entry.path, min_samples=min_samples)
+                yield entry, _read_checked(manifest, entry, min_samples=min_samples)
             except AudioError as e:
                 if strict:
                     raise
                 logger.warning("skipping %s", e)
-                skipped.append(str(e))
+                skipped[index] = str(e)
 
     return generate(), skipped
 
@@ -153,16 +129,41 @@ def read_label_lines(path: str, expected_lines: int) -> list[list[str]]:
     return [line.split() for line in lines]
 
 
-def _label_line(path: str, number: int, tokens: list, frames: int, tolerance: int, dtype) -> np.ndarray:
-    """Line `number`'s labels (str or bytes tokens), checked: integers only, within `tolerance` of `frames`."""
+class LabelCountError(ValueError):
+    """A label line whose length does not fit its utterance's frames."""
+
+    def __init__(self, message: str, line: int, count: int):
+        super().__init__(message)
+        self.line, self.count = line, count
+
+
+def _label_line(path: str, number: int, tokens: list, frames: int, tolerance: int, dtype, *,
+                padding: int = -1, skipped: dict | None = None) -> np.ndarray:
+    """Line `number`'s labels (str or bytes tokens), checked: integers only, none below 0 but `padding`
+    (frames without a label), within `tolerance` of `frames`. `skipped`: {line: why} the label stage left
+    lines empty, for the message."""
+    if not tokens and frames > 0:
+        why = (skipped or {}).get(number)
+        raise LabelCountError(
+            f"{path}:{number}: an empty line, so no labels for utterance {number} of the manifest: "
+            + (f"the label stage skipped it ({why}). " if why else
+               "the label stage (mfcc / dump) leaves the line of an utterance it could not read empty (its log "
+               "names the file). ")
+            + "Fix or remove the audio file, rewrite the manifest without the line, and make the labels again",
+            number, 0)
     try:
         labels = np.asarray([int(t) for t in tokens], dtype)
     except ValueError:
         shown = " ".join(t.decode("utf-8", "replace") if isinstance(t, bytes) else t for t in tokens[:5])
         raise ValueError(f"{path}:{number}: expected integers, got {shown!r}...") from None
+    bad = labels[(labels < 0) & (labels != padding)]
+    if bad.size:
+        raise ValueError(f"{path}:{number}: label {int(bad[0])} is negative: labels are cluster ids 0..K-1 "
+                         f"({padding} alone marks frames without a label)")
     if abs(len(labels) - frames) > tolerance:
-        raise ValueError(f"{path}:{number}: {len(labels)} labels, expected {frames} frames"
-                         f"{f' (+-{tolerance})' if tolerance else ''}: is the label rate right?")
+        raise LabelCountError(f"{path}:{number}: {len(labels)} labels, expected {frames} frames"
+                              f"{f' (+-{tolerance})' if tolerance else ''}: is the label rate right?",
+                              number, len(labels))
     return labels
 
 
@@ -171,10 +172,20 @@ def _to_frames(labels: np.ndarray, frames: int) -> np.ndarray:
     return labels[:frames] if len(labels) > frames else np.pad(labels, (0, frames - len(labels)), mode="edge")
 
 
-def read_int_labels(path: str, expected_frames: list[int], *, tolerance: int = 0) -> list[np.ndarray]:
+def skipped_lines(path: str) -> dict[int, str]:
+    """{line (1-based): why} of the utterances the label stage skipped (`{path}.skipped`, if any)."""
+    from hubert_jax.labels.features import read_skipped
+
+    return {index + 1: why for index, why in read_skipped(f"{path}.skipped").items()}
+
+
+def read_int_labels(path: str, expected_frames: list[int], *, tolerance: int = 0,
+                    padding: int = -1) -> list[np.ndarray]:
     """Integer frame labels (.km, .phn), checked line by line against the expected frame counts."""
     rows = read_label_lines(path, len(expected_frames))
-    return [_to_frames(_label_line(path, number, tokens, frames, tolerance, np.int64), frames)
+    skipped = skipped_lines(path)
+    return [_to_frames(_label_line(path, number, tokens, frames, tolerance, np.int64, padding=padding,
+                                   skipped=skipped), frames)
             for number, (tokens, frames) in enumerate(zip(rows, expected_frames), start=1)]
 
 
@@ -187,7 +198,10 @@ class IntLabelFile:
     offsets per host instead of ~720M integers."""
 
     def __init__(self, path: str, expected_frames: list[int], *, tolerance: int = 0):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such label file")
         self.path, self.expected, self.tolerance = path, list(expected_frames), tolerance
+        self.skipped = skipped_lines(path)
         offsets, top, position = [], -1, 0
         with open(path, "rb") as f:
             for number, line in enumerate(f, start=1):
@@ -205,7 +219,8 @@ class IntLabelFile:
         self._fd = os.open(path, os.O_RDONLY)
 
     def _parse(self, line: bytes, number: int) -> np.ndarray:
-        return _label_line(self.path, number, line.split(), self.expected[number - 1], self.tolerance, np.int32)
+        return _label_line(self.path, number, line.split(), self.expected[number - 1], self.tolerance, np.int32,
+                           skipped=self.skipped)
 
     def __len__(self) -> int:
         return len(self.expected)

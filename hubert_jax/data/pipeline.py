@@ -23,9 +23,11 @@ from hubert_jax.data.buckets import (
     check_buckets,
     crop_bucket,
 )
+from hubert_jax.data.audio import num_samples
 from hubert_jax.data.manifest import (
     SAMPLE_RATE,
     IntLabelFile,
+    LabelCountError,
     check_files_exist,
     read_entry_audio,
     read_manifest,
@@ -66,10 +68,11 @@ class LabeledAudio:
         if not entries:
             raise ValueError(f"{config.manifest}: no utterances")
         check_files_exist(config.manifest, entries)
+        self.manifest, self.rate = config.manifest, config.label_rate
         expected = [int(round(e.num_samples * config.label_rate / SAMPLE_RATE)) for e in entries]
         tolerance = max(1, int(math.ceil(config.label_tolerance_s * config.label_rate)))
         # label lines are checked now and read when asked for, never held whole (IntLabelFile)
-        self.label_files = [IntLabelFile(path, expected, tolerance=tolerance) for path in config.labels]
+        self.label_files = [self._open_labels(path, entries, expected, tolerance) for path in config.labels]
         self.keep = [i for i, e in enumerate(entries) if e.num_samples >= config.min_samples]
         self.entries = [entries[i] for i in self.keep]
         # the largest label of each set, to be checked against the model's cluster counts
@@ -82,6 +85,21 @@ class LabeledAudio:
             logger.info("%s: %d utterances shorter than %d samples left out", config.manifest, dropped,
                         config.min_samples)
         self.config = config
+
+    def _open_labels(self, path: str, entries, expected, tolerance: int) -> IntLabelFile:
+        """The label file, checked. A line that does not fit its manifest row but fits the audio file's
+        real length blames the manifest's count, not the labels."""
+        try:
+            return IntLabelFile(path, expected, tolerance=tolerance)
+        except LabelCountError as e:
+            entry = entries[e.line - 1]
+            real = None if e.count == 0 else num_samples(entry.path)
+            if real is None or abs(int(round(real * self.rate / SAMPLE_RATE)) - e.count) > tolerance:
+                raise
+            raise ValueError(f"{self.manifest}:{entry.line}: the manifest lists {entry.num_samples} samples, but "
+                             f"{entry.path} has {real}, and its labels ({path}:{e.line}, {e.count} of them) fit "
+                             f"the file: the manifest's count is wrong. Fix the line (or rewrite the manifest "
+                             f"from the audio)") from None
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -12,7 +12,8 @@ The `tfds` command writes a manifest (and `.wrd` transcripts) for a prepared ten
 the other commands then read that split's audio from its ArrayRecord files.
 
 Features are stored like fairseq's dumps: `{out}.npy` (all frames, float32) and `{out}.len` (frames per
-utterance, in manifest order; 0 for an unusable file that was skipped).
+utterance, in manifest order; 0 for an unusable file that was skipped, with the reason in `{out}.skipped`,
+which `label` carries over to `{km}.skipped` so that training can say why a label line is empty).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from hubert_jax.data.manifest import (
     read_manifest,
     write_int_labels,
 )
-from hubert_jax.labels.features import load_features, save_features, split_utterances
+from hubert_jax.data.audio import resampled_summary
+from hubert_jax.labels.features import load_features, load_skipped, save_features, split_utterances, write_skipped
 from hubert_jax.labels.mfcc import mfcc_with_deltas
 from hubert_jax.progress import Progress, main_process
 
@@ -38,7 +40,7 @@ from hubert_jax.progress import Progress, main_process
 def cmd_mfcc(args) -> None:
     entries = read_manifest(args.manifest)
     check_files_exist(args.manifest, entries)
-    stream, skipped = iter_audio(entries, strict=args.strict)
+    stream, skipped = iter_audio(entries, strict=args.strict, manifest=args.manifest)
     features, batch, seconds, start = [], [], 0.0, time.perf_counter()
     done = {e.line: None for e in entries}  # keyed by manifest line: a file may be listed twice
     bar = Progress(len(entries), "mfcc", unit="utt", enabled=main_process())
@@ -55,9 +57,11 @@ def cmd_mfcc(args) -> None:
     bar.close()
     elapsed = time.perf_counter() - start
     features = [done[e.line] if done[e.line] is not None else np.zeros((0, 39), np.float32) for e in entries]
-    save_features(args.out, features, dims=39)
+    save_features(args.out, features, dims=39, skipped=skipped)
+    resampled = resampled_summary()
     print(f"{args.out}.npy: {sum(len(f) for f in features)} frames of 39-d MFCC from {len(entries) - len(skipped)} "
-          f"files ({len(skipped)} skipped); {seconds:.0f} s of audio in {elapsed:.1f} s = "
+          f"files ({len(skipped)} skipped{f', listed in {args.out}.skipped' if skipped else ''}"
+          f"{f'; {resampled}' if resampled else ''}); {seconds:.0f} s of audio in {elapsed:.1f} s = "
           f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")
 
 
@@ -106,6 +110,7 @@ def cmd_label(args) -> None:
         with Progress(len(feats), "label", unit="frame", enabled=main_process()) as bar:
             labels = predict(feats, centers, progress=bar)
         write_int_labels(args.out, split_utterances(labels, lengths))
+        write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
         print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
         return
     from jax.experimental import multihost_utils
@@ -125,6 +130,7 @@ def cmd_label(args) -> None:
                 with open(path, encoding="utf-8") as f:
                     out.write(f.read())
         os.replace(f"{args.out}.tmp", args.out)
+        write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
         for path in parts:
             os.remove(path)
         print(f"{args.out}: {len(lengths)} utterances from {world} hosts")
@@ -160,7 +166,7 @@ def cmd_dump(args) -> None:
     with Progress(last - first, f"dump layer {args.layer}", unit="utt", enabled=main_process()) as bar:
         stats = dump_features(model, entries, prefix, layer=args.layer, rank=rank, world=world,
                               chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
-                              progress=bar)
+                              progress=bar, manifest=args.manifest)
     elapsed = time.perf_counter() - start
     print(f"{prefix}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
           f"{stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "

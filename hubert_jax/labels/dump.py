@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from hubert_jax.data.manifest import Entry, iter_audio
-from hubert_jax.labels.features import load_features, save_features, split_utterances
+from hubert_jax.labels.features import load_features, read_skipped, save_features, split_utterances
 
 
 def shard_range(total: int, world: int, rank: int) -> tuple[int, int]:
@@ -35,7 +35,8 @@ def _chunk_features(model, layer: int, audio: list, max_tokens: int) -> list:
 
 
 def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank: int = 0, world: int = 1,
-                  chunk_size: int = 64, max_tokens: int = 64 * 16000, strict: bool = False, progress=None) -> dict:
+                  chunk_size: int = 64, max_tokens: int = 64 * 16000, strict: bool = False, progress=None,
+                  manifest: str = "manifest") -> dict:
     """Dump hidden_states[layer] for this rank's slice of `entries`; returns counts for reporting.
     `progress` (hubert_jax.progress.Progress over this rank's utterances) advances per chunk."""
     if not 0 <= layer <= model.config.num_hidden_layers:
@@ -53,15 +54,16 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
             progress.update(len(chunk))
         if os.path.exists(path + ".npy") and os.path.exists(path + ".len"):
             continue  # done before an interruption
-        stream, skipped = iter_audio(chunk, strict=strict)
+        stream, skipped = iter_audio(chunk, strict=strict, manifest=manifest)
         read = list(stream)
         # keyed by manifest line: a file may be listed twice
         by_line = dict(zip([entry.line for entry, _ in read],
                            _chunk_features(model, layer, [audio for _, audio in read], max_tokens)))
         seconds += sum(len(audio) for _, audio in read) / 16000
-        skipped_files += skipped
+        skipped_files += list(skipped.values())
         dims = model.config.hidden_size
-        save_features(path, [by_line.get(e.line, np.zeros((0, dims), np.float32)) for e in chunk], dims)
+        save_features(path, [by_line.get(e.line, np.zeros((0, dims), np.float32)) for e in chunk], dims,
+                      skipped=skipped)
         computed += 1
     _merge(prefix, len(chunks), model.config.hidden_size)
     return {"utterances": len(mine), "chunks": len(chunks), "computed": computed, "skipped": len(skipped_files),
@@ -77,6 +79,11 @@ def _complete(prefix: str, utterances: int) -> bool:
 
 def _merge(prefix: str, num_chunks: int, dims: int) -> None:
     parts = [load_features(f"{prefix}.chunk{i:05d}") for i in range(num_chunks)]
-    save_features(prefix, [u for feats, lengths in parts for u in split_utterances(feats, lengths)], dims)
+    skipped, offset = {}, 0
+    for i, (_, lengths) in enumerate(parts):
+        skipped.update({offset + j: why for j, why in read_skipped(f"{prefix}.chunk{i:05d}.skipped").items()})
+        offset += len(lengths)
+    save_features(prefix, [u for feats, lengths in parts for u in split_utterances(feats, lengths)], dims,
+                  skipped=skipped)
     for path in glob.glob(f"{glob.escape(prefix)}.chunk*"):
         os.remove(path)

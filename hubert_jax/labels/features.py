@@ -1,5 +1,7 @@
 """Dumped features on disk, as fairseq lays them out: `{prefix}.npy` holds every frame (float32) and
-`{prefix}.len` the frame count of each utterance, in manifest order."""
+`{prefix}.len` the frame count of each utterance, in manifest order. An utterance the stage skipped (its
+audio unusable) has 0 frames, and `{prefix}.skipped` says why: `index<TAB>reason` lines, the index
+0-based in manifest order, so that the labels made from the features can say why a line is empty."""
 
 from __future__ import annotations
 
@@ -8,11 +10,33 @@ import os
 import numpy as np
 
 
-def save_features(prefix: str, features: list[np.ndarray], dims: int) -> None:
+def write_skipped(path: str, skipped: dict[int, str]) -> None:
+    """`index<TAB>reason` lines (atomically); no file when nothing was skipped (an old one is removed)."""
+    if not skipped:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(f"{i}\t{' '.join(str(why).split())}\n" for i, why in sorted(skipped.items()))
+    os.replace(path + ".tmp", path)
+
+
+def read_skipped(path: str) -> dict[int, str]:
+    """{index: reason} of a `.skipped` file, {} without one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
+    except FileNotFoundError:
+        return {}
+    return {int(i): why for i, why in rows}
+
+
+def save_features(prefix: str, features: list[np.ndarray], dims: int, skipped: dict[int, str] | None = None) -> None:
     """Write atomically; the `.len` file goes last, so its presence marks a complete write."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     stacked = np.concatenate([np.asarray(f, np.float32).reshape(-1, dims) for f in features]) if features \
         else np.zeros((0, dims), np.float32)
+    write_skipped(f"{prefix}.skipped", skipped or {})
     np.save(f"{prefix}.tmp.npy", stacked)
     with open(f"{prefix}.len.tmp", "w") as f:
         f.writelines(f"{len(x)}\n" for x in features)
@@ -46,6 +70,19 @@ class Rows:
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self[:], dtype)
+
+
+def load_skipped(prefix: str, nshard: int = 0) -> dict[int, str]:
+    """Why utterances were skipped, indexed over all shards in rank order (as load_features' rows)."""
+    if nshard <= 0:
+        return read_skipped(f"{prefix}.skipped")
+    out, offset = {}, 0
+    for rank in range(nshard):
+        part = f"{prefix}_{rank}_{nshard}"
+        out.update({offset + i: why for i, why in read_skipped(f"{part}.skipped").items()})
+        with open(f"{part}.len") as f:
+            offset += sum(1 for _ in f)
+    return out
 
 
 def load_features(prefix: str, nshard: int = 0):

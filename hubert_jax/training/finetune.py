@@ -78,12 +78,14 @@ def finetune_sources(cfg, workdir: str | None = None):
         crop = False
     elif cfg.task == "frames":
         from hubert_jax.data.manifest import read_int_labels
+        from hubert_jax.data.targets import CTC_IGNORE
 
         rate = float(cfg.finetune.frame_rate)
         targets = {}
         for name, part in splits.items():
             expected = [int(round(e.num_samples * rate / SAMPLE_RATE)) for e in rows[name]]
-            targets[name] = read_int_labels(part.targets, expected, tolerance=max(1, int(0.1 * rate)))
+            targets[name] = read_int_labels(part.targets, expected, tolerance=max(1, int(0.1 * rate)),
+                                            padding=CTC_IGNORE)
         classes = int(cfg.finetune.num_classes) or 1 + max(int(t.max()) for ts in targets.values() for t in ts)
         top = max(int(t.max()) for ts in targets.values() for t in ts)
         if top >= classes:

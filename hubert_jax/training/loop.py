@@ -62,6 +62,14 @@ def make_trainer(cfg, mesh, meta: dict | None = None):
 def data_config(cfg, split: str) -> DataConfig:
     part = cfg.data[split]
     labels = () if cfg.task == "distill" else tuple(part.labels)  # distillation needs no labels
+    if cfg.task == "hubert" and part.manifest:
+        given = [p for p in labels if p]
+        missing = [p for p in given if not os.path.isfile(p)]
+        if not given or missing:
+            what = "no label file given" if not given else ", ".join(f"{p!r} does not exist" for p in missing)
+            raise FileNotFoundError(
+                f"config.data.{split}.labels: {what}: data.{split}.manifest ({part.manifest}) needs one .km file "
+                f"per label set, lines in manifest order (python -m hubert_jax.labels label ... --out FILE.km)")
     return DataConfig(manifest=part.manifest, labels=labels, label_rate=cfg.model.head.label_rate,
                       crop_samples=cfg.data.crop_samples, min_samples=cfg.data.min_samples,
                       normalize=cfg.data.normalize, buckets=tuple(cfg.data.get("buckets", ())),

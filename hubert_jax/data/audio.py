@@ -1,0 +1,147 @@
+"""Reading one audio file: mono float32 at 16 kHz, checked against what its header promises.
+
+- A WAV whose header counts more samples than the file holds (a truncated copy) is refused: libsndfile
+  would silently read the part that is there. The count comes from the RIFF `data` chunk itself; other
+  formats are checked against soundfile's frame count (FLAC's STREAMINFO, ...).
+- Stereo is averaged; another sample rate is resampled (polyphase, scipy), noted in the log once per
+  rate per process, and counted (`resampled_counts`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import struct
+import threading
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+_resampled: collections.Counter = collections.Counter()  # native rate -> files resampled in this process
+_resampled_lock = threading.Lock()
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used (unreadable, damaged, empty, NaN, too short, or not what the
+    manifest says)."""
+
+
+def wav_header_frames(path: str) -> int | None:
+    """Frames the `data` chunk of a RIFF/WAVE file declares, None for another format or an unknown size
+    (a streamed WAV writes 0 or 0xFFFFFFFF)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if name == b"fmt ":
+                    fmt = f.read(size + (size & 1))
+                    block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+                elif name == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + (size & 1), 1)
+    except OSError:
+        return None
+
+
+def _note_resampling(path: str, rate: int) -> None:
+    with _resampled_lock:
+        _resampled[rate] += 1
+        first = _resampled[rate] == 1
+    if first:
+        logger.warning("%s is at %d Hz: resampling it to %d Hz (noted once per rate; every such file is "
+                       "resampled, and manifests must count its samples at %d Hz)", path, rate, SAMPLE_RATE,
+                       SAMPLE_RATE)
+
+
+def resampled_counts() -> dict[int, int]:
+    """{native rate: files} resampled so far by this process."""
+    with _resampled_lock:
+        return dict(_resampled)
+
+
+def resampled_summary() -> str:
+    counts = resampled_counts()
+    return "; ".join(f"{n} files resampled from {rate} Hz" for rate, n in sorted(counts.items()))
+
+
+def load(path: str, *, min_samples: int = 400) -> tuple[np.ndarray, int]:
+    """(audio at 16 kHz, the file's own rate). AudioError names the path and what is wrong."""
+    import soundfile as sf
+
+    from hubert_jax.data.manifest import is_tfds, tfds_example
+
+    try:
+        if is_tfds(path):
+            split, index = tfds_example(path)
+            audio, rate = split.audio(index)
+            promised = None
+        else:
+            audio, rate = sf.read(path, dtype="float32", always_2d=True)
+            promised = wav_header_frames(path)
+            if promised is None:
+                promised = sf.info(path).frames
+    except Exception as e:
+        raise AudioError(f"{path}: unreadable audio ({type(e).__name__}: {e})") from e
+    if promised is not None and len(audio) < promised:
+        raise AudioError(f"{path}: damaged or truncated: its header says {promised} samples, the file holds "
+                         f"{len(audio)}")
+    audio = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        _note_resampling(path, rate)
+        g = gcd(rate, SAMPLE_RATE)
+        audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
+    if audio.size == 0:
+        raise AudioError(f"{path}: empty audio")
+    if not np.all(np.isfinite(audio)):
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    if audio.size < min_samples:
+        raise AudioError(f"{path}: {audio.size} samples, fewer than the {min_samples} one frame needs")
+    return audio, rate
+
+
+def read_audio(path: str, *, min_samples: int = 400) -> np.ndarray:
+    """Mono float32 at 16 kHz (see the module's docstring)."""
+    return load(path, min_samples=min_samples)[0]
+
+
+def num_samples(path: str) -> int | None:
+    """The file's length at 16 kHz from its header alone (None where it cannot be told)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except Exception:
+        return None
+    frames = wav_header_frames(path) or info.frames
+    return int(round(frames * SAMPLE_RATE / info.samplerate))
+
+
+def check_count(listed: int, audio: np.ndarray, rate: int, *, where: str, path: str) -> None:
+    """The manifest's count against the samples read (at 16 kHz; 1 sample of slack after resampling)."""
+    tolerance = 0 if rate == SAMPLE_RATE else 1
+    if abs(len(audio) - listed) <= tolerance:
+        return
+    hint = ""
+    if rate != SAMPLE_RATE:
+        native = int(round(len(audio) * rate / SAMPLE_RATE))
+        hint = (f"; the file is at {rate} Hz" + (f" and {listed} is its count at {rate} Hz" if abs(native - listed) <= 1
+                                                 else "") + f": manifests count samples at {SAMPLE_RATE} Hz")
+    raise AudioError(f"{where}: the manifest lists {listed} samples, but {path} has {len(audio)} at "
+                     f"{SAMPLE_RATE} Hz{hint}. Fix the line (or rewrite the manifest from the audio)")

@@ -1,0 +1,173 @@
+"""Bad audio, manifests, labels and paths, through the public commands: each is refused (or skipped and
+counted) with a message that names the file or line and what was expected."""
+
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from hubert_jax.data.manifest import AudioError, read_entry_audio, read_manifest
+from hubert_jax.data.pipeline import DataConfig, LabeledAudio
+from hubert_jax.labels.cli import main
+from hubert_jax.labels.features import load_features
+from hubert_jax.training.loop import run
+from tests import tiny_config
+
+DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo")
+
+
+def _corpus(tmp_path, extra_rows=(), count=3):
+    """The first `count` demo utterances copied to tmp_path as WAV, a manifest of them plus `extra_rows`,
+    and their real (100 Hz) phone labels."""
+    entries = read_manifest(os.path.join(DEMO, "valid.tsv"))[:count]
+    phones = open(os.path.join(DEMO, "valid.phn")).read().splitlines()[:count]
+    rows = []
+    for i, e in enumerate(entries):
+        audio, rate = sf.read(e.path, dtype="float32")
+        sf.write(tmp_path / f"u{i}.wav", audio, rate, subtype="PCM_16")
+        rows.append(f"u{i}.wav\t{len(audio)}")
+    (tmp_path / "m.tsv").write_text("\n".join(["."] + rows + list(extra_rows)) + "\n")
+    return str(tmp_path / "m.tsv"), phones
+
+
+def _truncated_wav(path, seconds=3.0):
+    sf.write(path, np.random.default_rng(0).normal(0, 0.1, int(16000 * seconds)).astype(np.float32), 16000,
+             subtype="PCM_16")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])  # the header still says 48000 samples
+
+
+# ---------------------------------------------------------------------------------------------- audio (4, 7)
+def test_a_truncated_wav_is_a_damaged_file_skipped_with_a_count_or_stopped_under_strict(tmp_path, capsys):
+    _truncated_wav(tmp_path / "cut.wav")
+    manifest, _ = _corpus(tmp_path, ["cut.wav\t48000"])
+    assert main(["mfcc", "--manifest", manifest, "--out", str(tmp_path / "f")]) == 0
+    assert "from 3 files (1 skipped" in capsys.readouterr().out
+    _, lengths = load_features(str(tmp_path / "f"))
+    assert lengths[3] == 0
+    why = open(tmp_path / "f.skipped").read()
+    assert why.startswith("3\t") and "cut.wav: damaged or truncated: its header says 48000 samples, the file " \
+                                     "holds 23989" in why
+    with pytest.raises(AudioError, match=r"m.tsv:5: .*cut.wav: damaged or truncated"):
+        main(["mfcc", "--manifest", manifest, "--out", str(tmp_path / "g"), "--strict"])
+    # the training reader refuses it too, naming the manifest line
+    entry = read_manifest(manifest)[3]
+    with pytest.raises(AudioError, match=r"m.tsv:5: .*damaged or truncated"):
+        read_entry_audio(manifest, entry, normalize=False)
+
+
+def test_a_manifest_count_that_disagrees_with_the_file_names_the_line_and_both_numbers(tmp_path, capsys):
+    manifest, _ = _corpus(tmp_path)
+    rows = open(manifest).read().splitlines()
+    real = int(rows[2].split("\t")[1])
+    rows[2] = "u1.wav\t999999"
+    open(manifest, "w").write("\n".join(rows) + "\n")
+    with pytest.raises(AudioError, match=rf"m.tsv:3: the manifest lists 999999 samples, but .*u1.wav has {real} at "
+                                         rf"16000 Hz"):
+        main(["mfcc", "--manifest", manifest, "--out", str(tmp_path / "f"), "--strict"])
+    assert main(["mfcc", "--manifest", manifest, "--out", str(tmp_path / "f")]) == 0
+    assert "(1 skipped" in capsys.readouterr().out
+    assert "999999" in open(tmp_path / "f.skipped").read()
+
+
+def test_8khz_audio_is_resampled_with_one_note_and_the_manifest_counted_at_16khz(tmp_path, capsys, caplog):
+    from hubert_jax.data import audio as audio_lib
+
+    audio_lib._resampled.clear()
+    tone = np.sin(np.arange(16000) / 8000 * 2 * np.pi * 440).astype(np.float32) * 0.3  # 2 s at 8 kHz
+    for name in ("a8k.wav", "b8k.wav"):
+        sf.write(tmp_path / name, tone, 8000, subtype="PCM_16")
+    (tmp_path / "m.tsv").write_text(".\na8k.wav\t32000\nb8k.wav\t32000\n")  # counted at 16 kHz: right
+    with caplog.at_level(logging.WARNING):
+        assert main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "f")]) == 0
+    assert "(0 skipped; 2 files resampled from 8000 Hz)" in capsys.readouterr().out
+    notes = [r for r in caplog.records if "resampling it to 16000 Hz" in r.getMessage()]
+    assert len(notes) == 1 and "a8k.wav is at 8000 Hz" in notes[0].getMessage()
+    # the file's own count in the manifest: named as such
+    (tmp_path / "m.tsv").write_text(".\na8k.wav\t16000\n")
+    with pytest.raises(AudioError, match=r"m.tsv:2: the manifest lists 16000 samples, but .*a8k.wav has 32000 at "
+                                         r"16000 Hz; the file is at 8000 Hz and 16000 is its count at 8000 Hz: "
+                                         r"manifests count samples at 16000 Hz"):
+        main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "g"), "--strict"])
+
+
+# ---------------------------------------------------------------------------------------------- labels (5, 6, 8)
+def test_a_negative_label_is_refused_naming_file_and_line(tmp_path):
+    manifest, phones = _corpus(tmp_path)
+    bad = list(phones)
+    bad[1] = " ".join(["-3"] + bad[1].split()[1:])
+    (tmp_path / "bad.km").write_text("\n".join(bad) + "\n")
+    with pytest.raises(ValueError, match=r"bad.km:2: label -3 is negative: labels are cluster ids 0..K-1 \(-1 alone"):
+        LabeledAudio(DataConfig(manifest=manifest, labels=(str(tmp_path / "bad.km"),), label_rate=100.0,
+                                min_samples=1000))
+    ok = list(phones)
+    ok[1] = " ".join(["-1"] + ok[1].split()[1:])  # the padding value: a frame without a label
+    (tmp_path / "ok.km").write_text("\n".join(ok) + "\n")
+    LabeledAudio(DataConfig(manifest=manifest, labels=(str(tmp_path / "ok.km"),), label_rate=100.0, min_samples=1000))
+
+
+def test_an_empty_label_line_says_the_label_stage_skipped_the_utterance_and_why(tmp_path):
+    _truncated_wav(tmp_path / "cut.wav")
+    manifest, _ = _corpus(tmp_path, ["cut.wav\t48000"])
+    feats = str(tmp_path / "f")
+    assert main(["mfcc", "--manifest", manifest, "--out", feats]) == 0
+    assert main(["kmeans", "--feats", feats, "--clusters", "4", "--out", str(tmp_path / "c.npy"),
+                 "--max-iter", "2", "--n-init", "1"]) == 0
+    assert main(["label", "--feats", feats, "--centroids", str(tmp_path / "c.npy"),
+                 "--out", str(tmp_path / "t.km")]) == 0
+    with pytest.raises(ValueError, match=r"t.km:4: an empty line, so no labels for utterance 4 of the manifest: the "
+                                         r"label stage skipped it \(.*cut.wav: damaged or truncated"):
+        LabeledAudio(DataConfig(manifest=manifest, labels=(str(tmp_path / "t.km"),), label_rate=100.0,
+                                min_samples=1000))
+
+
+def test_a_wrong_manifest_count_is_blamed_on_the_manifest_not_the_labels(tmp_path):
+    manifest, phones = _corpus(tmp_path)
+    (tmp_path / "t.km").write_text("\n".join(phones) + "\n")
+    rows = open(manifest).read().splitlines()
+    real = int(rows[2].split("\t")[1])
+    rows[2] = f"u1.wav\t{real + 16000}"  # a second too many
+    open(manifest, "w").write("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=rf"m.tsv:3: the manifest lists {real + 16000} samples, but .*u1.wav has "
+                                         rf"{real}, and its labels \(.*t.km:2, .* of them\) fit the file: the "
+                                         rf"manifest's count is wrong"):
+        LabeledAudio(DataConfig(manifest=manifest, labels=(str(tmp_path / "t.km"),), label_rate=100.0,
+                                min_samples=1000))
+
+
+# ---------------------------------------------------------------------------------------------- config and paths (9, 10)
+def test_a_valid_manifest_without_labels_names_the_field(tmp_path):
+    cfg = tiny_config.get_config()
+    cfg.data.valid.labels = ("",)
+    with pytest.raises(FileNotFoundError, match=r"config.data.valid.labels: no label file given: data.valid.manifest "
+                                                r"\(.*valid.tsv\) needs one .km file per label set"):
+        run(cfg, str(tmp_path))
+    cfg.data.valid.labels = (str(tmp_path / "valid.km"),)
+    with pytest.raises(FileNotFoundError, match=r"config.data.valid.labels: .*valid.km' does not exist"):
+        run(cfg, str(tmp_path))
+
+
+def test_from_pretrained_says_no_such_directory_before_any_hub_lookup(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from hubert_jax import HubertModel
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    for path in (str(tmp_path / "exprot"), "./work/exprot", "work/runs/exprot", "exprot"):
+        with pytest.raises(FileNotFoundError, match=r"no such directory"):
+            HubertModel.from_pretrained(path)
+
+
+def test_a_hub_like_name_that_is_no_directory_says_both(tmp_path, monkeypatch):
+    from hubert_jax import HubertModel
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"work/exprot: no such local directory \(.*work/exprot\), and as a hub "
+                                                r"id it is not in the hub cache"):
+        HubertModel.from_pretrained("work/exprot", local_files_only=True, cache_dir=str(tmp_path / "cache"))
