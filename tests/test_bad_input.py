@@ -74,9 +74,6 @@ def test_a_manifest_count_that_disagrees_with_the_file_names_the_line_and_both_n
 
 
 def test_8khz_audio_is_resampled_with_one_note_and_the_manifest_counted_at_16khz(tmp_path, capsys, caplog):
-    from hubert_jax.data import audio as audio_lib
-
-    audio_lib._resampled.clear()
     tone = np.sin(np.arange(16000) / 8000 * 2 * np.pi * 440).astype(np.float32) * 0.3  # 2 s at 8 kHz
     for name in ("a8k.wav", "b8k.wav"):
         sf.write(tmp_path / name, tone, 8000, subtype="PCM_16")

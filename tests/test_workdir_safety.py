@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,8 +15,7 @@ import time
 
 import pytest
 
-from hubert_jax.training import checkpoint as checkpoint_lib
-from hubert_jax.training.checkpoint import CheckpointDamaged, DiskFull, IncompatibleCheckpoint
+from hubert_jax.training.checkpoint import CheckpointDamaged, IncompatibleCheckpoint
 from hubert_jax.training.loop import restore_latest, run
 from hubert_jax.training.workdir_lock import LockLost, WorkdirBusy, WorkdirLock
 from tests import tiny_config
@@ -270,15 +270,21 @@ def test_a_full_disk_ends_train_py_with_one_line_and_the_checkpoints_intact(smal
     assert int(state["step"]) == saved[-1]
 
 
-def test_a_save_that_runs_out_of_space_midway_is_cleaned_up_and_named(small_disk, monkeypatch):
-    # no check before the save: the write itself (tensorstore, in orbax's background thread) hits ENOSPC
-    monkeypatch.setattr(checkpoint_lib.Checkpoints, "_check_space", lambda self, step, flat: None)
+def test_a_save_that_runs_out_of_space_midway_is_cleaned_up_and_named_in_one_line(small_disk):
+    # no check before the save: the write itself (tensorstore, in orbax's background threads) hits ENOSPC
     disk = small_disk(3000)  # the first checkpoint (step 1) fits, the second does not
-    with pytest.raises(DiskFull, match=f"no space left on device for checkpoint step .* in {disk}/run/checkpoints"):
-        run(tiny_config.get_config(), str(disk / "run"))
+    script = ("import runpy, sys; from hubert_jax.training import checkpoint as c; "
+              "c.Checkpoints._check_space = lambda self, step, flat: None; "
+              f"sys.argv = {TRAIN[1:] + ['--workdir', str(disk / 'run')]!r}; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.match(rf"train.py: no space left on device for checkpoint step \d+ in {disk}/run/checkpoints: it "
+                    rf"needs about", last), last
+    assert "Traceback" not in done.stderr and "No space left" not in done.stderr, done.stderr[-3000:]
     assert not [p for p in os.listdir(disk / "run" / "checkpoints") if "tmp" in p]
     saved = _steps(disk / "run")
     _, state = restore_latest(tiny_config.get_config(), str(disk / "run"))
     assert int(state["step"]) == saved[-1]
     assert not os.path.exists(disk / "run" / "run.lock")
-

@@ -72,9 +72,11 @@ def resampled_counts() -> dict[int, int]:
         return dict(_resampled)
 
 
-def resampled_summary() -> str:
-    counts = resampled_counts()
-    return "; ".join(f"{n} files resampled from {rate} Hz" for rate, n in sorted(counts.items()))
+def resampled_summary(since: dict[int, int] | None = None) -> str:
+    """'N files resampled from R Hz' for the files resampled since `since` (an earlier resampled_counts())."""
+    since = since or {}
+    counts = {rate: n - since.get(rate, 0) for rate, n in resampled_counts().items()}
+    return "; ".join(f"{n} files resampled from {rate} Hz" for rate, n in sorted(counts.items()) if n)
 
 
 def load(path: str, *, min_samples: int = 400) -> tuple[np.ndarray, int]:

@@ -31,7 +31,7 @@ from hubert_jax.data.manifest import (
     read_manifest,
     write_int_labels,
 )
-from hubert_jax.data.audio import resampled_summary
+from hubert_jax.data.audio import resampled_counts, resampled_summary
 from hubert_jax.labels.features import load_features, load_skipped, save_features, split_utterances, write_skipped
 from hubert_jax.labels.mfcc import mfcc_with_deltas
 from hubert_jax.progress import Progress, main_process
@@ -40,6 +40,7 @@ from hubert_jax.progress import Progress, main_process
 def cmd_mfcc(args) -> None:
     entries = read_manifest(args.manifest)
     check_files_exist(args.manifest, entries)
+    resampled_before = resampled_counts()
     stream, skipped = iter_audio(entries, strict=args.strict, manifest=args.manifest)
     features, batch, seconds, start = [], [], 0.0, time.perf_counter()
     done = {e.line: None for e in entries}  # keyed by manifest line: a file may be listed twice
@@ -58,7 +59,7 @@ def cmd_mfcc(args) -> None:
     elapsed = time.perf_counter() - start
     features = [done[e.line] if done[e.line] is not None else np.zeros((0, 39), np.float32) for e in entries]
     save_features(args.out, features, dims=39, skipped=skipped)
-    resampled = resampled_summary()
+    resampled = resampled_summary(resampled_before)
     print(f"{args.out}.npy: {sum(len(f) for f in features)} frames of 39-d MFCC from {len(entries) - len(skipped)} "
           f"files ({len(skipped)} skipped{f', listed in {args.out}.skipped' if skipped else ''}"
           f"{f'; {resampled}' if resampled else ''}); {seconds:.0f} s of audio in {elapsed:.1f} s = "

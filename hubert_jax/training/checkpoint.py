@@ -108,13 +108,35 @@ def _host_digests(digest: str) -> list[str]:
 
 
 class _QuietDiskFull(logging.Filter):
-    """Drops orbax's own log records of a save that hit ENOSPC (one per writer thread, each with its
-    traceback): the run reports the full disk once, in one line (DiskFull)."""
+    """Drops the log records of a save that hit ENOSPC, Orbax's (one per writer thread, each with its
+    traceback) and asyncio's (its futures' "exception was never retrieved", at exit): the run reports
+    the full disk once, in one line (DiskFull)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (is_disk_full(error) if error is not None else False) and \
-            "No space left on device" not in record.getMessage()
+        return not (error is not None and is_disk_full(error)) and "No space left on device" not in record.getMessage()
+
+
+_QUIET = _QuietDiskFull()
+for _name in ("absl", "asyncio"):
+    logging.getLogger(_name).addFilter(_QUIET)
+
+
+def quiet_closed_loop_callbacks() -> None:
+    """Drop the `RuntimeError: Event loop is closed` that tensorstore's writer threads raise, as
+    unraisable exceptions, when they finish after Orbax gave up on a failed save (each would print a
+    traceback ahead of the run's one-line error). Every other unraisable exception is printed as before."""
+    import sys
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _short(error: BaseException) -> str:
@@ -136,8 +158,6 @@ class Checkpoints:
         self.keep = keep
         self.protected: int | None = None  # the newest step known to verify: never deleted by `keep`
         self.before_write = before_write
-        self._quiet = _QuietDiskFull()
-        logging.getLogger("absl").addFilter(self._quiet)
         options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=None, create=True,
                                                enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         import grain.checkpoint
@@ -329,7 +349,6 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
-        logging.getLogger("absl").removeFilter(self._quiet)
 
     def remove_unfinished(self) -> list[str]:
         """Remove orbax's temporary folders of unfinished saves (after a failed save; never a finished step)."""
