@@ -176,9 +176,19 @@ class Checkpoints:
 
     # ------------------------------------------------------------------ saving
     def space_needed(self, state) -> int:
-        """Bytes a checkpoint of `state` needs: its arrays and room for the metadata, or what the newest
-        finished step takes on disk if that is more."""
-        return int(max(_nbytes(flatten(state)) * 1.1 + (1 << 20), 1.1 * self._size_on_disk(self.manager.latest_step())))
+        """Bytes a checkpoint of `state` needs: what the newest finished step takes on disk, with 10% to
+        spare (Orbax compresses: 0.31 x the arrays' bytes for the base recipe's fresh state), or, before
+        the first save, the arrays' bytes; 1 MiB more for the metadata."""
+        newest = self._size_on_disk(self.manager.latest_step())
+        return int(1.1 * (newest or _nbytes(flatten(state))) + (1 << 20))
+
+    def failed_for_space(self, state) -> bool:
+        """Whether a save was left unfinished while the disk has less free space than a checkpoint needs
+        (a failed write's follow-on errors need not say ENOSPC)."""
+        unfinished = os.path.isdir(self.directory) and any(".orbax-checkpoint-tmp" in name
+                                                           for name in os.listdir(self.directory))
+        needed = self.space_needed(state) if state is not None else 1.1 * self._size_on_disk(self.latest_step())
+        return unfinished and shutil.disk_usage(self.directory).free < needed
 
     def _check_space(self, step: int, flat: dict) -> None:
         needed = self.space_needed(flat)

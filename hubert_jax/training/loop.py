@@ -142,7 +142,7 @@ def _abandon_saves(checkpoints) -> list[str]:
     try:
         checkpoints.wait()
     except Exception as e:
-        if not is_disk_full(e):
+        if not is_disk_full(e) and not checkpoints.failed_for_space(None):
             raise
     removed = checkpoints.remove_unfinished()
     if removed:
@@ -325,7 +325,8 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
             directory = trainer.export(state, os.path.join(workdir, "model"))
             log.message(f"exported the fine-tuned model to {directory}")
     except Exception as e:
-        if isinstance(e, DiskFull) or not is_disk_full(e):
+        # a save that failed on a full disk: ENOSPC itself, or a follow-on error of the half-written files
+        if isinstance(e, DiskFull) or not (is_disk_full(e) or checkpoints.failed_for_space(state)):
             raise
         # an async save failed: it is the one whose temporary folder is left
         failed = [int(name.split(".")[0]) for name in _abandon_saves(checkpoints) if name.split(".")[0].isdigit()]
