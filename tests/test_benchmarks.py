@@ -72,3 +72,11 @@ def test_gpu_check_names_what_is_missing(monkeypatch, capsys):
     monkeypatch.setattr(gpu_check, "NEEDED", ("numpy", "no_such_module_here"))
     assert gpu_check.main([]) == 2
     assert "gpu_check needs no_such_module_here" in capsys.readouterr().out
+
+
+def test_checkpoint_benchmark_prints_its_table():
+    stdout = run_benchmark("checkpoint.py", "--smoke")
+    assert stdout.startswith("device: "), stdout
+    for what in ("digest of every array", "save (sync, digest included)", "restore + verify", "digest / save"):
+        assert float(table_row(stdout, f"| {what} |")[1]) > 0, stdout
+    assert re.search(r"size on disk: [\d.]+ MiB = [\d.]+ x the arrays' bytes", stdout.splitlines()[-1]), stdout

@@ -288,3 +288,19 @@ def test_a_save_that_runs_out_of_space_midway_is_cleaned_up_and_named_in_one_lin
     _, state = restore_latest(tiny_config.get_config(), str(disk / "run"))
     assert int(state["step"]) == saved[-1]
     assert not os.path.exists(disk / "run" / "run.lock")
+
+
+def test_every_process_of_a_multi_host_run_stops_when_the_workdir_is_taken(tmp_path):
+    from tests.test_scale import _env, _free_port, _train_cmd
+
+    port = _free_port()
+    with WorkdirLock(str(tmp_path / "run")):  # a live run holds the workdir
+        procs = [subprocess.Popen(_train_cmd(tmp_path / "run", "--coordinator_address", f"127.0.0.1:{port}",
+                                             "--num_processes", "2", "--process_id", str(i)),
+                                  env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(2)]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outputs
+    assert f"is in use by another run (host {socket.gethostname()}, pid {os.getpid()}" in outputs[0].splitlines()[-1]
+    assert "process 0 could not lock the workdir" in outputs[1].splitlines()[-1], outputs[1][-2000:]
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
