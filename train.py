@@ -9,6 +9,10 @@ Multi-host: run the same command on every host. TPU pods, SLURM and Open MPI job
 otherwise add --coordinator_address HOST:PORT --num_processes N --process_id I (hubert_jax/distributed.py).
 """
 
+import logging
+import os
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -42,7 +46,13 @@ def main(argv):
     try:
         run(flags.FLAGS.config, flags.FLAGS.workdir)
     except (DiskFull, WorkdirBusy, LockLost) as e:  # conditions of the machine, not bugs: one line, no traceback
-        raise SystemExit(f"train.py: {e}") from None
+        # run() has given the lock back and closed the checkpoints; exit before the interpreter's teardown,
+        # where the abandoned save's coroutines would print warnings after this line
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.write(f"train.py: {e}\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 if __name__ == "__main__":

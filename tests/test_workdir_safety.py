@@ -301,6 +301,7 @@ def test_every_process_of_a_multi_host_run_stops_when_the_workdir_is_taken(tmp_p
                  for i in range(2)]
         outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [1, 1], outputs
-    assert f"is in use by another run (host {socket.gethostname()}, pid {os.getpid()}" in outputs[0].splitlines()[-1]
-    assert "process 0 could not lock the workdir" in outputs[1].splitlines()[-1], outputs[1][-2000:]
+    errors = [[line for line in out.splitlines() if line.startswith("train.py: ")] for out in outputs]
+    assert f"is in use by another run (host {socket.gethostname()}, pid {os.getpid()}" in errors[0][0], outputs[0]
+    assert "process 0 could not lock the workdir" in errors[1][0], outputs[1][-2000:]
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
