@@ -112,11 +112,12 @@ class WorkdirLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        record = self._record()
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self._record(), f)
+            json.dump(record, f)
             f.flush()
             os.fsync(f.fileno())
-        self._started = self._record()["started"]
+        self._started = record["started"]
         return True
 
     def acquire(self) -> "WorkdirLock":
