@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     import jax
 
     from hubert_jax.sharding import mesh_from_config
-    from hubert_jax.training.checkpoint import Checkpoints, flatten
+    from hubert_jax.training.checkpoint import Checkpoints, array_bytes, flatten
     from hubert_jax.training.integrity import array_digests
     from hubert_jax.training.pretrain import Pretrainer, param_count
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     trainer = Pretrainer(cfg, mesh_from_config(cfg.mesh))
     state = trainer.initial_state(trainer.init())
     flat = flatten(state)
-    array_bytes = sum(v.size * v.dtype.itemsize for v in flat.values())
+    state_bytes = array_bytes(flat)
     array_digests(flat)  # compile
     digest_s = median_time(lambda: array_digests(flat), args.repeats)
 
@@ -93,14 +93,14 @@ def main(argv=None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}; {name}: "
-          f"{param_count(state['params']):,} parameters, {len(flat)} arrays, {array_bytes / 2**20:,.0f} MiB of state")
+          f"{param_count(state['params']):,} parameters, {len(flat)} arrays, {state_bytes / 2**20:,.0f} MiB of state")
     print("| what | seconds |")
     print("| --- | --- |")
     print(f"| digest of every array | {digest_s:.3f} |")
     print(f"| save (sync, digest included) | {save_s:.3f} |")
     print(f"| restore + verify | {restore_s:.3f} |")
     print(f"| digest / save | {digest_s / save_s:.3f} |")
-    print(f"size on disk: {on_disk / 2**20:,.1f} MiB = {on_disk / array_bytes:.2f} x the arrays' bytes")
+    print(f"size on disk: {on_disk / 2**20:,.1f} MiB = {on_disk / state_bytes:.2f} x the arrays' bytes")
 
 
 if __name__ == "__main__":

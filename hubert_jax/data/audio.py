@@ -29,6 +29,17 @@ class AudioError(ValueError):
     manifest says)."""
 
 
+def is_tfds(path: str) -> bool:
+    return path.startswith("tfds://")
+
+
+def tfds_example(path: str):
+    from hubert_jax.data.tfds_source import open_split
+
+    address, _, index = path.rpartition("#")
+    return open_split(address), int(index) if index.isdigit() else -1
+
+
 def wav_header_frames(path: str) -> int | None:
     """Frames the `data` chunk of a RIFF/WAVE file declares, None for another format or an unknown size
     (a streamed WAV writes 0 or 0xFFFFFFFF)."""
@@ -82,8 +93,6 @@ def resampled_summary(since: dict[int, int] | None = None) -> str:
 def load(path: str, *, min_samples: int = 400) -> tuple[np.ndarray, int]:
     """(audio at 16 kHz, the file's own rate). AudioError names the path and what is wrong."""
     import soundfile as sf
-
-    from hubert_jax.data.manifest import is_tfds, tfds_example
 
     try:
         if is_tfds(path):

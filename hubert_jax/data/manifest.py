@@ -18,7 +18,15 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-from hubert_jax.data.audio import SAMPLE_RATE, AudioError, check_count, load, read_audio  # noqa: F401 (re-exported)
+from hubert_jax.data.audio import (  # noqa: F401 (re-exported)
+    SAMPLE_RATE,
+    AudioError,
+    check_count,
+    is_tfds,
+    load,
+    read_audio,
+    tfds_example,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,17 +62,6 @@ def _read_rows(path: str, lines: list[str], locate) -> list[Entry]:
             raise ValueError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', got {line!r}")
         entries.append(Entry(locate(parts[0]), int(parts[1]), number))
     return entries
-
-
-def is_tfds(path: str) -> bool:
-    return path.startswith("tfds://")
-
-
-def tfds_example(path: str):
-    from hubert_jax.data.tfds_source import open_split
-
-    address, _, index = path.rpartition("#")
-    return open_split(address), int(index) if index.isdigit() else -1
 
 
 def check_files_exist(manifest: str, entries: list[Entry]) -> None:
@@ -174,8 +171,6 @@ def _to_frames(labels: np.ndarray, frames: int) -> np.ndarray:
 
 def skipped_lines(path: str) -> dict[int, str]:
     """{line (1-based): why} of the utterances the label stage skipped (`{path}.skipped`, if any)."""
-    from hubert_jax.labels.features import read_skipped
-
     return {index + 1: why for index, why in read_skipped(f"{path}.skipped").items()}
 
 
@@ -241,6 +236,27 @@ class IntLabelFile:
         fd = getattr(self, "_fd", None)
         if fd is not None:
             os.close(fd)
+
+
+def write_skipped(path: str, skipped: dict[int, str]) -> None:
+    """`index<TAB>reason` lines (atomically); no file when nothing was skipped (an old one is removed)."""
+    if not skipped:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(f"{i}\t{' '.join(str(why).split())}\n" for i, why in sorted(skipped.items()))
+    os.replace(path + ".tmp", path)
+
+
+def read_skipped(path: str) -> dict[int, str]:
+    """{index: reason} of a `.skipped` file, {} without one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
+    except FileNotFoundError:
+        return {}
+    return {int(i): why for i, why in rows}
 
 
 def write_int_labels(path: str, labels: list[np.ndarray]) -> None:

@@ -68,7 +68,7 @@ class LabeledAudio:
         if not entries:
             raise ValueError(f"{config.manifest}: no utterances")
         check_files_exist(config.manifest, entries)
-        self.manifest, self.rate = config.manifest, config.label_rate
+        self.config = config
         expected = [int(round(e.num_samples * config.label_rate / SAMPLE_RATE)) for e in entries]
         tolerance = max(1, int(math.ceil(config.label_tolerance_s * config.label_rate)))
         # label lines are checked now and read when asked for, never held whole (IntLabelFile)
@@ -84,7 +84,6 @@ class LabeledAudio:
         if dropped:
             logger.info("%s: %d utterances shorter than %d samples left out", config.manifest, dropped,
                         config.min_samples)
-        self.config = config
 
     def _open_labels(self, path: str, entries, expected, tolerance: int) -> IntLabelFile:
         """The label file, checked. A line that does not fit its manifest row but fits the audio file's
@@ -94,9 +93,9 @@ class LabeledAudio:
         except LabelCountError as e:
             entry = entries[e.line - 1]
             real = None if e.count == 0 else num_samples(entry.path)
-            if real is None or abs(int(round(real * self.rate / SAMPLE_RATE)) - e.count) > tolerance:
+            if real is None or abs(self.config.labels_for(real) - e.count) > tolerance:
                 raise
-            raise ValueError(f"{self.manifest}:{entry.line}: the manifest lists {entry.num_samples} samples, but "
+            raise ValueError(f"{self.config.manifest}:{entry.line}: the manifest lists {entry.num_samples} samples, but "
                              f"{entry.path} has {real}, and its labels ({path}:{e.line}, {e.count} of them) fit "
                              f"the file: the manifest's count is wrong. Fix the line (or rewrite the manifest "
                              f"from the audio)") from None

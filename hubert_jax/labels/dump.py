@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from hubert_jax.data.manifest import Entry, iter_audio
-from hubert_jax.labels.features import load_features, read_skipped, save_features, split_utterances
+from hubert_jax.labels.features import concat_skipped, load_features, save_features, split_utterances
 
 
 def shard_range(total: int, world: int, rank: int) -> tuple[int, int]:
@@ -79,10 +79,7 @@ def _complete(prefix: str, utterances: int) -> bool:
 
 def _merge(prefix: str, num_chunks: int, dims: int) -> None:
     parts = [load_features(f"{prefix}.chunk{i:05d}") for i in range(num_chunks)]
-    skipped, offset = {}, 0
-    for i, (_, lengths) in enumerate(parts):
-        skipped.update({offset + j: why for j, why in read_skipped(f"{prefix}.chunk{i:05d}.skipped").items()})
-        offset += len(lengths)
+    skipped = concat_skipped([(f"{prefix}.chunk{i:05d}", len(lengths)) for i, (_, lengths) in enumerate(parts)])
     save_features(prefix, [u for feats, lengths in parts for u in split_utterances(feats, lengths)], dims,
                   skipped=skipped)
     for path in glob.glob(f"{glob.escape(prefix)}.chunk*"):

@@ -9,26 +9,7 @@ import os
 
 import numpy as np
 
-
-def write_skipped(path: str, skipped: dict[int, str]) -> None:
-    """`index<TAB>reason` lines (atomically); no file when nothing was skipped (an old one is removed)."""
-    if not skipped:
-        if os.path.exists(path):
-            os.remove(path)
-        return
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(f"{i}\t{' '.join(str(why).split())}\n" for i, why in sorted(skipped.items()))
-    os.replace(path + ".tmp", path)
-
-
-def read_skipped(path: str) -> dict[int, str]:
-    """{index: reason} of a `.skipped` file, {} without one."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            rows = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
-    except FileNotFoundError:
-        return {}
-    return {int(i): why for i, why in rows}
+from hubert_jax.data.manifest import read_skipped, write_skipped
 
 
 def save_features(prefix: str, features: list[np.ndarray], dims: int, skipped: dict[int, str] | None = None) -> None:
@@ -72,17 +53,25 @@ class Rows:
         return np.asarray(self[:], dtype)
 
 
+def concat_skipped(parts: list[tuple[str, int]]) -> dict[int, str]:
+    """The `.skipped` records of consecutive parts (`(prefix, utterances)` in order) as one, indexed over
+    the concatenation."""
+    out, offset = {}, 0
+    for prefix, utterances in parts:
+        out.update({offset + i: why for i, why in read_skipped(f"{prefix}.skipped").items()})
+        offset += utterances
+    return out
+
+
 def load_skipped(prefix: str, nshard: int = 0) -> dict[int, str]:
     """Why utterances were skipped, indexed over all shards in rank order (as load_features' rows)."""
     if nshard <= 0:
         return read_skipped(f"{prefix}.skipped")
-    out, offset = {}, 0
+    parts = []
     for rank in range(nshard):
-        part = f"{prefix}_{rank}_{nshard}"
-        out.update({offset + i: why for i, why in read_skipped(f"{part}.skipped").items()})
-        with open(f"{part}.len") as f:
-            offset += sum(1 for _ in f)
-    return out
+        with open(f"{prefix}_{rank}_{nshard}.len") as f:
+            parts.append((f"{prefix}_{rank}_{nshard}", sum(1 for _ in f)))
+    return concat_skipped(parts)
 
 
 def load_features(prefix: str, nshard: int = 0):

@@ -175,20 +175,23 @@ class Checkpoints:
         return self.manager.should_save(step)
 
     # ------------------------------------------------------------------ saving
-    def space_needed(self, state) -> int:
+    def space_needed(self, state=None) -> int:
         """Bytes a checkpoint of `state` needs: what the newest finished step takes on disk, with 10% to
         spare (Orbax compresses: 0.31 x the arrays' bytes for the base recipe's fresh state), or, before
-        the first save, the arrays' bytes; 1 MiB more for the metadata."""
+        the first save, the arrays' bytes (none without a state); 1 MiB more for the metadata."""
         newest = self._size_on_disk(self.manager.latest_step())
-        return int(1.1 * (newest or _nbytes(flatten(state))) + (1 << 20))
+        return int(1.1 * (newest or (array_bytes(state) if state is not None else 0)) + (1 << 20))
 
-    def failed_for_space(self, state) -> bool:
+    def _unfinished(self) -> list[str]:
+        """Orbax's temporary folders of saves that did not finish."""
+        if not os.path.isdir(self.directory):
+            return []
+        return [name for name in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in name]
+
+    def failed_for_space(self, state=None) -> bool:
         """Whether a save was left unfinished while the disk has less free space than a checkpoint needs
         (a failed write's follow-on errors need not say ENOSPC)."""
-        unfinished = os.path.isdir(self.directory) and any(".orbax-checkpoint-tmp" in name
-                                                           for name in os.listdir(self.directory))
-        needed = self.space_needed(state) if state is not None else 1.1 * self._size_on_disk(self.latest_step())
-        return unfinished and shutil.disk_usage(self.directory).free < needed
+        return bool(self._unfinished()) and shutil.disk_usage(self.directory).free < self.space_needed(state)
 
     def _check_space(self, step: int, flat: dict) -> None:
         needed = self.space_needed(flat)
@@ -362,17 +365,15 @@ class Checkpoints:
 
     def remove_unfinished(self) -> list[str]:
         """Remove orbax's temporary folders of unfinished saves (after a failed save; never a finished step)."""
-        removed = []
-        if jax.process_index() == 0 and os.path.isdir(self.directory):
-            for name in os.listdir(self.directory):
-                if ".orbax-checkpoint-tmp" in name:
-                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-                    removed.append(name)
+        removed = self._unfinished() if jax.process_index() == 0 else []
+        for name in removed:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         return removed
 
 
-def _nbytes(flat: dict) -> int:
-    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in flat.values())
+def array_bytes(state) -> int:
+    """The bytes of a state's arrays (a pytree, or a flat dict of them)."""
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in flatten(state).values())
 
 
 def disk_full_message(checkpoints: Checkpoints, step: int, needed: int | None, free: int | None = None) -> str:

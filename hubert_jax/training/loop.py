@@ -142,7 +142,7 @@ def _abandon_saves(checkpoints) -> list[str]:
     try:
         checkpoints.wait()
     except Exception as e:
-        if not is_disk_full(e) and not checkpoints.failed_for_space(None):
+        if not is_disk_full(e) and not checkpoints.failed_for_space():
             raise
     removed = checkpoints.remove_unfinished()
     if removed:
