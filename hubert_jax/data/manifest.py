@@ -16,8 +16,6 @@ import os
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
-
 from hubert_jax.data.audio import (  # noqa: F401 (re-exported)
     SAMPLE_RATE,
     AudioError,
@@ -27,6 +25,8 @@ from hubert_jax.data.audio import (  # noqa: F401 (re-exported)
     read_audio,
     tfds_example,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
