@@ -33,7 +33,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-SR = 16000
+
+from hubert_jax.lengths import SAMPLE_RATE as SR  # noqa: E402
 
 
 def lengths(kind: str, count: int, seed: int = 0) -> np.ndarray:
@@ -73,14 +74,14 @@ def tiny_trainer():
 
     from hubert_jax.sharding import mesh_from_config
     from hubert_jax.training.config import pretraining_defaults
-    from hubert_jax.training.pretrain import Pretrainer
+    from hubert_jax.training.tasks import make_trainer
 
     cfg = pretraining_defaults()
     cfg.model.overrides.update(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                                     conv_dim=(16,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4))
     cfg.model.head.update(dict(num_classes=(50,), final_dim=16, label_rate=50.0))
     cfg.mesh.update(dict(data=1, fsdp=1, tensor=1))
-    return Pretrainer(cfg, mesh_from_config(cfg.mesh, devices=jax.devices()[:1]))
+    return make_trainer(cfg, mesh_from_config(cfg.mesh, devices=jax.devices()[:1]))
 
 
 def throughput(trainer, state, batches, steps: int) -> tuple[float, dict]:

@@ -56,7 +56,8 @@ def main(argv=None) -> None:
     from hubert_jax.sharding import mesh_from_config
     from hubert_jax.training.checkpoint import Checkpoints, array_bytes, flatten
     from hubert_jax.training.integrity import array_digests
-    from hubert_jax.training.pretrain import Pretrainer, param_count
+    from hubert_jax.training.tasks import make_trainer
+    from hubert_jax.training.trainer import param_count
 
     if args.smoke:
         sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -65,7 +66,7 @@ def main(argv=None) -> None:
         cfg, name, args.repeats = tiny_config.get_config(), "tiny (tests)", 1
     else:
         cfg, name = load_config(args.config), os.path.basename(args.config)
-    trainer = Pretrainer(cfg, mesh_from_config(cfg.mesh))
+    trainer = make_trainer(cfg, mesh_from_config(cfg.mesh))
     state = trainer.initial_state(trainer.init())
     flat = flatten(state)
     state_bytes = array_bytes(flat)

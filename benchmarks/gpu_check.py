@@ -30,6 +30,8 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]
+
+from hubert_jax.lengths import SAMPLE_RATE  # noqa: E402
 NEEDED = ("jax", "flax", "optax", "numpy", "safetensors", "torch", "transformers", "ml_collections")
 
 
@@ -52,7 +54,7 @@ def attention_check(smoke: bool) -> None:
     tiny = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                 conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
     seconds = 1.0 if smoke else 4.0
-    n = int(seconds * 16000)
+    n = int(seconds * SAMPLE_RATE)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, n)), jnp.float32)
     mask = jnp.asarray((np.arange(n)[None] < np.array([[n], [n * 2 // 3]])).astype(np.int32))
@@ -86,7 +88,7 @@ def bucketed_steps(smoke: bool) -> None:
 
     from hubert_jax.data.buckets import batch_sizes
     from hubert_jax.sharding import mesh_from_config
-    from hubert_jax.training.pretrain import Pretrainer
+    from hubert_jax.training.tasks import make_trainer
 
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     cfg = importlib.import_module("hubert_base_iter1").get_config()
@@ -96,11 +98,11 @@ def bucketed_steps(smoke: bool) -> None:
                                         intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=8,
                                         num_conv_pos_embedding_groups=4))
         cfg.model.head.update(dict(final_dim=16))
-        cfg.data.buckets, per_gpu = (16000, 32000), 64000
+        cfg.data.buckets, per_gpu = (SAMPLE_RATE, 2 * SAMPLE_RATE), 64000
     else:
         cfg.model.dtype = "bfloat16"
     cfg.mesh.update(dict(data=1, fsdp=1, tensor=1))
-    trainer = Pretrainer(cfg, mesh_from_config(cfg.mesh, devices=jax.devices()[:1]))
+    trainer = make_trainer(cfg, mesh_from_config(cfg.mesh, devices=jax.devices()[:1]))
     state = trainer.initial_state(trainer.init())
     sizes = batch_sizes(cfg.data.buckets, per_gpu, 1)
     peak = 989.0 if any(k in jax.devices()[0].device_kind for k in ("H100", "H200")) else None
@@ -108,7 +110,7 @@ def bucketed_steps(smoke: bool) -> None:
     print("| bucket (samples) | rows | first step (compile) s | step s | audio s/s | MFU |")
     print("|---|---|---|---|---|---|")
     for length, rows in zip(cfg.data.buckets, sizes):
-        frames = int(length / 16000 * cfg.model.head.label_rate)
+        frames = int(length / SAMPLE_RATE * cfg.model.head.label_rate)
         batch = {"input_values": rng.standard_normal((rows, length), np.float32),
                  "attention_mask": np.ones((rows, length), np.int32),
                  "labels": rng.integers(0, cfg.model.head.num_classes[0], (rows, 1, frames), dtype=np.int32)}
@@ -121,8 +123,8 @@ def bucketed_steps(smoke: bool) -> None:
         state, metrics = trainer.train_step(state, batch)
         jax.block_until_ready(metrics["loss"])
         step = time.perf_counter() - start
-        seconds = rows * length / 16000
-        mfu = f"{3 * gflop('base', rows, length / 16000) / step / 1e3 / peak:.1%}" if peak and not smoke else "n/a"
+        seconds = rows * length / SAMPLE_RATE
+        mfu = f"{3 * gflop('base', rows, length / SAMPLE_RATE) / step / 1e3 / peak:.1%}" if peak and not smoke else "n/a"
         print(f"| {length} | {rows} | {first:.1f} | {step:.3f} | {seconds / step:.0f} | {mfu} |", flush=True)
 
 

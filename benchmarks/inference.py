@@ -22,6 +22,8 @@ import statistics
 import sys
 import time
 
+from hubert_jax.lengths import SAMPLE_RATE
+
 FLOPS_PER_AUDIO_SECOND = {"base": (13.9e9, 0.092e9), "large": (35.8e9, 0.246e9)}
 PRESET = {"base": "hubert-base", "large": "hubert-large"}
 
@@ -60,7 +62,7 @@ def jax_call(model_name: str, batch: int, seconds: float, dtype: str, attention_
     def forward(state, x):
         return nnx.merge(graphdef, state)(x).last_hidden_state
 
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, int(seconds * 16000)), np.float32))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, int(seconds * SAMPLE_RATE)), np.float32))
     # `model(x)` as a user writes it, no jit of their own: hubert-jax compiles it once per shape
     direct = lambda: model(x).last_hidden_state.block_until_ready()  # noqa: E731
     return (lambda: forward(state, x).block_until_ready()), direct
@@ -78,7 +80,7 @@ def torch_call(model_name: str, batch: int, seconds: float, dtype: str, impl: st
     config._attn_implementation = impl  # noqa: SLF001 (transformers reads it when building the layers)
     model = transformers.HubertModel(config).to(device=device, dtype=torch_dtype).eval()
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, int(seconds * 16000), generator=generator).to(device=device, dtype=torch_dtype)
+    x = torch.randn(batch, int(seconds * SAMPLE_RATE), generator=generator).to(device=device, dtype=torch_dtype)
 
     def call():
         with torch.inference_mode():

@@ -22,6 +22,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from hubert_jax.lengths import SAMPLE_RATE  # noqa: E402
+
 GiB = 1024 ** 3
 
 # (recipe, chips, chip, HBM GiB): a v4-64 slice is 32 chips (2 TensorCores each, 32 GiB HBM per chip);
@@ -65,7 +67,8 @@ def measure(config_path: str, chips: int, mesh_text: str, dtype: str, remat: str
 
     from hubert_jax.data.pipeline import DataConfig
     from hubert_jax.sharding import mesh_from_config
-    from hubert_jax.training.pretrain import Pretrainer, param_count
+    from hubert_jax.training.tasks import make_trainer
+    from hubert_jax.training.trainer import param_count
 
     cfg = load_config(config_path)
     cfg.model.dtype = dtype
@@ -73,7 +76,7 @@ def measure(config_path: str, chips: int, mesh_text: str, dtype: str, remat: str
     cfg.model.remat_conv = remat_conv
     cfg.model.scan_layers = True  # one layer compiled once: the same memory, a much faster compile
     mesh = mesh_from_config(parse_mesh(mesh_text), jax.devices()[:chips])
-    trainer = Pretrainer(cfg, mesh)
+    trainer = make_trainer(cfg, mesh)
     batch, crop = cfg.data.batch_size, cfg.data.crop_samples
     if batch % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ValueError(f"global batch {batch} does not split over {dict(mesh.shape)}")
@@ -90,7 +93,7 @@ def measure(config_path: str, chips: int, mesh_text: str, dtype: str, remat: str
                       for x, s in zip(jax.tree.leaves(trainer.abstract_state), shardings))
     peak = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
     return dict(params=param_count(trainer.abstract_state["params"]), per_chip_batch=batch // (
-        mesh.shape["data"] * mesh.shape["fsdp"]), crop_s=crop / 16000, state=state_bytes,
+        mesh.shape["data"] * mesh.shape["fsdp"]), crop_s=crop / SAMPLE_RATE, state=state_bytes,
         arguments=m.argument_size_in_bytes, temp=m.temp_size_in_bytes, peak=peak, compile_s=seconds)
 
 

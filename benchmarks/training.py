@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 
+from hubert_jax.lengths import SAMPLE_RATE
 from inference import gflop, interleaved_medians, start_devices  # benchmarks/ is on the path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,7 @@ def recipe_config(model: str, batch: int, seconds: float, dtype: str, attention:
 
     cfg = importlib.import_module(RECIPE[model][0]).get_config()
     cfg.data.batch_size = batch
-    cfg.data.crop_samples = int(seconds * 16000)
+    cfg.data.crop_samples = int(seconds * SAMPLE_RATE)
     cfg.model.dtype = dtype
     cfg.model.attention_impl = attention
     cfg.model.remat_policy = remat
@@ -44,7 +45,7 @@ def fake_batch(cfg, batch: int, samples: int):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    frames = int(samples / 16000 * cfg.model.head.label_rate)
+    frames = int(samples / SAMPLE_RATE * cfg.model.head.label_rate)
     k = cfg.model.head.num_classes[0]
     return {"input_values": rng.standard_normal((batch, samples), np.float32),
             "attention_mask": np.ones((batch, samples), np.int32),
@@ -55,9 +56,9 @@ def jax_step(cfg, batch: int, samples: int):
     import jax
 
     from hubert_jax.sharding import mesh_from_config
-    from hubert_jax.training.pretrain import Pretrainer
+    from hubert_jax.training.tasks import make_trainer
 
-    trainer = Pretrainer(cfg, mesh_from_config(cfg.mesh, devices=jax.devices()[:1]))
+    trainer = make_trainer(cfg, mesh_from_config(cfg.mesh, devices=jax.devices()[:1]))
     state = {"value": trainer.initial_state(trainer.init())}
     data = jax.device_put(fake_batch(cfg, batch, samples))
 
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="base")
     p.add_argument("--batch", type=int, default=None, help="per-device utterances (default: the recipe's)")
-    p.add_argument("--seconds", type=float, default=250000 / 16000, help="crop length (default 15.625 s)")
+    p.add_argument("--seconds", type=float, default=250000 / SAMPLE_RATE, help="crop length (default 15.625 s)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--attention", default="auto", help="hubert-jax attention_impl")
@@ -143,11 +144,11 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         batch = args.batch or RECIPE[name][1]
-        samples = int(args.seconds * 16000)
+        samples = int(args.seconds * SAMPLE_RATE)
         cfg = recipe_config(name, batch, args.seconds, args.dtype, args.attention, args.remat)
         calls = {"jax": jax_step(cfg, batch, samples), "torch": torch_step(cfg, batch, samples, args.dtype, device)}
         t = interleaved_medians(calls, args.repeats)
-        audio = batch * samples / 16000
+        audio = batch * samples / SAMPLE_RATE
         train_gflop = 3 * gflop(name, batch, args.seconds)  # forward + backward
         mfu = {k: f"{train_gflop / t[k] / 1e3 / peak:.1%}" if peak else "n/a" for k in t}
         print(f"| {name} | {batch} x {args.seconds:g} | {audio / t['jax']:.1f} | {audio / t['torch']:.1f} | "

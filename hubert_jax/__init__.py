@@ -3,9 +3,10 @@
 from hubert_jax.config import (PRESETS, HubertConfig, SpeechConfig, Wav2Vec2Config, WavLMConfig,
                                config_class_for, preset)
 from hubert_jax.models import *  # noqa: F401,F403
+from hubert_jax.export import export_to_transformers
 from hubert_jax.models import ModelOptions
 from hubert_jax.pretrained import (FlaxAutoModel, FlaxAutoModelForAudioClassification,
                                    FlaxAutoModelForAudioFrameClassification, FlaxAutoModelForAudioXVector,
-                                   FlaxAutoModelForCTC, FlaxAutoModelForPreTraining, export_to_transformers)
+                                   FlaxAutoModelForCTC, FlaxAutoModelForPreTraining)
 
 __version__ = "0.1.0"

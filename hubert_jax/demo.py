@@ -124,7 +124,7 @@ def check_export(directory: str, trainer, state) -> dict[str, float]:
     from hubert_jax.pretrained import FlaxAutoModel
 
     x = np.asarray(np.random.default_rng(0).standard_normal((1, 32000)), np.float32)
-    trained = nnx.merge(trainer.graphdef, state["params"], state["rest"]).hubert
+    trained = nnx.merge(trainer.graphdef, state["params"], state["rest"]).base_model
     want = np.asarray(trained(jnp.asarray(x)).last_hidden_state)
     loaded = FlaxAutoModel.from_pretrained(directory)
     diffs = {"hubert-jax": float(np.abs(np.asarray(loaded(jnp.asarray(x)).last_hidden_state) - want).max())}
@@ -152,7 +152,6 @@ def main(argv=None) -> dict:
                                                   "last but one; see README for why not the middle)")
     args = parser.parse_args(argv)
     from hubert_jax.labels import cli as labels_cli
-    from hubert_jax.training.pretrain import export_model
 
     start = time.perf_counter()
     if not os.path.isfile(os.path.join(DATA, "train.tsv")):
@@ -179,7 +178,7 @@ def main(argv=None) -> dict:
     cfg1 = _demo_config()
     cfg1.model.head.num_classes = (args.clusters,)
     it1 = train_iteration(cfg1, km1, 100.0, steps1, os.path.join(wd, "iter1"))
-    export_model(it1.trainer, it1.state, os.path.join(wd, "iter1", "model"))
+    it1.trainer.export(it1.state, os.path.join(wd, "iter1", "model"))
 
     _say(f"3. layer-{layer} features of iteration 1 and k-means: iteration-2 labels (50 Hz)")
     feats = dump_layer(os.path.join(wd, "iter1", "model"), layer, os.path.join(wd, "features", f"layer{layer}"))
@@ -192,7 +191,7 @@ def main(argv=None) -> dict:
     it2 = train_iteration(cfg2, km2, 50.0, steps2, os.path.join(wd, "iter2"))
 
     _say("5. export")
-    model_dir = export_model(it2.trainer, it2.state, os.path.join(wd, "model"))
+    model_dir = it2.trainer.export(it2.state, os.path.join(wd, "model"))
     diffs = check_export(model_dir, it2.trainer, it2.state)
     for who, d in diffs.items():
         print(f"  loaded with {who}: max |difference| from the trained model {d:.2e}")

@@ -19,6 +19,7 @@ import numpy as np
 
 from hubert_jax.data.buckets import grid_length
 from hubert_jax.lengths import feat_extract_output_lengths, receptive_field
+from hubert_jax.lengths import SAMPLE_RATE
 
 _FORWARD: dict = {}
 
@@ -37,7 +38,7 @@ def _forward(layer: int | None):
     return _FORWARD[layer]
 
 
-def extract(model, waveforms, *, layer: int | None = None, max_tokens: int = 64 * 16000,
+def extract(model, waveforms, *, layer: int | None = None, max_tokens: int = 64 * SAMPLE_RATE,
             ratio: float = 1.25) -> list[np.ndarray]:
     """Each waveform's features: `last_hidden_state` (layer None) or `hidden_states[layer]` (the input of
     layer 0 for 0, else layer `layer`'s output), float32 (frames, hidden), in input order.

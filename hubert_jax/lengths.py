@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+SAMPLE_RATE = 16000  # samples per second of every model's input (and of manifests' counts)
+
 
 def conv_out_length(length, kernel: int, stride: int):
     """torch.nn.Conv1d output length (no padding, no dilation); works on ints and arrays."""

@@ -1,8 +1,12 @@
-"""`from_pretrained` / `save_pretrained`, the FlaxAutoModel classes, and export to a transformers directory.
+"""`from_pretrained` / `save_pretrained` and the FlaxAutoModel classes (export to transformers lives in
+hubert_jax/export.py, conversion of original fairseq/unilm/s3prl checkpoints in hubert_jax/convert/original.py).
 
 A hubert-jax directory holds `config.json` and `flax_model.safetensors` (sharded past a size limit), with
 Flax names in the per-layer layout. `from_pretrained` also reads transformers PyTorch directories
-(`model.safetensors` or `pytorch_model.bin`, sharded or not) and converts them on the fly.
+(`model.safetensors` or `pytorch_model.bin`, sharded or not) and converts them on the fly. A model with
+pretraining heads (`HubertForPreTraining`) keeps its encoder there, in the base model's names, and its heads
+beside it in `pretraining_heads.safetensors`, their settings under `hubert_pretraining` in config.json: the
+encoder loads anywhere a base model does (transformers' `HubertModel` / `WavLMModel` included).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from flax import nnx
 
 from hubert_jax.config import SpeechConfig
 from hubert_jax.convert import checkpoint_io as io
-from hubert_jax.convert.state import (check_flat, flat_state, flat_to_torch, load_flat, model_to_flat,
-                                      per_layer_names, stack_layers, torch_to_flat, torch_to_ours,
-                                      unstack_layers)
+from hubert_jax.convert.state import (check_flat, flat_state, load_flat, model_to_flat, per_layer_names,
+                                      stack_layers, torch_to_flat, unstack_layers)
+from hubert_jax.models.pretraining_hubert import HEADS_FILE as PRETRAINING_HEADS
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +126,37 @@ def checkpoint_flat(model, directory: str) -> tuple[dict, set[str], str]:
         flat = torch_to_flat(raw, model, stacked=False)
     else:
         flat = {k: np.asarray(v) for k, v in raw.items()}
+    if getattr(model, "heads_file", None):
+        flat.update(_read_heads(model, directory))
     flat = _drop_foreign_head(flat, model, allowed)
     if getattr(model.opts, "scan_layers", False):
         flat = stack_layers(flat, model.config.num_hidden_layers)
     return flat, allowed, source
+
+
+def _head_names(model) -> dict[str, tuple]:
+    """The names and shapes of a head model's weights outside its base model."""
+    prefix = model.base_model_prefix + "."
+    return {name: tuple(var.shape) for name, var in flat_state(model).items() if not name.startswith(prefix)}
+
+
+def _read_heads(model, directory: str) -> dict:
+    """The pretraining heads beside the encoder (`model.heads_file`), checked against the model's; none when
+    the directory has no such file (the heads then start fresh, with a warning)."""
+    path = os.path.join(directory, model.heads_file)
+    if not os.path.isfile(path):
+        return {}
+    heads = io.read_weights(directory, model.heads_file)
+    out = {}
+    for name, shape in _head_names(model).items():
+        if name not in heads:
+            raise ValueError(f"{path}: no {name}")
+        if tuple(heads[name].shape) != shape:
+            raise ValueError(f"{path}: {name} has shape {tuple(heads[name].shape)}, the model's heads "
+                             f"(config.model.head or hubert_pretraining: num_classes, final_dim, untie_final_proj) "
+                             f"make {shape}")
+        out[name] = np.asarray(heads[name])
+    return out
 
 
 def load_weights_into(model, directory: str) -> None:
@@ -189,6 +220,8 @@ def from_pretrained(cls, path_or_id, *, rngs: nnx.Rngs | None = None, revision=N
 # ----------------------------------------------------------------------------- saving
 def architecture_name(model) -> str:
     """The transformers class name of `model` (what `architectures` in config.json holds)."""
+    if getattr(model, "architecture", None):  # a model transformers has no class for names the one it loads as
+        return model.architecture
     name = type(model).__name__
     if name.startswith("For"):  # a generic head class: name it after the family
         from hubert_jax.models.heads import FAMILY_PREFIX
@@ -197,8 +230,11 @@ def architecture_name(model) -> str:
     return name
 
 
-def _write_config(model, directory: str) -> None:
+def write_config(model, directory: str) -> None:
+    """config.json: the architecture, what the model adds (`model.config_additions()`: the pretraining heads'
+    settings) and the transformers class that loads its weights."""
     data = model.config.to_dict()
+    data.update(getattr(model, "config_additions", dict)())
     data["architectures"] = [architecture_name(model)]
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
@@ -232,13 +268,20 @@ def write_directory(directory: str, fill, *, overwrite: bool = True) -> str:
 
 
 def write_model_files(model, directory: str, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES) -> None:
-    """config.json + flax_model.safetensors into an existing directory (use save_pretrained for atomicity)."""
+    """config.json + flax_model.safetensors (and a head model's `heads_file`) into an existing directory (use
+    save_pretrained for atomicity)."""
     flat = model_to_flat(model)
     if getattr(model.opts, "scan_layers", False):
         flat = unstack_layers(flat, model.config.num_hidden_layers)
-    _write_config(model, directory)
-    io.write_safetensors(flat, directory, io.FLAX_WEIGHTS[: -len(".safetensors")], max_shard_bytes=max_shard_bytes,
-                         metadata={"format": "hubert-jax", "layout": "per-layer"})
+    write_config(model, directory)
+    files = {io.FLAX_WEIGHTS: flat}
+    if getattr(model, "heads_file", None):  # the encoder in the base model's names, the heads beside it
+        prefix = model.base_model_prefix + "."
+        files = {io.FLAX_WEIGHTS: {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)},
+                 model.heads_file: {k: v for k, v in flat.items() if not k.startswith(prefix)}}
+    for name, tensors in files.items():
+        io.write_safetensors(tensors, directory, name[: -len(".safetensors")], max_shard_bytes=max_shard_bytes,
+                             metadata={"format": "hubert-jax", "layout": "per-layer"})
 
 
 def save_pretrained(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
@@ -246,99 +289,6 @@ def save_pretrained(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_S
     """config.json + flax_model.safetensors (per-layer layout, parameters in their storage dtype)."""
     return write_directory(directory, lambda tmp: write_model_files(model, tmp, max_shard_bytes),
                            overwrite=overwrite)
-
-
-PRETRAINING_HEADS = "pretraining_heads.safetensors"
-
-
-def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
-                                overwrite: bool = False, dictionary: str | None = None,
-                                w2v_checkpoint: str | None = None):
-    """A fairseq HuBERT/wav2vec 2.0, unilm WavLM or s3prl DistilHuBERT checkpoint -> a hubert-jax directory.
-
-    HuBERT's pretraining heads go to `pretraining_heads.safetensors` (Flax layout: `final_proj.kernel`,
-    `final_proj.bias`, `label_embs_concat`) with their settings under `hubert_pretraining` in config.json,
-    so pretraining can continue from them. A fine-tuned checkpoint's vocabulary comes from `dictionary` (a
-    fairseq dict.ltr.txt) or else from the target dictionary the file carries. `w2v_checkpoint`: the
-    pretrained checkpoint of a fine-tuned file whose config does not keep the encoder's settings.
-    Returns the converted model."""
-    from hubert_jax.convert import fairseq
-    from hubert_jax.models import BASE_MODELS, TASK_CLASSES
-    from hubert_jax.processing import FeatureExtractor
-
-    converted = fairseq.convert_checkpoint(fairseq.load_checkpoint(path), path, w2v_checkpoint)
-    fields, kind = converted.fields, converted.kind
-    if dictionary is not None and kind != "ForCTC":
-        raise ValueError(f"{dictionary}: a dictionary only goes with a fine-tuned (CTC) checkpoint")
-    vocab, vocab_source = converted.vocab, f"{path} (its target dictionary)"
-    if dictionary is not None:
-        vocab, vocab_source = fairseq.read_fairseq_dictionary(dictionary), dictionary
-    tokenizer = None
-    if vocab is None and kind == "ForCTC":
-        logger.warning("%s: no target dictionary in the file, so no vocab.json: pass --dict dict.ltr.txt "
-                       "(dictionary=...) to write one", path)
-    if vocab is not None:
-        from hubert_jax.processing import CTCTokenizer
-
-        if len(vocab) != fields["vocab_size"]:
-            raise ValueError(f"{vocab_source} gives {len(vocab)} symbols, the checkpoint's CTC head has "
-                             f"{fields['vocab_size']} outputs")
-        tokenizer = CTCTokenizer(vocab=vocab)
-        fields.update(pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    config = SpeechConfig.from_dict(fields)
-    cls = BASE_MODELS[config.model_type] if kind == "Model" else TASK_CLASSES[kind][config.model_type]
-    model = cls(config, rngs=nnx.Rngs(0))
-    load_flat(model, torch_to_flat(converted.state, model), source=path)
-    head_arrays = {}
-    for key, value in converted.heads.items():  # torch Linear weights become kernels in our layout
-        name = key[: -len(".weight")] + ".kernel" if key.endswith(".weight") else key
-        head_arrays[name] = torch_to_ours(name, value)
-
-    def fill(tmp):
-        write_model_files(model, tmp, max_shard_bytes)
-        if head_arrays:
-            io.write_safetensors(head_arrays, tmp, PRETRAINING_HEADS[: -len(".safetensors")],
-                                 metadata={"format": "hubert-jax", "source": "fairseq"})
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        # the model's input as it was trained: fairseq's normalize, and masks only for layer-norm extractors
-        FeatureExtractor(do_normalize=converted.normalize,
-                         return_attention_mask=config.feat_extract_norm == "layer").save_pretrained(tmp)
-
-    write_directory(directory, fill, overwrite=overwrite)
-    return model
-
-
-def write_transformers_files(model, directory: str, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
-                             old_weight_norm: bool = False) -> None:
-    """config.json + model.safetensors (torch names, float32) into an existing directory."""
-    flat = model_to_flat(model)
-    state = {k: v.astype(np.float32) for k, v in flat_to_torch(flat, model, old_weight_norm=old_weight_norm).items()}
-    _write_config(model, directory)
-    io.write_safetensors(state, directory, io.TORCH_SAFETENSORS[: -len(".safetensors")],
-                         max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
-
-
-def export_to_transformers(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_SHARD_BYTES,
-                           overwrite: bool = True, old_weight_norm: bool = False) -> str:
-    """A transformers PyTorch directory (config.json + model.safetensors, float32) that
-    `transformers.AutoModel*.from_pretrained` loads. Needs no torch."""
-    return write_directory(directory, lambda tmp: write_transformers_files(
-        model, tmp, max_shard_bytes=max_shard_bytes, old_weight_norm=old_weight_norm), overwrite=overwrite)
-
-
-# files of the feature extractor and tokenizer, carried along by conversions
-PROCESSOR_FILES = ("preprocessor_config.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
-
-
-def copy_processor_files(src: str, dst: str) -> list[str]:
-    copied = []
-    for name in PROCESSOR_FILES:
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
-            copied.append(name)
-    return copied
 
 
 # ----------------------------------------------------------------------------- the Auto classes

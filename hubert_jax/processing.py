@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from hubert_jax.config import read_json_object
+from hubert_jax.lengths import SAMPLE_RATE
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 VOCAB_FILE = "vocab.json"
@@ -24,7 +25,7 @@ class FeatureExtractor:
     """Wav2Vec2FeatureExtractor: pad a batch of waveforms, zero-mean/unit-variance normalise each over its
     real samples, return `input_values` (float32) and `attention_mask` (int32)."""
 
-    sampling_rate: int = 16000
+    sampling_rate: int = SAMPLE_RATE
     padding_value: float = 0.0
     do_normalize: bool = True
     return_attention_mask: bool = False

@@ -16,9 +16,10 @@ from flax import nnx
 
 from hubert_jax.config import PRESETS, preset
 from hubert_jax.models import BASE_MODELS
+from hubert_jax.lengths import SAMPLE_RATE
 
 
-def synthetic_audio(batch: int, seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+def synthetic_audio(batch: int, seconds: float, sample_rate: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
     """Chirps plus a little noise: deterministic stand-in audio."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     rng = np.random.RandomState(seed)

@@ -96,7 +96,7 @@ def test_hosts_read_their_rows_of_the_same_bucketed_batches(tmp_path):
 def test_finetuning_keeps_every_utterance_padded_to_its_bucket(tmp_path):
     from hubert_jax.data.targets import TargetAudio
     from hubert_jax.training.config import pretraining_defaults
-    from hubert_jax.training.loop import finetune_data_config
+    from hubert_jax.training.tasks.finetune import finetune_data_config
 
     config = short_corpus(tmp_path)
     lengths = [int(line.split("\t")[1]) for line in (tmp_path / "train.tsv").read_text().splitlines()[1:]]

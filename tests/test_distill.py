@@ -10,7 +10,6 @@ import torch
 
 from hubert_jax.models.distill import DistillConfig, distill_loss
 from hubert_jax.training.loop import run
-from hubert_jax.training.pretrain import export_model
 from tests import tiny_config
 from tests.test_recipe_configs import tiny_teacher
 
@@ -59,7 +58,7 @@ def test_distillation_trains_and_exports_a_transformers_student(tmp_path):
     assert losses[-1] < losses[0]
     assert np.isfinite(result.valid["loss"])
 
-    exported = export_model(result.trainer, result.state, str(tmp_path / "student"))
+    exported = result.trainer.export(result.state, str(tmp_path / "student"))
     x = np.random.default_rng(0).standard_normal((1, 8000)).astype(np.float32)
     ours = FlaxAutoModel.from_pretrained(exported)(jnp.asarray(x)).last_hidden_state
     tmodel = transformers.HubertModel.from_pretrained(exported).eval()

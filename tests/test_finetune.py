@@ -13,7 +13,7 @@ import pytest
 import hubert_jax
 from hubert_jax.data.targets import TextConfig, build_vocab, encode_texts
 from hubert_jax.processing import CTCTokenizer
-from hubert_jax.training.finetune import error_rates
+from hubert_jax.training.tasks.ctc import error_rates
 from tests import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,7 +115,10 @@ def _write(path, lines):
 
 
 def test_bad_targets_are_refused_with_the_file_named(tmp_path):
-    from hubert_jax.training.finetune import finetune_sources
+    from hubert_jax.training.tasks import make_task
+
+    def finetune_sources(cfg):
+        return make_task(cfg).data(None)
 
     cfg = _ctc_config(tmp_path)
     lines = open(os.path.join(DEMO, "train.wrd"), encoding="utf-8").read().splitlines()

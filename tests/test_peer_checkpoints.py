@@ -184,7 +184,7 @@ def test_init_from_continues_the_fairseq_run(tmp_path, name):
     from hubert_jax.models.pretraining_hubert import LossWeights, pretraining_loss
     from hubert_jax.sharding import mesh_from_config
     from hubert_jax.training.config import pretraining_defaults, with_init_from_heads
-    from hubert_jax.training.pretrain import Pretrainer, host_model
+    from hubert_jax.training.tasks import make_trainer
 
     out = convert(name, tmp_path / "out")
     cfg = pretraining_defaults()
@@ -194,13 +194,13 @@ def test_init_from_continues_the_fairseq_run(tmp_path, name):
     sets = 1 if name == "hubert_base" else 2
     assert cfg.model.head.num_classes == (16,) * 1 + (11,) * (sets - 1) and cfg.model.head.label_offset == 4
     assert cfg.model.head.label_rate == 50.0 and cfg.model.head.final_dim == 16
-    trainer = Pretrainer(cfg, mesh_from_config(cfg.mesh))
+    trainer = make_trainer(cfg, mesh_from_config(cfg.mesh))
     state = trainer.load_initial(trainer.init(), str(out))
 
     ref = expected(name)
     x = clips()[0][None]
     labels = [ref[f"loss_labels_{k}"] for k in range(sets)]
-    model = host_model(trainer, state)
+    model = trainer.host_model(state)
     result = model(jnp.asarray(x), [jnp.asarray(lab) for lab in labels], mask_time_indices=jnp.asarray(ref["loss_mask"]))
     loss, _ = pretraining_loss(result, LossWeights(masked=1.0, unmasked=0.0, features_pen=10.0))
     np.testing.assert_allclose(float(loss), float(ref["loss"]), rtol=1e-5)

@@ -9,9 +9,10 @@ import pytest
 
 from hubert_jax.data.targets import build_vocab
 from hubert_jax.sharding import make_mesh
-from hubert_jax.training.finetune import FINETUNE_TASKS, FineTuner
 from hubert_jax.training.loop import run
-from hubert_jax.training.pretrain import Pretrainer, param_count
+from hubert_jax.training.tasks import make_trainer
+from hubert_jax.training.tasks.finetune import FineTuneTask
+from hubert_jax.training.trainer import param_count
 from tests import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +25,9 @@ EXPECTED = {
     "hubert_xlarge": 962_497_408 + 1280 * 1024 + 1024 + 500 * 1024,
     "korean_base": 94_371_712 + 768 * 256 + 256 + 500 * 256,
     "korean_large": 315_438_720 + 1024 * 768 + 768 + 500 * 768,
+    # transformers' WavLMModel (wavlm-base-plus / wavlm-large) + the same heads as HuBERT at that size
+    "wavlm_base_plus": 94_381_936 + 768 * 256 + 256 + 500 * 256,
+    "wavlm_large": 315_453_120 + 1024 * 768 + 768 + 500 * 768,
     "demo": None,  # no published size to check against
     # student (transformers' distilhubert, 2 layers) + heads: Linear(768, 3 x 768) and 3 x Linear(768, 768)
     "distilhubert": 23_491_968 + 768 * 2304 + 2304 + 3 * (768 * 768 + 768),
@@ -40,13 +44,18 @@ def _trainer(cfg, teacher=None):
 
         from hubert_jax.config import preset
         from hubert_jax.models import HubertModel
-        from hubert_jax.training.distill import Distiller
 
         teacher = teacher or nnx.eval_shape(lambda: HubertModel(preset("hubert-base")))
-        return Distiller(cfg, make_mesh({"data": -1}), teacher)
-    if cfg.task in FINETUNE_TASKS:
-        return FineTuner(cfg, make_mesh({"data": -1}), LETTERS)
-    return Pretrainer(cfg, make_mesh({"data": -1}))
+        return make_trainer(cfg, make_mesh({"data": -1}), teacher=teacher)
+    if _is_finetuning(cfg):
+        return make_trainer(cfg, make_mesh({"data": -1}), meta=LETTERS)
+    return make_trainer(cfg, make_mesh({"data": -1}))
+
+
+def _is_finetuning(cfg) -> bool:
+    from hubert_jax.training.tasks import task_class
+
+    return issubclass(task_class(cfg.task), FineTuneTask)
 
 
 def tiny_teacher(directory):
@@ -81,13 +90,14 @@ def test_full_size_builds_abstractly(name):
 
 
 PRETRAINING = ("hubert_base_iter1", "hubert_base_iter2", "hubert_large", "hubert_xlarge", "korean_base",
-               "korean_large", "distilhubert")
+               "korean_large", "distilhubert", "wavlm_base_plus", "wavlm_large")
 # (max_tokens, data shards, rows of the 250k bucket): fairseq's budgets, samples per GPU x GPUs, on its GPU
 # count (fairseq's own per-GPU batches: 5, 3 and 1 full crops); s3prl's 24 crops; the Korean recipes on 32 chips
 BUDGETS = {"hubert_base_iter1": (1_400_000 * 32, 32, 160), "hubert_base_iter2": (1_400_000 * 32, 32, 160),
            "hubert_large": (900_000 * 128, 128, 384), "hubert_xlarge": (360_000 * 256, 256, 256),
            "korean_base": (128 * 64000, 32, 32), "korean_large": (128 * 64000, 32, 32),
-           "distilhubert": (24 * 250000, 8, 24)}
+           "distilhubert": (24 * 250000, 8, 24), "wavlm_base_plus": (1_400_000 * 32, 32, 160),
+           "wavlm_large": (900_000 * 128, 128, 384)}
 
 
 @pytest.mark.parametrize("name", PRETRAINING)
@@ -110,7 +120,7 @@ def test_two_real_steps_with_a_shrunk_model(name, tmp_path):
     cfg.train.eval_every = 2
     if cfg.task == "distill":
         cfg.distill.teacher = tiny_teacher(tmp_path / "teacher")
-    if cfg.task in FINETUNE_TASKS:  # the demo transcripts
+    if _is_finetuning(cfg):  # the demo transcripts
         for split in ("train", "valid"):
             cfg.data[split].targets = os.path.join(ROOT, "data", "demo", f"{split}.wrd")
     cfg.model.head.num_classes = (max(92, cfg.model.head.num_classes[0]),)

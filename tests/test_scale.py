@@ -22,8 +22,9 @@ from hubert_jax.distributed import CoordinatorUnreachable, wait_for_coordinator
 from hubert_jax.models.layers import conv1d
 from hubert_jax.sharding import mesh_from_config
 from hubert_jax.training.checkpoint import flatten
-from hubert_jax.training.loop import _global_batch, data_config, restore_latest, run
-from hubert_jax.training.pretrain import Pretrainer, export_model
+from hubert_jax.training.loop import _global_batch, restore_latest, run
+from hubert_jax.training.tasks import make_trainer
+from hubert_jax.training.tasks.base import crop_config
 from tests.tiny_config import ROOT, get_config
 
 
@@ -79,8 +80,8 @@ def _two_steps(mesh):
     """loss, gradients and the parameters after two train steps (the second with a non-zero learning
     rate), from the same initial state and batches on any mesh."""
     cfg = get_config()
-    trainer = Pretrainer(cfg, mesh)
-    data = data_config(cfg, "train")
+    trainer = make_trainer(cfg, mesh)
+    data = crop_config(cfg, "train", labels=True)
     ds = make_dataset(LabeledAudio(data), data, batch_size=cfg.data.batch_size, seed=cfg.seed)
     state = trainer.init()
     first = _global_batch(trainer, ds[0])
@@ -146,8 +147,8 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     each host places shard by shard): the same batches, so the same parameters."""
     cfg = get_config()
     cfg.seed = 7  # weights no fresh run of the test config starts from
-    trainer = Pretrainer(cfg, mesh_from_config(dict(data=-1)))
-    start = export_model(trainer, trainer.init(), str(tmp_path / "start"))
+    trainer = make_trainer(cfg, mesh_from_config(dict(data=-1)))
+    start = trainer.export(trainer.init(), str(tmp_path / "start"))
     init_from = f"--config.model.init_from={start}"
     port = _free_port()
     procs = [subprocess.Popen(_train_cmd(tmp_path / "two", init_from, "--coordinator_address", f"127.0.0.1:{port}",
@@ -210,14 +211,14 @@ def test_mesh_errors_name_the_config_field():
 
 def test_global_batch_must_split_over_hosts():
     cfg = get_config()
-    data = data_config(cfg, "train")
+    data = crop_config(cfg, "train", labels=True)
     with pytest.raises(ValueError, match=r"global batch \(8\) must be divisible by the 3 hosts"):
         make_dataset(LabeledAudio(data), data, batch_size=8, seed=0, process_index=0, process_count=3)
 
 
 def test_every_host_reads_its_rows_of_the_same_global_batches():
     cfg = get_config()
-    data = data_config(cfg, "train")
+    data = crop_config(cfg, "train", labels=True)
     source = LabeledAudio(data)
     whole = make_dataset(source, data, batch_size=8, seed=3)
     parts = [make_dataset(source, data, batch_size=8, seed=3, process_index=h, process_count=4) for h in range(4)]

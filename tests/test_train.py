@@ -183,9 +183,8 @@ def test_batch_must_split_over_the_mesh(tmp_path):
 
 
 def test_init_from_an_exported_model_continues_with_its_heads(reference, tmp_path):
-    from hubert_jax.training.pretrain import export_model
 
-    exported = export_model(reference.trainer, reference.state, str(tmp_path / "export"))
+    exported = reference.trainer.export(reference.state, str(tmp_path / "export"))
     cfg = tiny_config.get_config()
     cfg.model.init_from = exported
     start = run(cfg, str(tmp_path / "continued"), stop_after=0)

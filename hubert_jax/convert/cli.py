@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from hubert_jax.lengths import SAMPLE_RATE
+
 VERIFY_TOL = 1e-4
 
 
@@ -45,7 +47,7 @@ def compare_with_transformers(model, torch_dir: str, seconds: float = 1.0) -> fl
     import torch
 
     tmodel = _torch_model(torch_dir)
-    n = int(seconds * 16000)
+    n = int(seconds * SAMPLE_RATE)
     rng = np.random.RandomState(0)
     audio = rng.randn(2, n).astype(np.float32)
     mask = np.ones((2, n), np.int64)
@@ -74,6 +76,8 @@ def _verify(model, torch_dir: str, no_verify: bool) -> None:
 
 def main(argv=None) -> int:
     from hubert_jax import pretrained
+    from hubert_jax.convert.original import convert_original_checkpoint
+    from hubert_jax.export import copy_processor_files, write_transformers_files
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src")
@@ -98,24 +102,23 @@ def main(argv=None) -> int:
     if os.path.isfile(args.src):  # fairseq / unilm / s3prl checkpoint
         if args.to_pytorch:
             parser.error("--to-pytorch takes a hubert-jax directory as SRC")
-        pretrained.convert_original_checkpoint(args.src, out, max_shard_bytes=args.max_shard_size,
-                                               overwrite=args.overwrite, dictionary=args.dictionary,
-                                               w2v_checkpoint=args.w2v_checkpoint)
+        convert_original_checkpoint(args.src, out, max_shard_bytes=args.max_shard_size, overwrite=args.overwrite,
+                                    dictionary=args.dictionary, w2v_checkpoint=args.w2v_checkpoint)
         print(f"wrote {out} (no reference run: fairseq itself is not a dependency)")
         return 0
 
     model = pretrained.load_any(args.src)
     if args.to_pytorch:
         def fill(tmp):
-            pretrained.write_transformers_files(model, tmp, max_shard_bytes=args.max_shard_size)
-            pretrained.copy_processor_files(args.src, tmp)
+            write_transformers_files(model, tmp, max_shard_bytes=args.max_shard_size)
+            copy_processor_files(args.src, tmp)
             _verify(model, tmp, args.no_verify)
     else:
         _verify(model, args.src, args.no_verify or pretrained.io.find_weights(args.src)[0] != "torch")
 
         def fill(tmp):
             pretrained.write_model_files(model, tmp, max_shard_bytes=args.max_shard_size)
-            pretrained.copy_processor_files(args.src, tmp)
+            copy_processor_files(args.src, tmp)
 
     pretrained.write_directory(out, fill, overwrite=args.overwrite)
     print(f"wrote {out}")

@@ -17,8 +17,8 @@ import os
 import numpy as np
 
 from hubert_jax.labels.mfcc import num_frames
+from hubert_jax.lengths import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 FRAME_SHIFT, FRAME_CENTER = 0.010, 0.0125  # a Kaldi frame t covers [10t, 10t + 25) ms
 
 _EN = dict(

@@ -16,9 +16,10 @@ import threading
 
 import numpy as np
 
+from hubert_jax.lengths import SAMPLE_RATE
+
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 
 _resampled: collections.Counter = collections.Counter()  # native rate -> files resampled in this process
 _resampled_lock = threading.Lock()

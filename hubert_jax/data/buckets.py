@@ -22,6 +22,9 @@ import math
 
 import numpy as np
 
+from hubert_jax.data.mixing import mix_rng
+from hubert_jax.lengths import SAMPLE_RATE
+
 
 def batch_sizes(buckets, max_tokens: int, multiple: int) -> tuple[int, ...]:
     """Rows of each bucket's global batch: what fits `max_tokens`, a multiple of `multiple`. A bucket that
@@ -46,7 +49,7 @@ def geometric(smallest: int, largest: int, ratio: float, multiple: int = 320) ->
     return tuple(sorted(set(lengths + [largest])))
 
 
-def grid_length(length: int, ratio: float, base: int = 16000, multiple: int = 320) -> int:
+def grid_length(length: int, ratio: float, base: int = SAMPLE_RATE, multiple: int = 320) -> int:
     """The shortest length of the fixed grid base * ratio^k (k any integer, rounded up to `multiple`) that
     holds `length`: a padded length that does not depend on which other utterances come along, so
     successive calls reuse their compiled shapes."""
@@ -120,12 +123,14 @@ class BatchPlan:
 
 class BucketedBatches:
     """A random-access source of this host's rows of each global batch of a `BatchPlan`:
-    `transform(example, rng, length)` makes one row of exactly the bucket's `length` samples."""
+    `transform(example, rng, length)` makes one row of exactly the bucket's `length` samples; `mixer`
+    (hubert_jax/data/mixing.py) mixes rows with other rows of their global batch, made as their hosts make
+    them."""
 
     def __init__(self, source, plan: BatchPlan, buckets, transform, *, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, mixer=None):
         self.source, self.plan, self.buckets, self.transform = source, plan, tuple(buckets), transform
-        self.process_index, self.process_count = process_index, process_count
+        self.process_index, self.process_count, self.mixer = process_index, process_count, mixer
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -134,8 +139,17 @@ class BucketedBatches:
         bucket, items, epoch, position = self.plan[index]
         local = len(items) // self.process_count
         first = self.process_index * local
+        length = self.buckets[bucket]
+
+        def make(row: int) -> dict:
+            rng = np.random.default_rng([self.plan.seed, epoch, position, row])
+            return self.transform(self.source[int(items[row])], rng, length)
+
         rows = []
         for row in range(first, first + local):
-            rng = np.random.default_rng([self.plan.seed, epoch, position, row])
-            rows.append(self.transform(self.source[int(items[row])], rng, self.buckets[bucket]))
+            example = make(row)
+            if self.mixer is not None:
+                example = self.mixer.mix(example, row, len(items), mix_rng(self.plan.seed, epoch, position, row),
+                                         make)
+            rows.append(example)
         return {key: np.stack([r[key] for r in rows]) for key in rows[0]}

@@ -32,6 +32,7 @@ from hubert_jax.data.manifest import (
     read_entry_audio,
     read_manifest,
 )
+from hubert_jax.data.mixing import MixConfig, Mixer, mix_rng
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class DataConfig:
     # every batch is `batch_size` crops of `crop_samples`
     buckets: tuple[int, ...] = ()
     max_tokens: int = 0
+    # WavLM's utterance mixing of the rows of each global batch (hubert_jax/data/mixing.py); None: none
+    mix: MixConfig | None = None
 
     @property
     def label_length(self) -> int:
@@ -182,6 +185,28 @@ def host_part(ds, *, global_batch: int, process_index: int, process_count: int):
     return HostPart(ds)
 
 
+def mixed_rows(ds, mixer: Mixer, *, global_batch: int, seed: int):
+    """`ds` (a grain MapDataset of global elements, batch after batch) with each element mixed with another
+    of its global batch (`mixer`), the draws keyed by the element's position."""
+    import grain
+
+    class MixedRows(grain.MapDataset):
+        def __len__(self) -> int:
+            return len(self._parent)
+
+        def __getitem__(self, index):
+            if isinstance(index, slice):
+                return self.slice(index)
+            batch, row = divmod(index, global_batch)
+            return mixer.mix(self._parent[index], row, global_batch, mix_rng(seed, batch, row),
+                             lambda other: self._parent[batch * global_batch + other])
+
+        def __str__(self) -> str:
+            return f"MixedRows[batches of {global_batch}]"
+
+    return MixedRows(ds)
+
+
 def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, shuffle: bool = True, repeat: bool = True, transform=None,
                  data_shards: int = 1):
@@ -190,18 +215,20 @@ def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, proc
     The order, the crops and the contents of every global batch depend only on the seed, never on the
     number of hosts: the shuffle and the crop offsets are drawn over the whole manifest, and host h reads
     rows [h * b, (h + 1) * b) of each global batch (b = batch_size / hosts). So a run on 4 hosts trains on
-    exactly the batches a run on 1 host does. `transform(example, rng, size)` makes an example `size`
+    exactly the batches a run on 1 host does (mixed, with `config.mix`, as on 1 host).
+    `transform(example, rng, size)` makes an example `size`
     samples long (default: the pretraining crop, `crop_and_pad`). With `config.buckets`, each global batch
     is one bucket's, of the rows `config.max_tokens` holds (a multiple of `data_shards` and the hosts), and
     `batch_size` is not used (hubert_jax/data/buckets.py)."""
     import grain
 
     transform = transform or (lambda ex, rng, size=None: crop_and_pad(ex, rng, config, size))
+    mixer = Mixer(config.mix, normalize=config.normalize) if config.mix else None
     if config.buckets:
         return grain.MapDataset.source(bucketed_batches(source, config, seed=seed, process_index=process_index,
                                                         process_count=process_count, shuffle=shuffle,
                                                         repeat=repeat, transform=transform,
-                                                        data_shards=data_shards))
+                                                        data_shards=data_shards, mixer=mixer))
     if batch_size % process_count:
         raise ValueError(f"the global batch ({batch_size}) must be divisible by the {process_count} hosts")
     if len(source) < batch_size:
@@ -212,6 +239,8 @@ def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, proc
     if repeat:
         ds = ds.repeat(None)
     ds = ds.random_map(transform, seed=seed)
+    if mixer is not None:
+        ds = mixed_rows(ds, mixer, global_batch=batch_size, seed=seed)
     if process_count > 1:
         ds = host_part(ds, global_batch=batch_size, process_index=process_index, process_count=process_count)
     return ds.batch(batch_size // process_count, drop_remainder=True)
@@ -226,11 +255,11 @@ def bucket_batch_sizes(config: DataConfig, *, data_shards: int, process_count: i
 
 
 def bucketed_batches(source, config: DataConfig, *, seed: int, process_index: int, process_count: int,
-                     shuffle: bool, repeat: bool, transform, data_shards: int) -> BucketedBatches:
+                     shuffle: bool, repeat: bool, transform, data_shards: int, mixer=None) -> BucketedBatches:
     sizes = bucket_batch_sizes(config, data_shards=data_shards, process_count=process_count)
     plan = BatchPlan(source.item_buckets(config.buckets), sizes, seed=seed, shuffle=shuffle, repeat=repeat)
     return BucketedBatches(source, plan, config.buckets, transform, process_index=process_index,
-                           process_count=process_count)
+                           process_count=process_count, mixer=mixer)
 
 
 def make_iterator(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,

@@ -25,6 +25,8 @@ import re
 
 import numpy as np
 
+from hubert_jax.lengths import SAMPLE_RATE
+
 SCHEME = "tfds://"
 _ADDRESS = re.compile(r"^tfds://(?P<name>[^/:]+)(?:/(?P<config>[^/:]+))?(?::(?P<version>[\d.]+))?/(?P<split>[^/]+)$")
 _AUDIO_CLASS = "tensorflow_datasets.core.features.audio_feature.Audio"
@@ -180,7 +182,7 @@ class TfdsSplit:
             values = np.asarray(feature.int64_list.value, np.int64)
             full_scale = 2.0 ** 31 if self.dtype == np.int32 else 32768.0
             values = values.astype(np.float32) / full_scale
-        return values.reshape(-1, self.channels), self.sample_rate or 16000
+        return values.reshape(-1, self.channels), self.sample_rate or SAMPLE_RATE
 
     def _text(self, example) -> str | None:
         if self.text_key is None:
@@ -196,7 +198,6 @@ def open_split(address: str) -> TfdsSplit:
 def write_manifest(address: Address | str, out: str) -> int:
     """`{out}.tsv` (root: the address, then `index<TAB>num_samples`) and `{out}.wrd` if the dataset has
     transcripts. Reads every example once to count its samples. Returns the number of examples."""
-    from hubert_jax.data.manifest import SAMPLE_RATE
 
     split = TfdsSplit(address)
     rows, texts = [], []

@@ -35,6 +35,7 @@ from hubert_jax.data.audio import resampled_counts, resampled_summary
 from hubert_jax.labels.features import load_features, load_skipped, save_features, split_utterances, write_skipped
 from hubert_jax.labels.mfcc import mfcc_with_deltas
 from hubert_jax.progress import Progress, main_process
+from hubert_jax.lengths import SAMPLE_RATE
 
 
 def cmd_mfcc(args) -> None:
@@ -48,7 +49,7 @@ def cmd_mfcc(args) -> None:
     for entry, audio in stream:
         bar.update()
         batch.append((entry, audio))
-        seconds += len(audio) / 16000
+        seconds += len(audio) / SAMPLE_RATE
         if len(batch) == args.batch:
             for (e, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
                 done[e.line] = f
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, help="this shard (default: jax.process_index())")
     p.add_argument("--world", type=int, help="number of shards (default: jax.process_count())")
     p.add_argument("--chunk-size", type=int, default=64, help="utterances per resumable chunk")
-    p.add_argument("--max-tokens", type=int, default=64 * 16000,
+    p.add_argument("--max-tokens", type=int, default=64 * SAMPLE_RATE,
                    help="samples per model call (utterances are batched over a few padded lengths)")
     p.add_argument("--strict", action="store_true")
     p.set_defaults(func=cmd_dump)

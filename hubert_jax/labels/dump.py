@@ -19,6 +19,7 @@ import numpy as np
 
 from hubert_jax.data.manifest import Entry, iter_audio
 from hubert_jax.labels.features import concat_skipped, load_features, save_features, split_utterances
+from hubert_jax.lengths import SAMPLE_RATE
 
 
 def shard_range(total: int, world: int, rank: int) -> tuple[int, int]:
@@ -35,7 +36,7 @@ def _chunk_features(model, layer: int, audio: list, max_tokens: int) -> list:
 
 
 def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank: int = 0, world: int = 1,
-                  chunk_size: int = 64, max_tokens: int = 64 * 16000, strict: bool = False, progress=None,
+                  chunk_size: int = 64, max_tokens: int = 64 * SAMPLE_RATE, strict: bool = False, progress=None,
                   manifest: str = "manifest") -> dict:
     """Dump hidden_states[layer] for this rank's slice of `entries`; returns counts for reporting.
     `progress` (hubert_jax.progress.Progress over this rank's utterances) advances per chunk."""
@@ -59,7 +60,7 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
         # keyed by manifest line: a file may be listed twice
         by_line = dict(zip([entry.line for entry, _ in read],
                            _chunk_features(model, layer, [audio for _, audio in read], max_tokens)))
-        seconds += sum(len(audio) for _, audio in read) / 16000
+        seconds += sum(len(audio) for _, audio in read) / SAMPLE_RATE
         skipped_files += list(skipped.values())
         dims = model.config.hidden_size
         save_features(path, [by_line.get(e.line, np.zeros((0, dims), np.float32)) for e in chunk], dims,

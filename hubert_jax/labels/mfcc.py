@@ -16,10 +16,12 @@ from typing import Sequence
 
 import numpy as np
 
+from hubert_jax.lengths import SAMPLE_RATE
+
 
 @dataclasses.dataclass(frozen=True)
 class MfccOptions:
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     preemphasis: float = 0.97

@@ -8,6 +8,7 @@ from hubert_jax.models.layers import ModelOptions
 from hubert_jax.models.model import BASE_MODELS, HubertModel, SpeechModel, Wav2Vec2Model, WavLMModel
 from hubert_jax.models.outputs import (CTCOutput, ModelOutput, PreTrainingOutput, SequenceClassifierOutput,
                                        TokenClassifierOutput, XVectorOutput)
+from hubert_jax.models.pretraining_hubert import HubertForPreTraining
 from hubert_jax.models.pretraining_w2v2 import Wav2Vec2ForPreTraining
 
 # transformers class name (config.json `architectures`) -> our class
@@ -25,5 +26,7 @@ TASK_CLASSES = {
     "ForAudioFrameClassification": {"wavlm": WavLMForAudioFrameClassification,
                                     "wav2vec2": Wav2Vec2ForAudioFrameClassification},
     "ForXVector": {"wavlm": WavLMForXVector, "wav2vec2": Wav2Vec2ForXVector},
-    "ForPreTraining": {"wav2vec2": Wav2Vec2ForPreTraining},
+    # masked prediction on a HuBERT or a WavLM encoder; wav2vec 2.0's contrastive heads
+    "ForPreTraining": {"hubert": HubertForPreTraining, "wavlm": HubertForPreTraining,
+                       "wav2vec2": Wav2Vec2ForPreTraining},
 }

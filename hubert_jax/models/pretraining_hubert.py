@@ -1,7 +1,12 @@
-"""HuBERT masked prediction (fairseq's HubertModel forward and hubert criterion) on a hubert-jax encoder.
+"""HuBERT masked prediction (fairseq's HubertModel forward and hubert criterion) on a hubert-jax encoder:
+HuBERT's own, or WavLM's (WavLM's denoising masked prediction is this criterion on its encoder).
 
-The encoder is a HubertModel (parameter paths `hubert.*`, as transformers names them); the heads are
+The encoder is the config's base model under its transformers prefix (`hubert.*`, `wavlm.*`); the heads are
 fairseq's `final_proj` and `label_embs_concat`, with `masked_spec_embed` playing fairseq's `mask_emb`.
+`save_pretrained` writes the encoder as the base model's directory (which transformers' `HubertModel` /
+`WavLMModel` loads), the heads beside it in `pretraining_heads.safetensors` and their settings under
+`hubert_pretraining` in config.json; `from_pretrained` reads them back (fresh heads, with a warning, from a
+directory without them).
 
 fairseq scores each frame against the true label's embedding (index 0) and every label embedding, the
 true one's second copy set to -inf, then takes cross-entropy with target 0. That is exactly the
@@ -20,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hubert_jax.config import HubertConfig
+from hubert_jax.config import SpeechConfig
 from hubert_jax.lengths import feature_vector_mask
 from hubert_jax.masking import span_mask
 from hubert_jax.models.layers import (
@@ -31,9 +36,12 @@ from hubert_jax.models.layers import (
     torch_linear_init,
     uniform,
 )
-from hubert_jax.models.model import HubertModel, make_options
+from hubert_jax.models.hub_mixin import PretrainedMixin
+from hubert_jax.models.model import BASE_MODELS, make_options
+from hubert_jax.lengths import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+HEADS_FILE = "pretraining_heads.safetensors"  # the heads beside the encoder in a model directory
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +96,7 @@ class PretrainingOutput:
     features_pen: Any  # mean square of the conv features (fairseq's feature penalty)
 
 
-def frames_for_labels(config: HubertConfig, head: HeadConfig, num_frames: int, label_length: int) -> np.ndarray:
+def frames_for_labels(config: SpeechConfig, head: HeadConfig, num_frames: int, label_length: int) -> np.ndarray:
     """fairseq's forward_targets: the label index of each kept feature frame (features past the labels
     are dropped). Static, so it runs in NumPy at trace time."""
     ratio = head.label_rate * int(np.prod(config.conv_stride)) / SAMPLE_RATE
@@ -115,22 +123,43 @@ def cosine_logits(x, embeddings, temperature: float):
     return jnp.einsum("bfd,kd->bfk", x, e) / temperature
 
 
-class HubertForPreTraining(nnx.Module):
-    def __init__(self, config: HubertConfig, head: HeadConfig | None = None, *, rngs: nnx.Rngs | None = None,
+class HubertForPreTraining(PretrainedMixin, nnx.Module):
+    """Masked prediction heads on a HuBERT or WavLM encoder (`config.model_type`)."""
+
+    heads_file = HEADS_FILE
+
+    def __init__(self, config: SpeechConfig, head: HeadConfig | None = None, *, rngs: nnx.Rngs | None = None,
                  opts: ModelOptions | None = None, **option_kw):
+        if config.model_type not in ("hubert", "wavlm"):
+            raise ValueError(f"HubertForPreTraining: masked prediction runs on a HuBERT or WavLM encoder, got "
+                             f"model_type {config.model_type!r} (wav2vec2 pretrains with Wav2Vec2ForPreTraining)")
         head = head or HeadConfig.from_dict(config.extra.get("hubert_pretraining", {}))
         if not config.has_masked_spec_embed:
             raise ValueError("masked prediction needs config.masked_spec_embed (fairseq's mask_emb): set "
                              "config.mask_time_prob > 0")
-        opts = make_options(opts, **option_kw)
+        self.opts = opts = make_options(opts, **option_kw)
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config, self.head = config, head
-        self.hubert = HubertModel(config, opts=opts, rngs=rngs)
+        self.base_model_prefix = config.base_model_prefix
+        setattr(self, self.base_model_prefix, BASE_MODELS[config.model_type](config, opts=opts, rngs=rngs))
         out = head.final_dim * (len(head.num_classes) if head.untie_final_proj else 1)
         self.final_proj = Linear(config.hidden_size, out, axes=("embed", None), opts=opts, rngs=rngs,
                                  **torch_linear_init(config.hidden_size))
         self.label_embs_concat = make_param(rngs, uniform(0.0, 1.0), (sum(head.num_classes), head.final_dim),
                                             ("vocab", None), opts.param_dtype)
+
+    @property
+    def base_model(self):
+        return getattr(self, self.base_model_prefix)
+
+    @property
+    def architecture(self) -> str:
+        """config.json's `architectures`: transformers has no class for these heads, its base model loads
+        the encoder."""
+        return type(self.base_model).__name__
+
+    def config_additions(self) -> dict:
+        return {"hubert_pretraining": self.head.to_dict()}
 
     def __call__(self, input_values, labels, attention_mask=None, *, mask_rng=None, mask_time_indices=None,
                  mask_prob: float = 0.8, mask_length: int = 10, min_masks: int = 2,
@@ -141,7 +170,7 @@ class HubertForPreTraining(nnx.Module):
         labels = (labels,) if not isinstance(labels, (list, tuple)) else tuple(labels)
         if len(labels) != len(self.head.num_classes):
             raise ValueError(f"{len(labels)} label sets given, the heads have {len(self.head.num_classes)}")
-        base = self.hubert
+        base = self.base_model
         features = base.feature_extractor(input_values)
         features = scale_gradient(features, feature_grad_mult)
         label_length = min(lab.shape[1] for lab in labels)

@@ -20,8 +20,10 @@ logger = logging.getLogger(__name__)
 def pretraining_defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "hubert"  # "hubert": masked prediction; "distill": DistilHuBERT (see c.distill); "ctc" / "classify"
-    # (one label per utterance) / "frames" (frame labels): fine-tuning (see c.finetune)
+    # what is trained (hubert_jax/training/tasks/): "hubert": masked prediction; "wavlm": WavLM's denoising
+    # masked prediction (see c.mix); "distill": DistilHuBERT (see c.distill); "ctc" / "classify" (one label per
+    # utterance) / "frames" (frame labels): fine-tuning (see c.finetune)
+    c.task = "hubert"
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "hubert-base"
@@ -63,7 +65,7 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     # leaves longer ones out, classification crops them
     c.data.max_samples = 0
 
-    # fine-tuning (task "ctc" / "classify" / "frames", hubert_jax/training/finetune.py)
+    # fine-tuning (task "ctc" / "classify" / "frames", hubert_jax/training/tasks/finetune.py)
     c.finetune = ml_collections.ConfigDict(dict(
         freeze_feature_encoder=True,  # transformers' freeze_feature_encoder()
         freeze_encoder_steps=0,  # fairseq freeze_finetune_updates: only the head trains before this step
@@ -90,6 +92,11 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     # device mesh (hubert_jax/sharding.py): one of data/fsdp/tensor may be -1 (the rest of the devices);
     # dcn_data > 1 spreads the data axis over that many TPU slices (multi-slice)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
+    # WavLM's utterance mixing (task "wavlm", hubert_jax/data/mixing.py): the share of utterances mixed, the
+    # longest segment as a share of the primary, the primary / secondary energy ratio range (dB), and optional
+    # noise files (a manifest) with the share of mixed utterances that get noise and its ratio range
+    c.mix = ml_collections.ConfigDict(dict(prob=0.2, max_share=0.5, energy_db=(-5.0, 5.0), noise_manifest="",
+                                           noise_prob=0.0, noise_db=(-5.0, 20.0)))
     # DistilHuBERT (task "distill"): the teacher's directory, the teacher layers the heads predict
     c.distill = ml_collections.ConfigDict(dict(teacher="", pred_layers=(4, 8, 12), inter_dim=-1, cosine_weight=1.0,
                                                feat_pen_weight=0.0, init_from_teacher=True))
@@ -131,11 +138,11 @@ HEAD_FIELDS_FROM_INIT = ("num_classes", "final_dim", "untie_final_proj", "label_
 
 
 def with_init_from_heads(cfg):
-    """`cfg`, or for HuBERT pretraining from a directory with pretraining heads (a converted fairseq HuBERT,
+    """`cfg`, or for masked prediction from a directory with pretraining heads (a converted fairseq HuBERT,
     our export) a copy whose `model.head` takes the directory's settings: the heads' shapes come with their
     weights, and fairseq's label dictionaries fix the cluster counts and the specials' offset. Fields that
     change are logged."""
-    if cfg.task != "hubert" or not cfg.model.init_from:
+    if not cfg.model.init_from:
         return cfg
     from hubert_jax.models.pretraining_hubert import HeadConfig
     from hubert_jax.pretrained import PRETRAINING_HEADS

@@ -12,20 +12,13 @@ import time
 import jax
 import numpy as np
 
-from hubert_jax.data.manifest import SAMPLE_RATE
-from hubert_jax.data.pipeline import (
-    DataConfig,
-    LabeledAudio,
-    bucket_batch_sizes,
-    make_dataset,
-    make_iterator,
-)
+from hubert_jax.data.pipeline import DataConfig, bucket_batch_sizes, make_dataset, make_iterator
+from hubert_jax.lengths import SAMPLE_RATE
 from hubert_jax.sharding import mesh_from_config
 from hubert_jax.training.checkpoint import Checkpoints, DiskFull, disk_full_message, is_disk_full
-from hubert_jax.training.config import with_init_from_heads
-from hubert_jax.training.finetune import FINETUNE_TASKS, FineTuner, finetune_sources, read_meta
 from hubert_jax.training.metrics_log import MetricLog
-from hubert_jax.training.pretrain import Pretrainer, Trainer, param_count
+from hubert_jax.training.tasks import make_task
+from hubert_jax.training.trainer import Trainer, param_count
 from hubert_jax.training.workdir_lock import lock_workdir
 
 logger = logging.getLogger(__name__)
@@ -44,44 +37,6 @@ class RunResult:
     skipped_steps: int
     trainer: Trainer
     state: dict
-
-
-def make_trainer(cfg, mesh, meta: dict | None = None):
-    """The task's trainer; fine-tuning also needs its targets' meta (finetune_sources or the workdir's)."""
-    if cfg.task == "hubert":
-        return Pretrainer(cfg, mesh)
-    if cfg.task in FINETUNE_TASKS:
-        return FineTuner(cfg, mesh, meta)
-    if cfg.task == "distill":
-        from hubert_jax.training.distill import Distiller, load_teacher
-
-        return Distiller(cfg, mesh, load_teacher(cfg))
-    raise ValueError(f"config.task: unknown task {cfg.task!r} (hubert, distill, ctc, classify)")
-
-
-def data_config(cfg, split: str) -> DataConfig:
-    part = cfg.data[split]
-    labels = () if cfg.task == "distill" else tuple(part.labels)  # distillation needs no labels
-    if cfg.task == "hubert" and part.manifest:
-        given = [p for p in labels if p]
-        missing = [p for p in given if not os.path.isfile(p)]
-        if not given or missing:
-            what = "no label file given" if not given else ", ".join(f"{p!r} does not exist" for p in missing)
-            raise FileNotFoundError(
-                f"config.data.{split}.labels: {what}: data.{split}.manifest ({part.manifest}) needs one .km file "
-                f"per label set, lines in manifest order (python -m hubert_jax.labels label ... --out FILE.km)")
-    return DataConfig(manifest=part.manifest, labels=labels, label_rate=cfg.model.head.label_rate,
-                      crop_samples=cfg.data.crop_samples, min_samples=cfg.data.min_samples,
-                      normalize=cfg.data.normalize, buckets=tuple(cfg.data.get("buckets", ())),
-                      max_tokens=int(cfg.data.get("max_tokens", 0)))
-
-
-def finetune_data_config(cfg, manifest: str, max_samples: int) -> DataConfig:
-    """Whole utterances: with data.buckets, those up to the longest utterance (`max_samples`), which
-    is always the last bucket, so that every utterance is kept."""
-    buckets = tuple(b for b in cfg.data.get("buckets", ()) if b < max_samples)
-    buckets = buckets + (max_samples,) if cfg.data.get("buckets") else ()
-    return DataConfig(manifest=manifest, buckets=buckets, max_tokens=int(cfg.data.get("max_tokens", 0)))
 
 
 def data_shards(mesh) -> int:
@@ -104,9 +59,10 @@ def _check_batch_splits(cfg, mesh) -> None:
 
 def restore_latest(cfg, workdir: str, step: int | None = None):
     """(trainer, state) of a workdir's newest (or given) checkpoint, e.g. to export or inspect a run."""
-    cfg = with_init_from_heads(cfg)
-    meta = read_meta(workdir) if cfg.task in FINETUNE_TASKS else None
-    trainer = make_trainer(cfg, mesh_from_config(cfg.mesh), meta)
+    task = make_task(cfg)
+    task.open_workdir(workdir)
+    cfg = task.cfg
+    trainer = Trainer(task, mesh_from_config(cfg.mesh))
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                               config_json=cfg.to_json(sort_keys=True))
     try:
@@ -150,11 +106,15 @@ def _abandon_saves(checkpoints) -> list[str]:
     return removed
 
 
+_BOOKKEEPING = ("finite", "nan_run")  # the train step's own, reported as skipped steps instead
+
+
 def _fetch(pending: list, window: dict, max_nan_in_a_row: int, checkpoints) -> None:
     """Bring the pending steps' metrics to the host, in order: window them, report skipped updates."""
     for step, metrics in jax.device_get(pending):
         for k, v in metrics.items():
-            window.setdefault(k, []).append(float(v))
+            if np.ndim(v) == 0:  # every scalar the task returns is logged
+                window.setdefault(k, []).append(float(v))
         if not metrics["finite"]:
             nan_run = int(metrics["nan_run"])
             logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, nan_run)
@@ -201,7 +161,8 @@ def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
 def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
     # ------------------------------------------------------------------ setup
     main_process = jax.process_index() == 0
-    cfg = with_init_from_heads(cfg)  # before anything reads the heads' settings; config.json records them
+    task = make_task(cfg)
+    cfg = task.cfg  # as the task resolves it (e.g. the heads of model.init_from); config.json records it
     config_json = cfg.to_json(sort_keys=True)
     mesh = mesh_from_config(cfg.mesh)
     _check_batch_splits(cfg, mesh)
@@ -210,28 +171,15 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
 
     # ------------------------------------------------------------------ input pipeline
     batch_size = cfg.data.batch_size  # global: each host reads its part (make_dataset)
-    meta = None
-    if cfg.task in FINETUNE_TASKS:  # whole utterances and their transcripts / labels
-        train_source, valid_source, meta = finetune_sources(cfg, workdir)
-        train_cfg = finetune_data_config(cfg, cfg.data.train.manifest, meta["max_samples"])
-        valid_cfg = (finetune_data_config(cfg, cfg.data.valid.manifest, meta["max_samples"])
-                     if valid_source is not None else None)
-    else:  # pretraining crops and frame labels
-        train_cfg = data_config(cfg, "train")
-        need_labels = cfg.task == "hubert"
-        train_source = LabeledAudio(train_cfg, need_labels=need_labels)
-        valid_cfg = data_config(cfg, "valid") if cfg.data.valid.manifest else None
-        valid_source = LabeledAudio(valid_cfg, need_labels=need_labels) if valid_cfg else None
-        for source in (train_source, valid_source):
-            if source is not None and need_labels:
-                source.check_num_classes(tuple(cfg.model.head.num_classes), cfg.model.head.get("label_offset", 0))
-    iterator = make_iterator(train_source, train_cfg, batch_size=batch_size, seed=cfg.seed,
+    data = task.data(workdir)
+    train_cfg, valid_source, valid_cfg = data.train_config, data.valid, data.valid_config
+    iterator = make_iterator(data.train, train_cfg, batch_size=batch_size, seed=cfg.seed,
                              process_index=jax.process_index(), process_count=jax.process_count(),
-                             num_threads=cfg.data.num_threads, transform=getattr(train_source, "pad", None),
+                             num_threads=cfg.data.num_threads, transform=getattr(data.train, "pad", None),
                              data_shards=data_shards(mesh))
 
     # ------------------------------------------------------------------ state: resume, init_from or fresh
-    trainer = make_trainer(cfg, mesh, meta)
+    trainer = Trainer(task, mesh)
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                               config_json=config_json, before_write=lock.check if lock is not None else None)
     latest, state = checkpoints.restore_newest(trainer.abstract_state, trainer.state_shardings, iterator)
@@ -250,8 +198,7 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
         shapes = ", ".join(f"{size} x {length / SAMPLE_RATE:.2f} s" for size, length in zip(sizes, train_cfg.buckets))
         batches = f"bucketed global batches ({shapes}; {train_cfg.max_tokens:,} samples each at most)"
     else:
-        batches = (f"global batch {cfg.data.batch_size} x "
-                   f"{(meta or {}).get('max_samples', cfg.data.crop_samples) / SAMPLE_RATE:.2f} s")
+        batches = f"global batch {cfg.data.batch_size} x {data.samples / SAMPLE_RATE:.2f} s"
     log.message(f"{param_count(state['params']):,} parameters; mesh {dict(mesh.shape)}; {batches}; "
                 f"steps {step} -> {total}")
 
@@ -303,9 +250,7 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
                 _fetch(pending, window, cfg.train.max_nan_in_a_row, checkpoints)
             if logging_step:
                 elapsed = time.perf_counter() - tick
-                last_train = {k: float(np.mean(v)) for k, v in window.items()
-                              if k in ("loss", "accuracy_m", "accuracy_u", "lr", "grad_norm", "features_pen",
-                                       "loss_m", "loss_u", "rec_loss", "sim_loss", "cosine")}
+                last_train = {k: float(np.mean(v)) for k, v in window.items() if k not in _BOOKKEEPING}
                 last_train["audio_s_per_s"] = audio_seconds / max(elapsed, 1e-9)
                 last_train["skipped_steps"] = float(jax.device_get(state["nan_total"]))
                 log.write(step, "train", last_train)
@@ -321,9 +266,9 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
         if valid_source is not None and not last_valid:  # nothing left to train: report where it stands
             last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
         checkpoints.finish()
-        if cfg.task in FINETUNE_TASKS and step >= total and not preempted["flag"]:
+        if task.export_when_done and step >= total and not preempted["flag"]:
             directory = trainer.export(state, os.path.join(workdir, "model"))
-            log.message(f"exported the fine-tuned model to {directory}")
+            log.message(f"exported the trained model to {directory}")
     except Exception as e:
         # a save that failed on a full disk: ENOSPC itself, or a follow-on error of the half-written files
         if isinstance(e, DiskFull) or not (is_disk_full(e) or checkpoints.failed_for_space(state)):

@@ -1,6 +1,6 @@
-"""DistilHuBERT distillation as a training task: a frozen teacher (any hubert-jax or transformers HuBERT
-directory) and the student of `hubert_jax.models.distill`, trained with the same loop, checkpoints and
-logs as pretraining (`config.task = "distill"`)."""
+"""DistilHuBERT distillation (`config.task = "distill"`): a frozen teacher (any hubert-jax or transformers
+HuBERT directory, `config.distill.teacher`) and the student of `hubert_jax.models.distill`, trained with the
+same loop, checkpoints and logs as pretraining. The per-layer losses (`layer{i}`) are logged with the rest."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hubert_jax.models.distill import DistillConfig, DistilHubertStudent, distill_loss, init_student_from_teacher
-from hubert_jax.sharding import DEFAULT_RULES, from_host, to_host, variable_sharding
+from hubert_jax.sharding import from_host, to_host, variable_sharding
 from hubert_jax.training.config import model_config
-from hubert_jax.training.pretrain import Trainer, _pure_map, model_options
+from hubert_jax.training.tasks.base import Task, crop_data
+from hubert_jax.training.trainer import model_options, pure_map
 
 
 def load_teacher(cfg):
@@ -26,38 +27,44 @@ def load_teacher(cfg):
     return teacher
 
 
-class Distiller(Trainer):
-    def __init__(self, cfg, mesh, teacher, rules=DEFAULT_RULES):
-        self.teacher = teacher
-        layers = teacher.config.num_hidden_layers
+class DistillTask(Task):
+    name = "distill"
+
+    def __init__(self, cfg, teacher=None):
+        """`teacher`: the teacher model (may be abstract); default: loaded from config.distill.teacher."""
+        super().__init__(cfg)
+        self.teacher = teacher if teacher is not None else load_teacher(cfg)
+        layers = self.teacher.config.num_hidden_layers
         bad = [i for i in cfg.distill.pred_layers if not 1 <= i <= layers]
         if bad:
             raise ValueError(f"config.distill.pred_layers: {bad} are not layers of the {layers}-layer teacher")
         self.distill = DistillConfig(pred_layers=tuple(cfg.distill.pred_layers),
-                                     teacher_dim=teacher.config.hidden_size, inter_dim=cfg.distill.inter_dim,
+                                     teacher_dim=self.teacher.config.hidden_size, inter_dim=cfg.distill.inter_dim,
                                      cosine_weight=cfg.distill.cosine_weight,
                                      feat_pen_weight=cfg.distill.feat_pen_weight)
-        super().__init__(cfg, mesh, rules)
+
+    def data(self, workdir):
+        return crop_data(self.cfg, labels=False)  # distillation needs no labels
 
     def build(self):
         return DistilHubertStudent(model_config(self.cfg.model), self.distill, rngs=nnx.Rngs(self.cfg.seed),
                                    opts=model_options(self.cfg.model))
 
-    def setup(self, abstract) -> None:
+    def setup(self, abstract, mesh, rules) -> None:
         graphdef, params, rest = nnx.split(self.teacher, nnx.Param, ...)
         self.teacher_graphdef = graphdef
-        self.frozen_shardings = dict(params=_pure_map(params, lambda v: variable_sharding(v, self.mesh, self.rules)),
-                                     rest=_pure_map(rest, lambda v: variable_sharding(v, self.mesh, self.rules)))
+        self.frozen_shardings = dict(params=pure_map(params, lambda v: variable_sharding(v, mesh, rules)),
+                                     rest=pure_map(rest, lambda v: variable_sharding(v, mesh, rules)))
         frozen = dict(params=nnx.to_pure_dict(params), rest=nnx.to_pure_dict(rest))
         concrete = all(isinstance(x, jax.Array) for x in jax.tree.leaves(frozen))
         self.frozen = from_host(frozen, self.frozen_shardings) if concrete else frozen
 
-    def initial_state(self, state):
+    def initial_params(self, params, frozen):
         """The student's conv stack, projection, positional conv and first layers copied from the teacher."""
         if not self.cfg.distill.init_from_teacher:
-            return state
-        teacher = to_host(self.frozen["params"])
-        student = to_host(state["params"])
+            return None
+        teacher = to_host(frozen["params"])
+        student = to_host(params)
         layers = model_config(self.cfg.model).num_hidden_layers
         try:
             params = init_student_from_teacher(student, teacher, layers)
@@ -69,9 +76,9 @@ class Distiller(Trainer):
         if mismatched:
             raise ValueError(f"{self.cfg.distill.teacher}: teacher and student shapes differ at {mismatched[:5]}; "
                              f"set config.distill.init_from_teacher=False or match the student's sizes")
-        return self.with_params(state, params)
+        return params
 
-    def forward(self, model, batch, key, deterministic: bool, frozen):
+    def forward(self, model, batch, key, step, deterministic: bool, frozen):
         teacher = nnx.merge(self.teacher_graphdef, frozen["params"], frozen["rest"])
         out = teacher(batch["input_values"], attention_mask=batch["attention_mask"], output_hidden_states=True)
         target = jnp.stack([out.hidden_states[i] for i in self.distill.pred_layers], axis=1)
@@ -80,3 +87,12 @@ class Distiller(Trainer):
                                                deterministic=deterministic,
                                                dropout_rng=None if deterministic else key)
         return distill_loss(pred, jax.lax.stop_gradient(target), frame_mask, features_pen, self.distill)
+
+    def load_initial(self, model, directory: str) -> None:
+        from hubert_jax.pretrained import load_weights_into
+
+        load_weights_into(model.hubert, directory)
+
+    def export(self, model, directory: str) -> None:
+        """The student's HubertModel alone (its prediction heads only serve the distillation)."""
+        super().export(model.hubert, directory)

@@ -1,0 +1,35 @@
+"""The training tasks, one module each, found by `config.task`. Adding one: its module (a `Task` subclass,
+hubert_jax/training/tasks/base.py), a line here, and its config section."""
+
+from __future__ import annotations
+
+import importlib
+
+# config.task -> "module:class" under hubert_jax.training.tasks (imported when used)
+TASKS = {
+    "hubert": "hubert:HubertTask",  # HuBERT masked prediction
+    "wavlm": "wavlm:WavLMTask",  # WavLM: masked prediction of utterance-mixed speech
+    "distill": "distill:DistillTask",  # DistilHuBERT
+    "ctc": "ctc:CTCTask",  # fine-tuning: speech recognition
+    "classify": "classify:ClassifyTask",  # fine-tuning: one label per utterance
+    "frames": "frames:FramesTask",  # fine-tuning: frame labels
+}
+
+
+def task_class(name: str):
+    if name not in TASKS:
+        raise ValueError(f"config.task: unknown task {name!r} (known: {', '.join(TASKS)})")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(f"hubert_jax.training.tasks.{module}"), cls)
+
+
+def make_task(cfg, **kw):
+    """The task of `config.task`; `kw` go to its constructor (e.g. a fine-tuning task's meta)."""
+    return task_class(cfg.task)(cfg, **kw)
+
+
+def make_trainer(cfg, mesh, **kw):
+    """A Trainer of `config.task`'s task on `mesh`."""
+    from hubert_jax.training.trainer import Trainer
+
+    return Trainer(make_task(cfg, **kw), mesh)

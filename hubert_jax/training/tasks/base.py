@@ -1,0 +1,123 @@
+"""What a training task is: the interface the loop and the Trainer call, with the defaults most tasks keep,
+and the pretraining input (random crops of a manifest, with or without frame labels) that several share.
+
+A task is built from the run's config and says
+- `data(workdir)`: the train and valid sources and their `DataConfig`s (it may record what its model depends
+  on in the workdir: fine-tuning's vocabulary); `open_workdir(workdir)` reads that back without the data;
+- `build()`: the model (called abstractly first); `setup(abstract, mesh, rules)`: anything derived from it,
+  and `frozen` / `frozen_shardings`, arrays the steps read but do not train (a distillation teacher);
+- `forward(model, batch, key, step, deterministic, frozen)`: (loss, metrics) of one batch. Every scalar
+  metric of a train step is logged; `summarize` turns the eval steps' metrics into validation figures;
+- `update_mask(params, step)`: which parameters a step trains (None: all);
+- `initial_params(params, frozen)`: a fresh run's starting parameters (None: the init's);
+- `load_initial(model, directory)`: --config.model.init_from into the (host) model;
+- `export(model, directory)`: the trained model's files into `directory`; `export_when_done`: whether the
+  run writes `{workdir}/model` when it reaches its last step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from hubert_jax.data.pipeline import DataConfig, LabeledAudio
+
+
+@dataclasses.dataclass
+class Data:
+    train: object  # a random-access source (hubert_jax/data/pipeline.py, data/targets.py)
+    train_config: DataConfig
+    valid: object | None = None
+    valid_config: DataConfig | None = None
+    samples: int = 0  # samples of one row of an unbucketed batch (for the run's first log line)
+
+
+class Task:
+    name = ""  # config.task
+    export_when_done = False
+    frozen = None
+    frozen_shardings = None
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ data
+    def data(self, workdir: str | None) -> Data:
+        raise NotImplementedError
+
+    def open_workdir(self, workdir: str) -> None:
+        """What `data` recorded in the workdir, for building the model without reading the data."""
+
+    # ------------------------------------------------------------------ model and steps
+    def build(self):
+        raise NotImplementedError
+
+    def setup(self, abstract, mesh, rules) -> None:
+        """Task attributes from the abstract model (before the Trainer makes its shardings)."""
+
+    def forward(self, model, batch, key, step, deterministic: bool, frozen):
+        """(loss, metrics) of one batch; `step` (traced) is the train state's step."""
+        raise NotImplementedError
+
+    def summarize(self, metrics: list[dict]) -> dict:
+        """One validation figure per metric from the per-batch metrics."""
+        return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+
+    def update_mask(self, params, step):
+        return None
+
+    def initial_params(self, params, frozen):
+        return None
+
+    # ------------------------------------------------------------------ weights in and out
+    def load_initial(self, model, directory: str) -> None:
+        """The base model's weights from `directory` (a head the directory lacks stays freshly initialised)."""
+        from hubert_jax.pretrained import load_weights_into
+
+        load_weights_into(model.base_model, directory)
+
+    def export(self, model, directory: str) -> None:
+        """A directory that both `FlaxAutoModel*.from_pretrained` (flax_model.safetensors) and transformers
+        (model.safetensors) load: by default the model's own files and transformers' of the same model."""
+        from hubert_jax.export import write_transformers_files
+        from hubert_jax.pretrained import write_model_files
+
+        write_transformers_files(model, directory)
+        write_model_files(model, directory)
+
+
+# ----------------------------------------------------------------------------- pretraining input
+def crop_config(cfg, split: str, *, labels: bool) -> DataConfig:
+    """The pretraining crops of `config.data.{split}`, with its frame labels (`labels`: each set's .km file must
+    exist) or without."""
+    part = cfg.data[split]
+    paths = tuple(part.labels) if labels else ()
+    if labels and part.manifest:
+        given = [p for p in paths if p]
+        missing = [p for p in given if not os.path.isfile(p)]
+        if not given or missing:
+            what = "no label file given" if not given else ", ".join(f"{p!r} does not exist" for p in missing)
+            raise FileNotFoundError(
+                f"config.data.{split}.labels: {what}: data.{split}.manifest ({part.manifest}) needs one .km file "
+                f"per label set, lines in manifest order (python -m hubert_jax.labels label ... --out FILE.km)")
+    return DataConfig(manifest=part.manifest, labels=paths, label_rate=cfg.model.head.label_rate,
+                      crop_samples=cfg.data.crop_samples, min_samples=cfg.data.min_samples,
+                      normalize=cfg.data.normalize, buckets=tuple(cfg.data.get("buckets", ())),
+                      max_tokens=int(cfg.data.get("max_tokens", 0)))
+
+
+def crop_data(cfg, *, labels: bool) -> Data:
+    """Random crops of the train and (when given) valid manifests; with `labels`, their frame labels, checked
+    against the heads' cluster counts."""
+    data = Data(train=None, train_config=crop_config(cfg, "train", labels=labels), samples=cfg.data.crop_samples)
+    data.train = LabeledAudio(data.train_config, need_labels=labels)
+    if cfg.data.valid.manifest:
+        data.valid_config = crop_config(cfg, "valid", labels=labels)
+        data.valid = LabeledAudio(data.valid_config, need_labels=labels)
+    if labels:
+        for source in (data.train, data.valid):
+            if source is not None:
+                source.check_num_classes(tuple(cfg.model.head.num_classes), cfg.model.head.get("label_offset", 0))
+    return data

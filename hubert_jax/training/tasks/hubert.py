@@ -1,0 +1,80 @@
+"""HuBERT masked prediction (`config.task = "hubert"`): fairseq's hubert criterion on frame labels (k-means
+of MFCCs or of an earlier iteration's features), on the `HubertForPreTraining` heads. The encoder is the
+config's (a HuBERT preset, or a WavLM one: the criterion does not care)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from hubert_jax.models.pretraining_hubert import HubertForPreTraining, LossWeights, pretraining_loss
+from hubert_jax.training.config import head_config, model_config, with_init_from_heads
+from hubert_jax.training.tasks.base import Task, crop_data
+from hubert_jax.training.trainer import model_options
+
+
+def build_pretraining_model(cfg, seed: int | None = None) -> HubertForPreTraining:
+    return HubertForPreTraining(model_config(cfg.model), head_config(cfg.model),
+                                rngs=nnx.Rngs(cfg.seed if seed is None else seed), opts=model_options(cfg.model))
+
+
+class HubertTask(Task):
+    name = "hubert"
+
+    def __init__(self, cfg):
+        # before anything reads the heads' settings: a model.init_from with heads fixes them (config.json
+        # records what the run follows)
+        super().__init__(with_init_from_heads(cfg))
+
+    def data(self, workdir):
+        return crop_data(self.cfg, labels=True)
+
+    def build(self):
+        return build_pretraining_model(self.cfg)
+
+    def setup(self, abstract, mesh, rules) -> None:
+        self.num_label_sets = len(abstract.head.num_classes)
+        self.weights = LossWeights(masked=self.cfg.loss.masked, unmasked=self.cfg.loss.unmasked,
+                                   features_pen=self.cfg.loss.features_pen)
+
+    def forward(self, model, batch, key, step, deterministic: bool, frozen):
+        mask_key, dropout_key = jax.random.split(key)
+        m = self.cfg.masking
+        labels = [batch["labels"][:, i] for i in range(self.num_label_sets)]
+        out = model(batch["input_values"], labels, batch["attention_mask"], mask_rng=mask_key,
+                    mask_prob=m.mask_prob, mask_length=m.mask_length, min_masks=m.min_masks,
+                    feature_grad_mult=self.cfg.loss.feature_grad_mult, deterministic=deterministic,
+                    dropout_rng=None if deterministic else dropout_key)
+        return pretraining_loss(out, self.weights)
+
+    def summarize(self, metrics: list[dict]) -> dict:
+        """The mean loss and, over all batches' frames, the masked and unmasked accuracy (per label set too,
+        when there are several)."""
+        def accuracy(correct: str, frames: str) -> float:
+            return sum(int(m[correct]) for m in metrics) / max(sum(int(m[frames]) for m in metrics), 1)
+
+        out = {"loss": float(np.mean([m["loss"] for m in metrics]))}
+        sets = [""] if self.num_label_sets == 1 else [f"_{i}" for i in range(self.num_label_sets)]
+        out["accuracy_m"] = accuracy(f"correct_m{sets[0]}", "masked_frames")
+        out["accuracy_u"] = accuracy(f"correct_u{sets[0]}", "unmasked_frames")
+        if len(sets) > 1:
+            for s in sets:
+                out[f"accuracy_m{s}"] = accuracy(f"correct_m{s}", "masked_frames")
+                out[f"loss_m{s}"] = float(np.mean([m[f"loss_m{s}"] for m in metrics]))
+        return out
+
+    def load_initial(self, model, directory: str) -> None:
+        """The encoder and, when the directory has them (a converted fairseq HuBERT, our export), the heads."""
+        from hubert_jax.pretrained import load_weights_into
+
+        load_weights_into(model, directory)
+
+    def export(self, model, directory: str) -> None:
+        """The encoder as transformers' base model (model.safetensors) and ours (flax_model.safetensors), and
+        the heads beside it with their settings, so a later run can continue with --config.model.init_from."""
+        from hubert_jax.export import write_transformers_files
+        from hubert_jax.pretrained import write_model_files
+
+        write_transformers_files(model.base_model, directory)
+        write_model_files(model, directory)  # after: its config.json adds the heads' settings

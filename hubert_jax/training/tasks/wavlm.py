@@ -1,0 +1,47 @@
+"""WavLM's denoising masked speech modeling (`config.task = "wavlm"`, arXiv 2110.13900): HuBERT's masked
+prediction of the primary utterance's frame labels, on a WavLM encoder (gated relative position bias),
+from input that has a segment of another utterance of the batch (or of a noise file) mixed in
+(`config.mix`, hubert_jax/data/mixing.py). Validation reads the clean valid split. The export is a WavLM
+directory (transformers' `WavLMModel` loads it) with the heads beside it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from hubert_jax.data.mixing import MixConfig
+from hubert_jax.training.config import model_config
+from hubert_jax.training.tasks.base import crop_data
+from hubert_jax.training.tasks.hubert import HubertTask
+
+
+def mix_config(cfg) -> MixConfig:
+    fields = dict(cfg.mix)
+    for name in ("energy_db", "noise_db"):
+        fields[name] = tuple(float(v) for v in fields[name])
+    return MixConfig(**fields)
+
+
+class WavLMTask(HubertTask):
+    name = "wavlm"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        model_type = model_config(self.cfg.model).model_type
+        if model_type != "wavlm":
+            raise ValueError(f"config.task='wavlm' trains a WavLM encoder, but config.model (preset "
+                             f"{self.cfg.model.preset!r}, init_from {self.cfg.model.init_from!r}) makes a "
+                             f"{model_type} model: use a wavlm-* preset (configs/wavlm_base_plus.py)")
+        self.mix = mix_config(self.cfg)
+
+    def data(self, workdir):
+        data = crop_data(self.cfg, labels=True)
+        data.train_config = dataclasses.replace(data.train_config, mix=self.mix)
+        return data
+
+    def forward(self, model, batch, key, step, deterministic: bool, frozen):
+        loss, metrics = super().forward(model, batch, key, step, deterministic, frozen)
+        if "mixed" in batch:  # the share of this batch's utterances that were mixed
+            metrics["mixed"] = jnp.mean(batch["mixed"].astype(jnp.float32))
+        return loss, metrics
