@@ -67,7 +67,7 @@ class Noise:
     def draw(self, rng: np.random.Generator) -> np.ndarray:
         from hubert_jax.data.manifest import read_entry_audio
 
-        return read_entry_audio(self.manifest, self.entries[int(rng.integers(len(self.entries)))])
+        return read_entry_audio(self.manifest, self.entries[int(rng.integers(len(self.entries)))], normalize=False)
 
 
 class Mixer:
