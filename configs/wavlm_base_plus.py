@@ -21,20 +21,17 @@ polynomial decay, 400k steps, 32 x 1.4M samples per batch). The paper's own pret
 readable where this recipe was written: check its label layer, step count and batch before a full run.
 """
 
-from hubert_jax.data.buckets import geometric
-from hubert_jax.training.config import pretraining_defaults
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import hubert_base_iter2  # noqa: E402
 
 
 def get_config():
-    c = pretraining_defaults()
+    c = hubert_base_iter2.get_config()  # its heads (500 clusters at 50 Hz), batch, buckets and optimisation
     c.task = "wavlm"
     c.model.preset = "wavlm-base-plus"
-    c.model.head.update(dict(num_classes=(500,), final_dim=256, label_rate=50.0))
-    c.data.buckets = geometric(32000, 250000, 1.25)  # as configs/hubert_base_iter1.py
-    c.data.max_tokens = 32 * 1_400_000
     c.mix.update(dict(prob=0.2, max_share=0.5, energy_db=(-5.0, 5.0)))
-    c.loss.feature_grad_mult = 0.1
-    c.optim.update(dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=10.0))
-    c.optim.schedule.update(dict(kind="polynomial", peak=5e-4, warmup_steps=32000, total_steps=400000, end_ratio=0.0))
-    c.train.steps = 400000
     return c

@@ -15,24 +15,17 @@ The paper's own pretraining section was not readable where this recipe was writt
 source, step count and batch before a full run.
 """
 
-from hubert_jax.data.buckets import geometric
-from hubert_jax.training.config import pretraining_defaults
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import hubert_large  # noqa: E402
 
 
 def get_config():
-    c = pretraining_defaults()
+    c = hubert_large.get_config()  # its heads, batch, buckets, normalisation and optimisation
     c.task = "wavlm"
     c.model.preset = "wavlm-large"
-    c.model.overrides.update(dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                                  feat_proj_dropout=0.0, layerdrop=0.0))
-    c.model.head.update(dict(num_classes=(500,), final_dim=768, label_rate=50.0))
-    c.data.normalize = True
-    c.data.buckets = geometric(32000, 250000, 1.25)
-    c.data.max_tokens = 128 * 900_000
     c.mix.update(dict(prob=0.2, max_share=0.5, energy_db=(-5.0, 5.0)))
-    c.loss.feature_grad_mult = 1.0
-    c.optim.update(dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=1.0))
-    c.optim.schedule.update(dict(kind="polynomial", peak=1.5e-3, warmup_steps=32000, total_steps=400000,
-                                 end_ratio=0.0))
-    c.train.steps = 400000
     return c

@@ -7,6 +7,12 @@
   5. export: a directory that FlaxAutoModel.from_pretrained and transformers' HubertModel both load
 
     python -m hubert_jax.demo [--workdir work/demo]
+    python -m hubert_jax.demo --family wavlm [--workdir work/demo_wavlm]
+
+`--family wavlm` runs the same stages with WavLM's denoising masked prediction (a tiny WavLM encoder, the
+inputs utterance-mixed, configs/wavlm_base_plus.py's mixing), then 6: speaker identification from frozen
+features with a linear head (hubert_jax/probe.py) for three iteration-1 models trained on the same labels
+for the same steps: HuBERT, WavLM without mixing and WavLM with mixing (WavLM's claim, in miniature).
 
 Every stage writes under --workdir and a rerun picks up where the last one stopped (training resumes from
 its checkpoints).
@@ -30,13 +36,21 @@ def _say(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def _demo_config():
+def _demo_config(family: str = "hubert", *, mix: bool = True):
+    """configs/demo.py; for WavLM the same sizes on a WavLM encoder, trained as `task="wavlm"` (with the
+    recipe's utterance mixing, or none)."""
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     try:
         import demo
     finally:
         sys.path.pop(0)
-    return demo.get_config()
+    c = demo.get_config()
+    if family == "wavlm":
+        c.task = "wavlm"
+        c.model.preset = "wavlm-base-plus"
+        if not mix:
+            c.mix.prob = 0.0
+    return c
 
 
 def kmeans_labels(feats: dict[str, str], out_dir: str, clusters: int, seed: int) -> dict[str, str]:
@@ -67,9 +81,13 @@ def every_other_frame(km: dict[str, str], out_dir: str) -> dict[str, str]:
     return out
 
 
-def majority_share(km_path: str) -> float:
-    """The share of the most frequent label: the accuracy of always guessing it."""
-    labels = np.concatenate([np.asarray(line.split(), int) for line in open(km_path) if line.strip()])
+def majority_share(path: str, *, text: bool = False) -> float:
+    """The share of the most frequent label (of a .km file's frames, or with `text` of a file's lines): the
+    accuracy of always guessing it."""
+    if text:
+        lines = [line.strip() for line in open(path, encoding="utf-8")]
+        return max(lines.count(c) for c in set(lines)) / len(lines)
+    labels = np.concatenate([np.asarray(line.split(), int) for line in open(path) if line.strip()])
     return float(np.bincount(labels).max() / len(labels))
 
 
@@ -124,7 +142,7 @@ def check_export(directory: str, trainer, state) -> dict[str, float]:
     from hubert_jax.pretrained import FlaxAutoModel
 
     x = np.asarray(np.random.default_rng(0).standard_normal((1, 32000)), np.float32)
-    trained = nnx.merge(trainer.graphdef, state["params"], state["rest"]).base_model
+    trained = nnx.merge(trainer.graphdef, state["params"], state["rest"]).base_model  # HubertModel / WavLMModel
     want = np.asarray(trained(jnp.asarray(x)).last_hidden_state)
     loaded = FlaxAutoModel.from_pretrained(directory)
     diffs = {"hubert-jax": float(np.abs(np.asarray(loaded(jnp.asarray(x)).last_hidden_state) - want).max())}
@@ -134,17 +152,39 @@ def check_export(directory: str, trainer, state) -> dict[str, float]:
     except ImportError:
         print("  (transformers not installed: skipped loading the export with transformers)")
         return diffs
-    tmodel = transformers.HubertModel.from_pretrained(directory).eval()
+    tmodel = getattr(transformers, type(trained).__name__).from_pretrained(directory).eval()
     with torch.no_grad():
         got = tmodel(torch.from_numpy(x)).last_hidden_state.numpy()
     diffs["transformers"] = float(np.abs(got - want).max())
     return diffs
 
 
+def speaker_probes(family_runs: dict, wd: str, steps: int, km: dict, clusters: int) -> dict[str, float]:
+    """Stage 6: the speaker-identification probe's valid accuracy for each iteration-1 model; `family_runs`
+    maps a name to the run whose model is probed, or to (family, mix) for one trained here on `km`."""
+    from hubert_jax.pretrained import FlaxAutoModel
+    from hubert_jax.probe import probe
+
+    splits = {s: (os.path.join(DATA, f"{s}.tsv"), os.path.join(DATA, f"{s}.spk")) for s in SPLITS}
+    out = {}
+    for name, what in family_runs.items():
+        if isinstance(what, tuple):
+            family, mix = what
+            cfg = _demo_config(family, mix=mix)
+            cfg.model.head.num_classes = (clusters,)
+            what = train_iteration(cfg, km, 100.0, steps, os.path.join(wd, "compare", name))
+        directory = what.trainer.export(what.state, os.path.join(wd, "compare", name, "model"))
+        out[name] = probe(FlaxAutoModel.from_pretrained(directory), splits["train"], splits["valid"])
+        print(f"  {name}: speaker identification accuracy (valid) {out[name]:.3f}")
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m hubert_jax.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="work/demo")
+    parser.add_argument("--family", choices=("hubert", "wavlm"), default="hubert",
+                        help="HuBERT's masked prediction, or WavLM's on utterance-mixed input (adds stage 6)")
+    parser.add_argument("--workdir", help="default: work/demo (hubert), work/demo_wavlm (wavlm)")
     parser.add_argument("--clusters", type=int, default=50, help="k-means clusters for both iterations")
     parser.add_argument("--steps1", type=int, help="iteration-1 steps (default: configs/demo.py)")
     parser.add_argument("--steps2", type=int, help="iteration-2 steps (default: a third of iteration 1)")
@@ -157,8 +197,10 @@ def main(argv=None) -> dict:
     if not os.path.isfile(os.path.join(DATA, "train.tsv")):
         raise SystemExit(f"{DATA}: the demo corpus is not there; run the demo from a clone of the repository "
                          f"installed with `pip install -e .`")
-    wd = os.path.abspath(args.workdir)
-    base = _demo_config()
+    family = args.family
+    wd = os.path.abspath(args.workdir or ("work/demo" if family == "hubert" else "work/demo_wavlm"))
+    name = {"hubert": "HuBERT", "wavlm": "WavLM (utterance mixing)"}[family]
+    base = _demo_config(family)
     steps1 = args.steps1 or base.train.steps
     steps2 = args.steps2 or max(steps1 // 3, 1)
     layer = args.layer or max(base.model.overrides.num_hidden_layers - 1, 1)
@@ -174,8 +216,8 @@ def main(argv=None) -> dict:
     print("  the same labels at the model's 50 Hz (every other frame), for a like-for-like comparison:")
     pnmi1_50 = label_quality(every_other_frame(km1, os.path.join(wd, "labels", "iter1_50hz")), 50)
 
-    _say(f"2. iteration 1: tiny HuBERT on the MFCC labels, {steps1} steps")
-    cfg1 = _demo_config()
+    _say(f"2. iteration 1: tiny {name} on the MFCC labels, {steps1} steps")
+    cfg1 = _demo_config(family)
     cfg1.model.head.num_classes = (args.clusters,)
     it1 = train_iteration(cfg1, km1, 100.0, steps1, os.path.join(wd, "iter1"))
     it1.trainer.export(it1.state, os.path.join(wd, "iter1", "model"))
@@ -186,7 +228,7 @@ def main(argv=None) -> dict:
     pnmi2 = label_quality(km2, 50)
 
     _say(f"4. iteration 2 on those labels, {steps2} steps")
-    cfg2 = _demo_config()
+    cfg2 = _demo_config(family)
     cfg2.model.head.num_classes = (args.clusters,)
     it2 = train_iteration(cfg2, km2, 50.0, steps2, os.path.join(wd, "iter2"))
 
@@ -196,13 +238,22 @@ def main(argv=None) -> dict:
     for who, d in diffs.items():
         print(f"  loaded with {who}: max |difference| from the trained model {d:.2e}")
 
+    speaker = {}
+    if family == "wavlm":
+        _say(f"6. speaker identification from frozen features (linear head), iteration-1 models, {steps1} steps each")
+        speaker = speaker_probes({"hubert": ("hubert", True), "wavlm_no_mixing": ("wavlm", False),
+                                  "wavlm_mixing": it1}, wd, steps1, km1, args.clusters)
+        speaker["always_the_commonest"] = majority_share(os.path.join(DATA, "valid.spk"), text=True)
+
     chance = {"iter1": majority_share(km1["valid"]), "iter2": majority_share(km2["valid"])}
     summary = {
         "pnmi_mfcc_100hz": pnmi1, "pnmi_mfcc_50hz": pnmi1_50, "pnmi_iter1_layer": pnmi2, "layer": layer,
         "valid_accuracy_m": {"iter1": it1.valid.get("accuracy_m"), "iter2": it2.valid.get("accuracy_m")},
         "majority_share": chance, "export": model_dir, "load_diffs": diffs,
-        "minutes": (time.perf_counter() - start) / 60,
+        "minutes": (time.perf_counter() - start) / 60, "family": family,
     }
+    if speaker:
+        summary["speaker_id_accuracy"] = speaker
     _say("summary")
     print("  label PNMI against the phones (train / valid):")
     for name, pnmi in (("MFCC k-means, 100 Hz", pnmi1), ("MFCC k-means, 50 Hz", pnmi1_50),
@@ -211,6 +262,12 @@ def main(argv=None) -> dict:
     for it, result in (("iter1", it1), ("iter2", it2)):
         print(f"  masked-prediction accuracy ({it}, valid): {result.valid.get('accuracy_m', float('nan')):.3f} "
               f"(always guessing the commonest label: {chance[it]:.3f})")
+    if speaker:
+        print("  speaker identification from frozen iteration-1 features, linear head (valid accuracy):")
+        for key, label in (("hubert", "HuBERT"), ("wavlm_no_mixing", "WavLM, no mixing"),
+                           ("wavlm_mixing", "WavLM, utterance mixing"),
+                           ("always_the_commonest", "always the commonest speaker")):
+            print(f"    {label:<32}{speaker[key]:.3f}")
     print(f"  model: {model_dir}  ({summary['minutes']:.1f} min in all)")
     return summary
 

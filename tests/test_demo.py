@@ -29,3 +29,33 @@ def test_demo_runs_every_stage_and_exports_a_loadable_model(tmp_path, capsys):
     config = json.load(open(os.path.join(summary["export"], "config.json")))
     assert config["hubert_pretraining"]["num_classes"] == [50]
     assert np.isfinite(summary["valid_accuracy_m"]["iter2"])
+
+
+def test_wavlm_demo_runs_every_stage_and_compares_speaker_identification(tmp_path, capsys):
+    summary = demo.main(["--family", "wavlm", "--workdir", str(tmp_path), "--steps1", "30", "--steps2", "10"])
+    out = capsys.readouterr().out
+    for stage in ("2. iteration 1: tiny WavLM", "4. iteration 2", "5. export", "6. speaker identification"):
+        assert stage in out
+    config = json.load(open(os.path.join(summary["export"], "config.json")))
+    assert config["model_type"] == "wavlm" and config["architectures"] == ["WavLMModel"]
+    assert config["hubert_pretraining"]["num_classes"] == [50]
+    assert summary["load_diffs"]["transformers"] < 1e-4
+    run_config = json.load(open(tmp_path / "iter1" / "config.json"))
+    assert run_config["task"] == "wavlm" and run_config["mix"]["prob"] == 0.2
+    no_mix = json.load(open(tmp_path / "compare" / "wavlm_no_mixing" / "config.json"))
+    assert no_mix["task"] == "wavlm" and no_mix["mix"]["prob"] == 0.0
+    speaker = summary["speaker_id_accuracy"]
+    assert set(speaker) == {"hubert", "wavlm_no_mixing", "wavlm_mixing", "always_the_commonest"}
+    assert all(0.0 <= v <= 1.0 for v in speaker.values())
+
+
+def test_the_linear_probe_separates_what_is_separable_and_not_noise():
+    from hubert_jax.probe import linear_probe
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    centres = rng.standard_normal((4, 16)) * 3
+    x = centres[labels] + rng.standard_normal((200, 16))
+    assert linear_probe(x[:150], labels[:150], x[150:], labels[150:]) > 0.95
+    noise = rng.standard_normal((200, 16))
+    assert linear_probe(noise[:150], labels[:150], noise[150:], labels[150:]) < 0.5

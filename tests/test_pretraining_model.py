@@ -8,7 +8,7 @@ import pytest
 import torch
 from flax import nnx
 
-from hubert_jax.config import HubertConfig
+from hubert_jax.config import HubertConfig, preset
 from hubert_jax.convert.state import load_torch_state_dict
 from hubert_jax.masking import span_mask
 from hubert_jax.models.pretraining_hubert import (
@@ -215,3 +215,35 @@ def test_label_offset_scores_label_k_against_embedding_row_k_plus_offset():
     assert float(pretraining_loss(offset)[0]) == float(pretraining_loss(shifted)[0])
     with pytest.raises(ValueError, match="label_offset"):
         HeadConfig(label_offset=-1)
+
+
+def test_save_and_from_pretrained_keep_the_heads_beside_the_encoder(tmp_path):
+    """One path for the heads: save_pretrained writes the encoder as a base model's directory and the heads
+    beside it; FlaxAutoModelForPreTraining reads both back; a base-model loader reads the encoder alone."""
+    import json
+
+    from hubert_jax.convert.checkpoint_io import read_safetensors
+    from hubert_jax.pretrained import FlaxAutoModel, FlaxAutoModelForPreTraining
+
+    config = preset("hubert-base").replace(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=8,
+                                           num_conv_pos_embedding_groups=4)
+    head = HeadConfig(num_classes=(7, 5), final_dim=8, untie_final_proj=True, label_offset=4, label_rate=50.0)
+    model = HubertForPreTraining(config, head, rngs=nnx.Rngs(3))
+    model.save_pretrained(tmp_path / "out")
+    assert sorted(read_safetensors(str(tmp_path / "out" / "pretraining_heads.safetensors"))) == [
+        "final_proj.bias", "final_proj.kernel", "label_embs_concat"]
+    assert not any(k.startswith("hubert.") or k.startswith("final_proj")
+                   for k in read_safetensors(str(tmp_path / "out" / "flax_model.safetensors")))
+    saved = json.load(open(tmp_path / "out" / "config.json"))
+    assert saved["architectures"] == ["HubertModel"] and saved["hubert_pretraining"]["num_classes"] == [7, 5]
+    back = FlaxAutoModelForPreTraining.from_pretrained(str(tmp_path / "out"))
+    assert isinstance(back, HubertForPreTraining) and back.head == head
+    want = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    got = nnx.to_pure_dict(nnx.state(back, nnx.Param))
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    encoder = FlaxAutoModel.from_pretrained(str(tmp_path / "out"))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8000)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(encoder(x).last_hidden_state),
+                                  np.asarray(model.base_model(x).last_hidden_state))

@@ -1,0 +1,101 @@
+"""A linear probe on frozen features: each utterance's hidden states (every layer) averaged over its frames,
+standardised with the training split's statistics, and a softmax-regression head trained on them (full
+batch, Adam, L2), scored by accuracy on another split. What SUPERB's speaker identification measures,
+with a linear head: how much of a label (speaker, language) a frozen model's features carry.
+
+    python -m hubert_jax.probe --model DIR --train data/demo/train.tsv data/demo/train.spk \
+        --valid data/demo/valid.tsv data/demo/valid.spk
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def utterance_features(model, manifest: str) -> np.ndarray:
+    """(utterances, layers + 1, hidden): the mean over frames of every hidden state, manifest order."""
+    from hubert_jax.data.manifest import read_entry_audio, read_manifest
+    from hubert_jax.inference import extract
+
+    audio = [read_entry_audio(manifest, e, normalize=False) for e in read_manifest(manifest)]
+    layers = model.config.num_hidden_layers
+    per_layer = [np.stack([f.mean(0) for f in extract(model, audio, layer=i)]) for i in range(layers + 1)]
+    return np.stack(per_layer, axis=1)
+
+
+def read_classes(path: str, count: int) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    if len(lines) != count:
+        raise ValueError(f"{path}: {len(lines)} lines, expected one per utterance ({count})")
+    return lines
+
+
+def linear_probe(train_x, train_y, valid_x, valid_y, *, steps: int = 600, lr: float = 1e-2,
+                 weight_decay: float = 1e-3) -> float:
+    """Valid accuracy of a softmax regression on (n, d) features (deterministic: zero init, full batch)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x, v = jnp.asarray((train_x - mean) / std), jnp.asarray((valid_x - mean) / std)
+    y = jnp.asarray(train_y)
+    classes = int(max(train_y.max(), valid_y.max())) + 1
+    params = {"w": jnp.zeros((x.shape[1], classes)), "b": jnp.zeros(classes)}
+    tx = optax.adam(lr)
+
+    def loss(p):
+        logits = x @ p["w"] + p["b"]
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1).mean()
+        return nll + weight_decay * jnp.sum(p["w"] ** 2)
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(loss)(p)
+        updates, s = tx.update(g, s)
+        return optax.apply_updates(p, updates), s
+
+    state = tx.init(params)
+    for _ in range(steps):
+        params, state = step(params, state)
+    predicted = np.asarray(jnp.argmax(v @ params["w"] + params["b"], -1))
+    return float(np.mean(predicted == valid_y))
+
+
+def probe(model, train: tuple[str, str], valid: tuple[str, str]) -> float:
+    """The probe's valid accuracy for `model` (a base model) on (manifest, one label per line) pairs; the
+    head reads every layer's mean features side by side."""
+    features = {}
+    labels = {}
+    for split, (manifest, targets) in (("train", train), ("valid", valid)):
+        features[split] = utterance_features(model, manifest)
+        labels[split] = read_classes(targets, len(features[split]))
+    names = sorted(set(labels["train"]))
+    unknown = sorted(set(labels["valid"]) - set(names))
+    if unknown:
+        raise ValueError(f"{valid[1]}: labels {unknown} are not in {train[1]}")
+    index = {c: i for i, c in enumerate(names)}
+    flat = {s: f.reshape(len(f), -1) for s, f in features.items()}
+    codes = {s: np.array([index[c] for c in labels[s]]) for s in labels}
+    return linear_probe(flat["train"], codes["train"], flat["valid"], codes["valid"])
+
+
+def main(argv=None) -> float:
+    parser = argparse.ArgumentParser(prog="python -m hubert_jax.probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a model directory (hubert-jax or transformers)")
+    parser.add_argument("--train", nargs=2, required=True, metavar=("MANIFEST", "LABELS"))
+    parser.add_argument("--valid", nargs=2, required=True, metavar=("MANIFEST", "LABELS"))
+    args = parser.parse_args(argv)
+    from hubert_jax.pretrained import FlaxAutoModel
+
+    accuracy = probe(FlaxAutoModel.from_pretrained(args.model), tuple(args.train), tuple(args.valid))
+    print(f"linear probe accuracy (valid): {accuracy:.3f}")
+    return accuracy
+
+
+if __name__ == "__main__":
+    main()
