@@ -159,8 +159,8 @@ def check_export(directory: str, trainer, state) -> dict[str, float]:
     return diffs
 
 
-def speaker_probes(family_runs: dict, wd: str, steps: int, km: dict, clusters: int) -> dict[str, float]:
-    """Stage 6: the speaker-identification probe's valid accuracy for each iteration-1 model; `family_runs`
+def speaker_probes(family_runs: dict, wd: str, steps: int, km: dict, clusters: int) -> dict[str, dict]:
+    """Stage 6: the speaker-identification probe's accuracies for each iteration-1 model; `family_runs`
     maps a name to the run whose model is probed, or to (family, mix) for one trained here on `km`."""
     from hubert_jax.pretrained import FlaxAutoModel
     from hubert_jax.probe import probe
@@ -175,7 +175,8 @@ def speaker_probes(family_runs: dict, wd: str, steps: int, km: dict, clusters: i
             what = train_iteration(cfg, km, 100.0, steps, os.path.join(wd, "compare", name))
         directory = what.trainer.export(what.state, os.path.join(wd, "compare", name, "model"))
         out[name] = probe(FlaxAutoModel.from_pretrained(directory), splits["train"], splits["valid"])
-        print(f"  {name}: speaker identification accuracy (valid) {out[name]:.3f}")
+        print(f"  {name}: speaker identification accuracy: valid {out[name]['valid']:.3f}, "
+              f"cross-validated {out[name]['cross_validated']:.3f}")
     return out
 
 
@@ -243,7 +244,7 @@ def main(argv=None) -> dict:
         _say(f"6. speaker identification from frozen features (linear head), iteration-1 models, {steps1} steps each")
         speaker = speaker_probes({"hubert": ("hubert", True), "wavlm_no_mixing": ("wavlm", False),
                                   "wavlm_mixing": it1}, wd, steps1, km1, args.clusters)
-        speaker["always_the_commonest"] = majority_share(os.path.join(DATA, "valid.spk"), text=True)
+        speaker["always_the_commonest"] = {"valid": majority_share(os.path.join(DATA, "valid.spk"), text=True)}
 
     chance = {"iter1": majority_share(km1["valid"]), "iter2": majority_share(km2["valid"])}
     summary = {
@@ -263,11 +264,13 @@ def main(argv=None) -> dict:
         print(f"  masked-prediction accuracy ({it}, valid): {result.valid.get('accuracy_m', float('nan')):.3f} "
               f"(always guessing the commonest label: {chance[it]:.3f})")
     if speaker:
-        print("  speaker identification from frozen iteration-1 features, linear head (valid accuracy):")
+        print("  speaker identification from frozen iteration-1 features, linear head (accuracy: valid, and")
+        print("  5-fold cross-validated over all 220 utterances):")
         for key, label in (("hubert", "HuBERT"), ("wavlm_no_mixing", "WavLM, no mixing"),
                            ("wavlm_mixing", "WavLM, utterance mixing"),
                            ("always_the_commonest", "always the commonest speaker")):
-            print(f"    {label:<32}{speaker[key]:.3f}")
+            cv = speaker[key].get("cross_validated")
+            print(f"    {label:<32}{speaker[key]['valid']:.3f}" + (f" / {cv:.3f}" if cv is not None else ""))
     print(f"  model: {model_dir}  ({summary['minutes']:.1f} min in all)")
     return summary
 

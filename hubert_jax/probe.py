@@ -65,25 +65,30 @@ def linear_probe(train_x, train_y, valid_x, valid_y, *, steps: int = 600, lr: fl
     return float(np.mean(predicted == valid_y))
 
 
-def probe(model, train: tuple[str, str], valid: tuple[str, str]) -> float:
-    """The probe's valid accuracy for `model` (a base model) on (manifest, one label per line) pairs; the
-    head reads every layer's mean features side by side."""
-    features = {}
-    labels = {}
-    for split, (manifest, targets) in (("train", train), ("valid", valid)):
-        features[split] = utterance_features(model, manifest)
-        labels[split] = read_classes(targets, len(features[split]))
-    names = sorted(set(labels["train"]))
-    unknown = sorted(set(labels["valid"]) - set(names))
+def probe(model, train: tuple[str, str], valid: tuple[str, str], *, folds: int = 5, seed: int = 0) -> dict:
+    """The probe's accuracy for `model` (a base model) on (manifest, one label per line) pairs, the head
+    reading every layer's mean features side by side: `valid`, trained on the train split and scored on
+    the valid one; `cross_validated`, the mean over `folds` folds of both splits' utterances together
+    (each scored by a head trained on the others; steadier on a small valid split)."""
+    features, labels = [], []
+    for manifest, targets in (train, valid):
+        x = utterance_features(model, manifest)
+        features.append(x.reshape(len(x), -1))
+        labels.append(read_classes(targets, len(x)))
+    unknown = sorted(set(labels[1]) - set(labels[0]))
     if unknown:
         raise ValueError(f"{valid[1]}: labels {unknown} are not in {train[1]}")
-    index = {c: i for i, c in enumerate(names)}
-    flat = {s: f.reshape(len(f), -1) for s, f in features.items()}
-    codes = {s: np.array([index[c] for c in labels[s]]) for s in labels}
-    return linear_probe(flat["train"], codes["train"], flat["valid"], codes["valid"])
+    index = {c: i for i, c in enumerate(sorted(set(labels[0])))}
+    codes = [np.array([index[c] for c in split]) for split in labels]
+    out = {"valid": linear_probe(features[0], codes[0], features[1], codes[1])}
+    x, y = np.concatenate(features), np.concatenate(codes)
+    fold = np.random.default_rng(seed).permutation(len(y)) % folds
+    out["cross_validated"] = float(np.mean([linear_probe(x[fold != k], y[fold != k], x[fold == k], y[fold == k])
+                                            for k in range(folds)]))
+    return out
 
 
-def main(argv=None) -> float:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m hubert_jax.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a model directory (hubert-jax or transformers)")
@@ -93,7 +98,8 @@ def main(argv=None) -> float:
     from hubert_jax.pretrained import FlaxAutoModel
 
     accuracy = probe(FlaxAutoModel.from_pretrained(args.model), tuple(args.train), tuple(args.valid))
-    print(f"linear probe accuracy (valid): {accuracy:.3f}")
+    print(f"linear probe accuracy: valid {accuracy['valid']:.3f}, 5-fold cross-validated over both splits "
+          f"{accuracy['cross_validated']:.3f}")
     return accuracy
 
 

@@ -46,7 +46,8 @@ def test_wavlm_demo_runs_every_stage_and_compares_speaker_identification(tmp_pat
     assert no_mix["task"] == "wavlm" and no_mix["mix"]["prob"] == 0.0
     speaker = summary["speaker_id_accuracy"]
     assert set(speaker) == {"hubert", "wavlm_no_mixing", "wavlm_mixing", "always_the_commonest"}
-    assert all(0.0 <= v <= 1.0 for v in speaker.values())
+    assert all(0.0 <= v <= 1.0 for figures in speaker.values() for v in figures.values())
+    assert set(speaker["hubert"]) == {"valid", "cross_validated"}
 
 
 def test_the_linear_probe_separates_what_is_separable_and_not_noise():
