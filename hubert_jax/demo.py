@@ -9,6 +9,7 @@
     python -m hubert_jax.demo [--workdir work/demo]
     python -m hubert_jax.demo --family wavlm [--workdir work/demo_wavlm]
 
+`--family wav2vec2` runs wav2vec 2.0's contrastive pretraining instead (hubert_jax/demo_wav2vec2.py).
 `--family wavlm` runs the same stages with WavLM's denoising masked prediction (a tiny WavLM encoder, the
 inputs utterance-mixed, configs/wavlm_base_plus.py's mixing), then 6: speaker identification from frozen
 features with a linear head (hubert_jax/probe.py) for three iteration-1 models trained on the same labels
@@ -183,9 +184,14 @@ def speaker_probes(family_runs: dict, wd: str, steps: int, km: dict, clusters: i
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m hubert_jax.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=("hubert", "wavlm"), default="hubert",
-                        help="HuBERT's masked prediction, or WavLM's on utterance-mixed input (adds stage 6)")
-    parser.add_argument("--workdir", help="default: work/demo (hubert), work/demo_wavlm (wavlm)")
+    parser.add_argument("--family", choices=("hubert", "wavlm", "wav2vec2"), default="hubert",
+                        help="HuBERT's masked prediction, WavLM's on utterance-mixed input (adds stage 6), or "
+                             "wav2vec 2.0's contrastive pretraining (hubert_jax/demo_wav2vec2.py)")
+    parser.add_argument("--workdir", help="default: work/demo (hubert), work/demo_wavlm, work/demo_wav2vec2")
+    parser.add_argument("--dtype", default="float32", help="wav2vec2: the compute dtype (bfloat16: the "
+                                                           "stability check)")
+    parser.add_argument("--ctc-steps", type=int, help="wav2vec2: CTC fine-tuning steps (default: configs/ctc_demo.py)")
+    parser.add_argument("--skip-ctc", action="store_true", help="wav2vec2: no CTC comparison")
     parser.add_argument("--clusters", type=int, default=50, help="k-means clusters for both iterations")
     parser.add_argument("--steps1", type=int, help="iteration-1 steps (default: configs/demo.py)")
     parser.add_argument("--steps2", type=int, help="iteration-2 steps (default: a third of iteration 1)")
@@ -199,6 +205,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{DATA}: the demo corpus is not there; run the demo from a clone of the repository "
                          f"installed with `pip install -e .`")
     family = args.family
+    if family == "wav2vec2":
+        from hubert_jax import demo_wav2vec2
+
+        return demo_wav2vec2.main(args)
     wd = os.path.abspath(args.workdir or ("work/demo" if family == "hubert" else "work/demo_wavlm"))
     name = {"hubert": "HuBERT", "wavlm": "WavLM (utterance mixing)"}[family]
     base = _demo_config(family)

@@ -18,6 +18,45 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def ctc_config(init_from: str, *, preset: str | None = None, steps: int | None = None):
+    """configs/ctc_demo.py with repository paths, from `init_from` (or, empty, from scratch with `preset`'s
+    family at the demo's sizes)."""
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    try:
+        import ctc_demo
+    finally:
+        sys.path.pop(0)
+    cfg = ctc_demo.get_config()
+    for split in ("train", "valid"):  # paths relative to the repository, wherever we are run from
+        part = cfg.data[split]
+        part.manifest, part.targets = (os.path.join(ROOT, part.manifest), os.path.join(ROOT, part.targets))
+    cfg.model.init_from = init_from
+    if preset:
+        cfg.model.preset = preset
+    if steps:
+        cfg.train.steps = cfg.optim.schedule.total_steps = steps
+    return cfg
+
+
+def fine_tune_both(wd: str, pretrained: str, *, preset: str | None = None, steps: int | None = None) -> dict:
+    """CTC from `pretrained` and from scratch (same architecture, data, seed and steps): valid CER/WER/loss."""
+    from hubert_jax.training.loop import run
+
+    summary = {}
+    for name, init_from in (("pretrained", pretrained), ("scratch", "")):
+        cfg = ctc_config(init_from, preset=preset, steps=steps)
+        print(f"=== CTC fine-tuning from {'the pretrained model' if init_from else 'random initialisation'}",
+              flush=True)
+        result = run(cfg, os.path.join(wd, f"ctc_{name}"))
+        summary[name] = {k: result.valid[k] for k in ("cer", "wer", "loss")}
+        summary["steps"] = cfg.train.steps
+    print("\n| start | steps | valid CER | valid WER | valid CTC loss |\n|---|---|---|---|---|")
+    for name in ("pretrained", "scratch"):
+        r = summary[name]
+        print(f"| {name} | {summary['steps']} | {r['cer']:.3f} | {r['wer']:.3f} | {r['loss']:.3f} |")
+    return summary
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="work/demo")
@@ -28,29 +67,10 @@ def main(argv=None) -> dict:
     if not os.path.isfile(os.path.join(pretrained, "config.json")):
         raise SystemExit(f"{pretrained}: no pretrained demo model; run `python -m hubert_jax.demo --workdir "
                          f"{args.workdir}` first")
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    import ctc_demo
-
-    from hubert_jax.training.loop import run
-
-    summary = {}
-    for name, init_from in (("pretrained", pretrained), ("scratch", "")):
-        cfg = ctc_demo.get_config()
-        for split in ("train", "valid"):  # paths relative to the repository, wherever we are run from
-            part = cfg.data[split]
-            part.manifest, part.targets = (os.path.join(ROOT, part.manifest), os.path.join(ROOT, part.targets))
-        cfg.model.init_from = init_from
-        if args.steps:
-            cfg.train.steps = cfg.optim.schedule.total_steps = args.steps
-        print(f"=== CTC fine-tuning from {'the demo model' if init_from else 'random initialisation'}", flush=True)
-        result = run(cfg, os.path.join(wd, f"ctc_{name}"))
-        summary[name] = {k: result.valid[k] for k in ("cer", "wer", "loss")}
-    print("\n| start | steps | valid CER | valid WER | valid CTC loss |\n|---|---|---|---|---|")
-    for name, r in summary.items():
-        print(f"| {name} | {cfg.train.steps} | {r['cer']:.3f} | {r['wer']:.3f} | {r['loss']:.3f} |")
+    summary = fine_tune_both(wd, pretrained, steps=args.steps)
     with open(os.path.join(wd, "ctc_summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+        json.dump({k: v for k, v in summary.items() if k != "steps"}, f, indent=2)
+    return {k: v for k, v in summary.items() if k != "steps"}
 
 
 if __name__ == "__main__":

@@ -59,3 +59,27 @@ def span_mask(key, shape: tuple[int, int], *, mask_prob: float, mask_length: int
         scores = jnp.where(mask, jax.random.uniform(k_subset, shape), -1.0)
         mask = _keep_top(scores, jnp.broadcast_to(target, (batch,))) & mask
     return mask
+
+
+def sample_negatives(key, mask, num: int):
+    """wav2vec 2.0's distractors (fairseq `sample_negatives`, `cross_sample_negatives` 0): for every masked
+    frame of each row, `num` frames drawn uniformly, with replacement, from the row's *other* masked frames.
+
+    mask (B, T) bool. Returns (B, T, num) int32 indices into the flattened (B * T) frames; rows of unmasked
+    frames hold indices too (of masked frames of the same row), which the loss ignores. A row with fewer
+    than two masked frames has no distractor to draw: its indices point at its own frames and the loss
+    masks them as equal to the positive."""
+    batch, frames = mask.shape
+    mask = jnp.asarray(mask, bool)
+    count = mask.sum(-1).astype(jnp.int32)  # (B,)
+    # the masked frames of each row in time order, then the rest: position r of `order` is the r-th masked
+    order = jnp.argsort(~mask, axis=-1, stable=True).astype(jnp.int32)
+    rank = jnp.cumsum(mask, axis=-1).astype(jnp.int32) - 1  # a masked frame's rank among its row's masked
+    others = jnp.maximum(count - 1, 1)[:, None, None]
+    draw = jnp.floor(jax.random.uniform(key, (batch, frames, num)) * others).astype(jnp.int32)
+    draw = jnp.minimum(draw, others - 1)
+    draw = jnp.where(draw >= rank[..., None], draw + 1, draw)  # skip the frame itself
+    draw = jnp.minimum(draw, jnp.maximum(count - 1, 0)[:, None, None])
+    chosen = jnp.take_along_axis(order[:, None, :], draw.reshape(batch, 1, frames * num), axis=-1)
+    chosen = chosen.reshape(batch, frames, num)
+    return chosen + (jnp.arange(batch, dtype=jnp.int32) * frames)[:, None, None]

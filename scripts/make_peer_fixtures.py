@@ -321,6 +321,55 @@ def record_fairseq_wav2vec2(path, audio) -> dict:
     return out
 
 
+def record_fairseq_wav2vec2_criterion(path, audio) -> dict:
+    """fairseq's wav2vec criterion (infonce, loss_weights [0.1, 10]) on both clips as one padded batch, in
+    eval mode (no dropout, hard codewords), with the masks and distractors fairseq drew (recorded through
+    apply_mask and sample_negatives). The distractors become indices into the batch's (B * frames)
+    quantized frames, as `Wav2Vec2ForPreTraining` takes them."""
+    import torch
+    from fairseq.criterions.wav2vec_criterion import Wav2vecCriterion
+
+    model, cfg, task = load_fairseq(path)
+    used = {}
+    apply_mask, sample_negatives = model.apply_mask, model.sample_negatives
+
+    def record_mask(*args, **kw):
+        x, mask_indices = apply_mask(*args, **kw)
+        used["mask"] = mask_indices.numpy().copy()
+        return x, mask_indices
+
+    def record_negatives(y, num, padding_count=None):
+        negs, idxs = sample_negatives(y, num, padding_count=padding_count)
+        used["negatives"] = idxs.numpy().copy()  # (B, num * N), into the (B x num) masked frames
+        used["high"] = y.shape[1] - (padding_count or 0)
+        return negs, idxs
+
+    model.apply_mask, model.sample_negatives = record_mask, record_negatives
+    criterion = Wav2vecCriterion(task, infonce=True, loss_weights=[0.1, 10.0],
+                                 log_keys=["prob_perplexity", "code_perplexity", "temp"])
+    # the longer clip alone: fairseq's own batches crop to equal lengths (no padding), as ours do
+    source = torch.from_numpy(np.stack([audio[0][:8000], audio[0][8000:16000]]))
+    sample = {"net_input": {"source": source, "padding_mask": None}, "id": torch.tensor([0, 1])}
+    np.random.seed(5)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        loss, sample_size, log = criterion(model, sample, reduce=True)
+    mask = used["mask"]  # (B, T) bool, the same count per row
+    frames = [np.flatnonzero(row) for row in mask]
+    n, negatives = mask.shape[1], model.n_negatives
+    idx = used["negatives"].reshape(len(mask), -1, negatives)  # (B, masked, N), row-local masked positions
+    flat = np.zeros((*mask.shape, negatives), np.int64)
+    for b in range(len(mask)):
+        local = idx[b] - b * used["high"]
+        flat[b, frames[b]] = frames[b][local] + b * n
+    return {"source": source.numpy(), "mask": mask, "negatives": flat, "loss": np.float64(loss.item()),
+            "sample_size": np.int64(sample_size), "correct": np.int64(log["correct"]),
+            "count": np.int64(log["count"]), "prob_perplexity": np.float64(log["prob_perplexity"]),
+            "code_perplexity": np.float64(log["code_perplexity"]), "temp": np.float64(log["temp"]),
+            "loss_0": np.float64(log["loss_0"]), "loss_1": np.float64(log["loss_1"]),
+            "loss_2": np.float64(log["loss_2"])}
+
+
 def record_unilm(unilm_dir, out_dir, audio, *, large: bool) -> dict:
     import torch
 
@@ -387,6 +436,14 @@ def record_s3prl(out_dir, audio) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
+def write_criterion(out_dir) -> None:
+    """wav2vec2/criterion.npz: fairseq's wav2vec criterion on the fixture checkpoint (see below)."""
+    clips = np.load(os.path.join(out_dir, "audio.npz"))
+    arrays = record_fairseq_wav2vec2_criterion(os.path.join(out_dir, "wav2vec2", "checkpoint_last.pt"),
+                                               [clips["audio_0"], clips["audio_1"]])
+    np.savez_compressed(os.path.join(out_dir, "wav2vec2", "criterion.npz"), **arrays)
+
+
 def save(out_dir, name, arrays, meta):
     np.savez_compressed(os.path.join(out_dir, name, "expected.npz"), **arrays)
     with open(os.path.join(out_dir, name, "meta.json"), "w") as f:
@@ -399,9 +456,14 @@ def main(argv=None):
     parser.add_argument("--unilm", required=True, help="folder with unilm's WavLM.py and modules.py")
     parser.add_argument("--out", default="tests/fixtures/peer")
     parser.add_argument("--work", help="keep the fairseq runs here (default: a temp dir)")
+    parser.add_argument("--criterion-only", action="store_true",
+                        help="only (re)write wav2vec2/criterion.npz from the wav2vec2 checkpoint already in --out")
     args = parser.parse_args(argv)
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") != "1":
         parser.error("fairseq's own loader needs TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 under torch >= 2.6")
+    if args.criterion_only:
+        write_criterion(args.out)
+        return
     import fairseq
     import s3prl
     import torch
@@ -429,6 +491,8 @@ def main(argv=None):
               "w2v_path": runs[name.replace("_ctc", "").replace("hubert", "hubert_base")]})
     save(args.out, "wav2vec2", record_fairseq_wav2vec2(fixtures.format("wav2vec2"), audio),
          {"tool": "fairseq-hydra-train", "versions": versions, "file": "checkpoint_last.pt"})
+    np.savez_compressed(os.path.join(args.out, "audio.npz"), audio_0=audio[0], audio_1=audio[1])
+    write_criterion(args.out)
     unilm = {f: hashlib.sha256(open(os.path.join(args.unilm, f), "rb").read()).hexdigest()[:16]
              for f in ("WavLM.py", "modules.py")}
     for name, large in (("wavlm_base", False), ("wavlm_large", True)):

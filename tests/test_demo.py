@@ -60,3 +60,18 @@ def test_the_linear_probe_separates_what_is_separable_and_not_noise():
     assert linear_probe(x[:150], labels[:150], x[150:], labels[150:]) > 0.95
     noise = rng.standard_normal((200, 16))
     assert linear_probe(noise[:150], labels[:150], noise[150:], labels[150:]) < 0.5
+
+
+def test_wav2vec2_demo_pretrains_in_bfloat16_without_collapse_and_fine_tunes(tmp_path, capsys):
+    summary = demo.main(["--family", "wav2vec2", "--workdir", str(tmp_path), "--steps1", "40", "--dtype",
+                         "bfloat16", "--ctc-steps", "4"])
+    out = capsys.readouterr().out
+    for stage in ("1. two languages", "2. contrastive pretraining", "3. export", "4. CTC fine-tuning", "summary"):
+        assert stage in out
+    assert summary["skipped_steps"] == 0
+    assert summary["code_perplexity_min"] > 2.0  # the collapsed value of the old Flax example
+    assert 0.0 <= summary["valid"]["accuracy"] <= 1.0 and summary["chance_accuracy"] == 1 / 101
+    assert summary["load_diff"] < 1e-4
+    assert set(summary["ctc"]) == {"pretrained", "scratch", "steps"}
+    config = json.load(open(tmp_path / "pretrain" / "config.json"))
+    assert config["task"] == "wav2vec2" and len(config["data"]["languages"]["manifests"]) == 2

@@ -28,6 +28,11 @@ EXPECTED = {
     # transformers' WavLMModel (wavlm-base-plus / wavlm-large) + the same heads as HuBERT at that size
     "wavlm_base_plus": 94_381_936 + 768 * 256 + 256 + 500 * 256,
     "wavlm_large": 315_453_120 + 1024 * 768 + 768 + 500 * 768,
+    # transformers' Wav2Vec2ForPreTraining of the same configs (encoder, quantizer, project_q, project_hid)
+    "wav2vec2_base": 95_044_608,
+    "wav2vec2_large_lv60": 317_390_592,
+    "xlsr_53": 317_390_592,
+    "xls_r_300m": 317_390_592,
     "demo": None,  # no published size to check against
     # student (transformers' distilhubert, 2 layers) + heads: Linear(768, 3 x 768) and 3 x Linear(768, 768)
     "distilhubert": 23_491_968 + 768 * 2304 + 2304 + 3 * (768 * 768 + 768),
@@ -90,14 +95,14 @@ def test_full_size_builds_abstractly(name):
 
 
 PRETRAINING = ("hubert_base_iter1", "hubert_base_iter2", "hubert_large", "hubert_xlarge", "korean_base",
-               "korean_large", "distilhubert", "wavlm_base_plus", "wavlm_large")
+               "korean_large", "distilhubert", "wavlm_base_plus", "wavlm_large", "wav2vec2_base")
 # (max_tokens, data shards, rows of the 250k bucket): fairseq's budgets, samples per GPU x GPUs, on its GPU
 # count (fairseq's own per-GPU batches: 5, 3 and 1 full crops); s3prl's 24 crops; the Korean recipes on 32 chips
 BUDGETS = {"hubert_base_iter1": (1_400_000 * 32, 32, 160), "hubert_base_iter2": (1_400_000 * 32, 32, 160),
            "hubert_large": (900_000 * 128, 128, 384), "hubert_xlarge": (360_000 * 256, 256, 256),
            "korean_base": (128 * 64000, 32, 32), "korean_large": (128 * 64000, 32, 32),
            "distilhubert": (24 * 250000, 8, 24), "wavlm_base_plus": (1_400_000 * 32, 32, 160),
-           "wavlm_large": (900_000 * 128, 128, 384)}
+           "wavlm_large": (900_000 * 128, 128, 384), "wav2vec2_base": (1_400_000 * 64, 64, 320)}
 
 
 @pytest.mark.parametrize("name", PRETRAINING)

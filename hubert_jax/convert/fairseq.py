@@ -312,7 +312,9 @@ def convert_checkpoint(ckpt: Mapping, path: str = "checkpoint", w2v_checkpoint: 
         fields.update(num_codevector_groups=model_cfg.get("latent_groups", 2),
                       num_codevectors_per_group=model_cfg.get("latent_vars", 320),
                       codevector_dim=state["quantizer.vars"].shape[-1] * model_cfg.get("latent_groups", 2),
-                      proj_codevector_dim=model_cfg.get("final_dim", 256))
+                      proj_codevector_dim=model_cfg.get("final_dim", 256),
+                      num_negatives=model_cfg.get("num_negatives", 100),
+                      contrastive_logits_temperature=model_cfg.get("logit_temp", 0.1))
     if "mask_emb" not in state:  # transformers creates masked_spec_embed only when a mask prob is set
         fields.update(mask_time_prob=0.0, mask_feature_prob=0.0)
     elif not fields.get("mask_time_prob"):

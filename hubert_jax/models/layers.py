@@ -317,3 +317,12 @@ def dropout(x: Array, rate: float, key: Array | None, deterministic: bool) -> Ar
 def fold(key: Array | None, site: int | Array) -> Array | None:
     """A distinct key for one dropout site; None stays None (deterministic runs need no keys)."""
     return None if key is None else jax.random.fold_in(key, site)
+
+
+def scale_gradient(x, mult: float):
+    """fairseq's GradMultiply (mult 0: no gradient at all)."""
+    if mult == 1.0:
+        return x
+    if mult == 0.0:
+        return jax.lax.stop_gradient(x)
+    return x * mult + jax.lax.stop_gradient(x) * (1.0 - mult)

@@ -11,7 +11,7 @@ from hubert_jax.models.compiled import compiled_in_inference
 from hubert_jax.models.encoder import Adapter, Encoder
 from hubert_jax.models.frontend import FeatureEncoder, FeatureProjection, check_waveform
 from hubert_jax.models.hub_mixin import PretrainedMixin
-from hubert_jax.models.layers import ModelOptions, fold, uniform
+from hubert_jax.models.layers import ModelOptions, fold, scale_gradient, uniform
 from hubert_jax.models.outputs import ModelOutput
 
 
@@ -56,18 +56,20 @@ class SpeechModel(PretrainedMixin, nnx.Module):
     @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, mask_time_indices=None, output_hidden_states=False,
                  deterministic=True, dropout_rng=None, mask_feature_indices=None,
-                 group_norm_over_real_samples: bool = False) -> ModelOutput:
+                 group_norm_over_real_samples: bool = False, feature_grad_mult: float = 1.0) -> ModelOutput:
         """input_values (B, T) float audio; attention_mask (B, T), 1 on real samples (right padding);
         mask_time_indices (B, frames) bool: frames replaced by the SpecAugment vector;
         mask_feature_indices (B, hidden) bool: channels zeroed on every frame (SpecAugment's feature mask);
         group_norm_over_real_samples: with an attention mask, a group-norm extractor's statistics cover the
         real samples only, so padded rows equal their utterances alone (not transformers' behaviour, which
-        includes the padding; `hubert_jax.inference.extract` uses it)."""
+        includes the padding; `hubert_jax.inference.extract` uses it);
+        feature_grad_mult: fairseq's gradient scale on the conv features (pretraining; 0 freezes them)."""
         check_waveform(self.config, input_values, attention_mask)
         lengths = None
         if group_norm_over_real_samples and attention_mask is not None:
             lengths = attention_mask.astype(jnp.int32).sum(-1)
-        features = self.feature_extractor(input_values, lengths)
+        features = scale_gradient(self.feature_extractor(input_values, lengths), feature_grad_mult)
+        features_pen = jnp.mean(jnp.square(features.astype(jnp.float32)))
         frame_mask = None
         if attention_mask is not None:
             frame_mask = feature_vector_mask(self.config, features.shape[1], attention_mask, add_adapter=False)
@@ -86,7 +88,7 @@ class SpeechModel(PretrainedMixin, nnx.Module):
         if self.adapter is not None:
             last = self.adapter(last)
         return ModelOutput(last_hidden_state=last, extract_features=extract_features,
-                           hidden_states=encoded.hidden_states)
+                           hidden_states=encoded.hidden_states, features_pen=features_pen)
 
     def apply_time_mask(self, hidden, mask_time_indices):
         if self.masked_spec_embed is None:

@@ -12,6 +12,7 @@ class ModelOutput:
     last_hidden_state: Any
     extract_features: Any = None
     hidden_states: tuple | None = None  # L+1 entries: the input to layer 0, then each layer's output
+    features_pen: Any = None  # mean square of the conv features (fairseq's feature penalty), float32
 
 
 @flax.struct.dataclass
@@ -52,3 +53,9 @@ class PreTrainingOutput:
     contrastive_loss: Any = None
     diversity_loss: Any = None
     hidden_states: tuple | None = None
+    # fairseq's figures: soft- and hard-assignment codebook perplexities over the masked frames, the conv
+    # features' mean square, and the masked frames whose positive scores highest
+    prob_perplexity: Any = None
+    code_perplexity: Any = None
+    features_pen: Any = None
+    correct: Any = None

@@ -33,6 +33,7 @@ from hubert_jax.models.layers import (
     ModelOptions,
     fold,
     make_param,
+    scale_gradient,
     torch_linear_init,
     uniform,
 )
@@ -103,15 +104,6 @@ def frames_for_labels(config: SpeechConfig, head: HeadConfig, num_frames: int, l
     if ratio * num_frames > label_length:
         num_frames = int(label_length / ratio)
     return (np.arange(num_frames) * ratio).astype(np.int64)
-
-
-def scale_gradient(x, mult: float):
-    """fairseq's GradMultiply (mult 0: no gradient at all)."""
-    if mult == 1.0:
-        return x
-    if mult == 0.0:
-        return jax.lax.stop_gradient(x)
-    return x * mult + jax.lax.stop_gradient(x) * (1.0 - mult)
 
 
 def cosine_logits(x, embeddings, temperature: float):

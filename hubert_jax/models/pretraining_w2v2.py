@@ -42,22 +42,29 @@ class GumbelVectorQuantizer(nnx.Module):
 
     def __call__(self, features, *, mask_time_indices=None, deterministic=True, gumbel_rng=None,
                  temperature: float = 2.0):
+        """(codevectors, perplexity, prob_perplexity, code_perplexity): the perplexity transformers reports
+        (`prob_` in training, `code_` in evaluation); fairseq's soft-assignment (`prob_`) and hard-assignment
+        (`code_`) perplexities of the codeword marginal over the masked frames. Logits and the softmax in
+        float32 whatever the compute dtype."""
         b, t, _ = features.shape
         logits = self.weight_proj(features).astype(jnp.float32).reshape(b * t, self.num_groups, self.num_vars)
+        hard = jax.nn.one_hot(jnp.argmax(logits, -1), self.num_vars, dtype=jnp.float32)
+        prob_perplexity = _perplexity(jax.nn.softmax(logits, axis=-1), mask_time_indices)
+        code_perplexity = _perplexity(hard, mask_time_indices)
         if deterministic:
-            probs = jax.nn.one_hot(jnp.argmax(logits, -1), self.num_vars, dtype=jnp.float32)
-            perplexity = _perplexity(probs, mask_time_indices)
+            probs, perplexity = hard, code_perplexity
         else:
             if gumbel_rng is None:
                 raise ValueError("the Gumbel quantizer needs a PRNG key when deterministic=False")
             gumbels = jax.random.gumbel(gumbel_rng, logits.shape, jnp.float32)
             soft = jax.nn.softmax((logits + gumbels) / temperature, axis=-1)
             hard = jax.nn.one_hot(jnp.argmax(soft, -1), self.num_vars, dtype=jnp.float32)
-            probs = hard - jax.lax.stop_gradient(soft) + soft  # straight-through
-            perplexity = _perplexity(jax.nn.softmax(logits, axis=-1), mask_time_indices)
+            chosen = jax.nn.one_hot(jnp.argmax(soft, -1), self.num_vars, dtype=jnp.float32)
+            probs = chosen - jax.lax.stop_gradient(soft) + soft  # straight-through
+            perplexity = prob_perplexity
         book = self.codevectors[...].astype(jnp.float32).reshape(self.num_groups, self.num_vars, -1)
         codevectors = jnp.einsum("ngv,gvd->ngd", probs, book).reshape(b, t, -1)
-        return codevectors.astype(features.dtype), perplexity
+        return codevectors.astype(features.dtype), perplexity, prob_perplexity, code_perplexity
 
 
 def _cosine(a, b, eps=1e-8):
@@ -91,19 +98,20 @@ class Wav2Vec2ForPreTraining(PretrainedMixin, nnx.Module):
 
     def __call__(self, input_values, attention_mask=None, mask_time_indices=None, sampled_negative_indices=None,
                  output_hidden_states=False, deterministic=True, dropout_rng=None,
-                 gumbel_temperature: float = 2.0) -> PreTrainingOutput:
-        """sampled_negative_indices (B, frames, K): flat indices into the (B * frames) quantized targets."""
+                 gumbel_temperature: float = 2.0, feature_grad_mult: float = 1.0) -> PreTrainingOutput:
+        """sampled_negative_indices (B, frames, K): flat indices into the (B * frames) quantized targets;
+        feature_grad_mult: fairseq's gradient scale on the conv features."""
         cfg = self.config
         out = self.wav2vec2(input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
                             output_hidden_states=output_hidden_states, deterministic=deterministic,
-                            dropout_rng=fold(dropout_rng, 0))
+                            dropout_rng=fold(dropout_rng, 0), feature_grad_mult=feature_grad_mult)
         predicted = self.project_hid(out.last_hidden_state)
         features = dropout(out.extract_features, cfg.feat_quantizer_dropout, fold(dropout_rng, 1), deterministic)
-        quantized, perplexity = self.quantizer(features, mask_time_indices=mask_time_indices,
+        quantized, perplexity, prob_perplexity, code_perplexity = self.quantizer(features, mask_time_indices=mask_time_indices,
                                                deterministic=deterministic, gumbel_rng=fold(dropout_rng, 2),
                                                temperature=gumbel_temperature)
         quantized = self.project_q(quantized)
-        loss = contrastive = diversity = None
+        loss = contrastive = diversity = correct = None
         if sampled_negative_indices is not None:
             if mask_time_indices is None:
                 raise ValueError("sampled_negative_indices needs mask_time_indices (the frames to predict)")
@@ -116,9 +124,14 @@ class Wav2Vec2ForPreTraining(PretrainedMixin, nnx.Module):
             logits = logits.at[:, :, 1:].set(jnp.where(neg_is_pos, -jnp.inf, logits[:, :, 1:]))
             nll = -jax.nn.log_softmax(logits, axis=-1)[..., 0]
             contrastive = jnp.sum(jnp.where(mask_time_indices, nll, 0.0))
+            # fairseq's accuracy: the positive scores highest, and not because every score is equal
+            top, bottom = jnp.argmax(logits, -1) == 0, jnp.argmin(logits, -1) == 0
+            correct = jnp.sum(mask_time_indices & top & ~bottom)
             num_codevectors = cfg.num_codevectors_per_group * cfg.num_codevector_groups
             diversity = (num_codevectors - perplexity) / num_codevectors * mask_time_indices.sum()
             loss = contrastive + cfg.diversity_loss_weight * diversity
         return PreTrainingOutput(projected_states=predicted, projected_quantized_states=quantized,
                                  codevector_perplexity=perplexity, loss=loss, contrastive_loss=contrastive,
-                                 diversity_loss=diversity, hidden_states=out.hidden_states)
+                                 diversity_loss=diversity, hidden_states=out.hidden_states,
+                                 prob_perplexity=prob_perplexity, code_perplexity=code_perplexity,
+                                 features_pen=out.features_pen, correct=correct)

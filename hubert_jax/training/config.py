@@ -61,6 +61,9 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     c.data.buckets = ()
     c.data.max_tokens = 0
     c.data.num_threads = 2
+    # multilingual pretraining (XLSR, hubert_jax/data/languages.py): one manifest per language instead of
+    # data.train.manifest, drawn with probability proportional to (hours_l / hours)^alpha
+    c.data.languages = ml_collections.ConfigDict(dict(manifests=(), alpha=0.5))
     # fine-tuning: every utterance is padded to this many samples (0: the longest of the splits); CTC
     # leaves longer ones out, classification crops them
     c.data.max_samples = 0
@@ -97,6 +100,11 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     # noise files (a manifest) with the share of mixed utterances that get noise and its ratio range
     c.mix = ml_collections.ConfigDict(dict(prob=0.2, max_share=0.5, energy_db=(-5.0, 5.0), noise_manifest="",
                                            noise_prob=0.0, noise_db=(-5.0, 20.0)))
+    # wav2vec 2.0 (task "wav2vec2", hubert_jax/training/tasks/wav2vec2.py): the Gumbel temperature's start,
+    # floor and per-update decay (fairseq base: 2 -> 0.5 by x0.999995); distractors, logit temperature and the
+    # diversity weight are the model config's (num_negatives, contrastive_logits_temperature,
+    # diversity_loss_weight), the feature penalty config.loss.features_pen
+    c.wav2vec2 = ml_collections.ConfigDict(dict(gumbel=(2.0, 0.5, 0.999995)))
     # DistilHuBERT (task "distill"): the teacher's directory, the teacher layers the heads predict
     c.distill = ml_collections.ConfigDict(dict(teacher="", pred_layers=(4, 8, 12), inter_dim=-1, cosine_weight=1.0,
                                                feat_pen_weight=0.0, init_from_teacher=True))

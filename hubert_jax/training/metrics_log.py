@@ -58,7 +58,8 @@ class MetricLog:
         bar = "#" * int(done * 20) + "-" * (20 - int(done * 20))
         now = time.perf_counter()
         elapsed = now - self.start
-        keys = ("loss", "accuracy_m", "accuracy_u", "rec_loss", "cosine", "lr", "grad_norm", "audio_s_per_s")
+        keys = ("loss", "accuracy_m", "accuracy_u", "accuracy", "code_perplexity", "rec_loss", "cosine", "lr",
+                "grad_norm", "audio_s_per_s")
         shown = "  ".join(f"{k} {_fmt(values[k])}" for k in keys if k in values)
         # steps per second over the last log window (the first window also holds the compilation)
         last_step, last_time = self.last or (None, self.start)

@@ -9,6 +9,7 @@ import importlib
 TASKS = {
     "hubert": "hubert:HubertTask",  # HuBERT masked prediction
     "wavlm": "wavlm:WavLMTask",  # WavLM: masked prediction of utterance-mixed speech
+    "wav2vec2": "wav2vec2:Wav2Vec2Task",  # wav2vec 2.0 / XLSR contrastive pretraining
     "distill": "distill:DistillTask",  # DistilHuBERT
     "ctc": "ctc:CTCTask",  # fine-tuning: speech recognition
     "classify": "classify:ClassifyTask",  # fine-tuning: one label per utterance

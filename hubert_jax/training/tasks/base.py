@@ -110,9 +110,15 @@ def crop_config(cfg, split: str, *, labels: bool) -> DataConfig:
 
 def crop_data(cfg, *, labels: bool) -> Data:
     """Random crops of the train and (when given) valid manifests; with `labels`, their frame labels, checked
-    against the heads' cluster counts."""
+    against the heads' cluster counts. With `data.languages.manifests` (label-free tasks), the train split
+    is those languages, sampled as XLSR does (hubert_jax/data/languages.py)."""
     data = Data(train=None, train_config=crop_config(cfg, "train", labels=labels), samples=cfg.data.crop_samples)
-    data.train = LabeledAudio(data.train_config, need_labels=labels)
+    languages = cfg.data.get("languages", {}).get("manifests", ())
+    if languages:
+        data.train = language_mix(cfg, data.train_config, tuple(languages), labels=labels)
+        data.train_config = dataclasses.replace(data.train_config, manifest=" + ".join(languages))  # for messages
+    else:
+        data.train = LabeledAudio(data.train_config, need_labels=labels)
     if cfg.data.valid.manifest:
         data.valid_config = crop_config(cfg, "valid", labels=labels)
         data.valid = LabeledAudio(data.valid_config, need_labels=labels)
@@ -121,3 +127,21 @@ def crop_data(cfg, *, labels: bool) -> Data:
             if source is not None:
                 source.check_num_classes(tuple(cfg.model.head.num_classes), cfg.model.head.get("label_offset", 0))
     return data
+
+
+def language_mix(cfg, config: DataConfig, manifests: tuple[str, ...], *, labels: bool):
+    import logging
+
+    from hubert_jax.data.languages import LanguageMix
+
+    if labels:
+        raise ValueError("config.data.languages: multilingual sampling reads no frame labels; it is for the "
+                         "label-free tasks (wav2vec2)")
+    if cfg.data.train.manifest:
+        raise ValueError(f"config.data.train.manifest ({cfg.data.train.manifest}) and config.data.languages."
+                         f"manifests both given: the languages' manifests are the train split, leave the other empty")
+    sources = [LabeledAudio(dataclasses.replace(config, manifest=m), need_labels=False) for m in manifests]
+    mix = LanguageMix(sources, list(manifests), alpha=float(cfg.data.languages.alpha), seed=cfg.seed)
+    logging.getLogger(__name__).info("languages (alpha %s): %s", cfg.data.languages.alpha, ", ".join(
+        f"{m} p={p:.3f}" for m, p in zip(manifests, mix.probabilities)))
+    return mix

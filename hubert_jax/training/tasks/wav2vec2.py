@@ -1,0 +1,117 @@
+"""wav2vec 2.0 / XLSR contrastive pretraining (`config.task = "wav2vec2"`), with fairseq's semantics
+(fairseq `Wav2Vec2Model` and its wav2vec criterion, infonce):
+
+- span masks over the latent frames (`config.masking`; base: mask_prob 0.65, length 10), the masked
+  frames replaced by the mask embedding;
+- targets: the Gumbel product quantizer's codewords of the masked frames, its temperature annealed per
+  update, max(start * decay^step, floor) (`config.wav2vec2.gumbel`; base: 2 -> 0.5, x0.999995), from the
+  train state's step;
+- distractors: `num_negatives` (model config; 100) per masked frame, drawn uniformly from the other masked
+  frames of the same utterance (`hubert_jax.masking.sample_negatives`), one equal to the positive scored -inf;
+- the loss per masked frame: cross-entropy over cosine similarity / `contrastive_logits_temperature`
+  (0.1), positive first, plus `diversity_loss_weight` (0.1) x (V - prob perplexity) / V plus
+  `config.loss.features_pen` (10) x the conv features' mean square: fairseq's loss / sample_size.
+
+What keeps bf16 stable: the quantizer's logits and softmax and the similarity logits are float32 whatever
+the compute dtype (models/pretraining_w2v2.py); the Trainer's non-finite guard skips (and counts) a step
+whose loss or gradient is not finite. Logged: contrastive accuracy (fairseq's), prob and code perplexity,
+the temperature, the loss's parts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hubert_jax.lengths import feature_vector_mask
+from hubert_jax.masking import sample_negatives, span_mask
+from hubert_jax.training.config import model_config
+from hubert_jax.training.tasks.base import Task, crop_data
+from hubert_jax.training.trainer import model_options
+
+
+def gumbel_temperature(step, start: float, floor: float, decay: float):
+    """fairseq's per-update annealing: max(start * decay^step, floor), as exp(step * log decay): a float32
+    power of 0.999995 itself would be off by 0.07% after 100k steps."""
+    return jnp.maximum(start * jnp.exp(jnp.asarray(step, jnp.float32) * math.log(decay)), floor)
+
+
+class Wav2Vec2Task(Task):
+    name = "wav2vec2"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        config = model_config(self.cfg.model)
+        if config.model_type != "wav2vec2":
+            raise ValueError(f"config.task='wav2vec2' trains a wav2vec2 encoder, but config.model (preset "
+                             f"{self.cfg.model.preset!r}, init_from {self.cfg.model.init_from!r}) makes a "
+                             f"{config.model_type} model: use a wav2vec2-* preset (configs/wav2vec2_base.py)")
+
+    def data(self, workdir):
+        return crop_data(self.cfg, labels=False)  # contrastive targets come from the audio itself
+
+    def build(self):
+        from hubert_jax.models import Wav2Vec2ForPreTraining
+
+        return Wav2Vec2ForPreTraining(model_config(self.cfg.model), rngs=nnx.Rngs(self.cfg.seed),
+                                      opts=model_options(self.cfg.model))
+
+    def setup(self, abstract, mesh, rules) -> None:
+        self.config = abstract.config
+
+    def masks(self, key, batch):
+        """(frame mask of real frames, span mask, distractor indices) of a batch."""
+        config = self.config
+        m = self.cfg.masking
+        from hubert_jax.lengths import feat_extract_output_lengths
+
+        frames = int(feat_extract_output_lengths(config, batch["input_values"].shape[1], add_adapter=False))
+        real = feature_vector_mask(config, frames, batch["attention_mask"], add_adapter=False)
+        k_mask, k_neg = jax.random.split(key)
+        mask = span_mask(k_mask, real.shape, mask_prob=m.mask_prob, mask_length=m.mask_length,
+                         min_masks=m.min_masks, lengths=real.sum(-1))
+        return real, mask, sample_negatives(k_neg, mask, config.num_negatives)
+
+    def loss(self, model, batch, mask, negatives, *, temperature, deterministic: bool, dropout_rng=None):
+        """fairseq's wav2vec criterion / sample_size, and the metrics, for given masks and distractors."""
+        config = self.config
+        out = model(batch["input_values"], attention_mask=batch["attention_mask"], mask_time_indices=mask,
+                    sampled_negative_indices=negatives, deterministic=deterministic, dropout_rng=dropout_rng,
+                    gumbel_temperature=temperature, feature_grad_mult=self.cfg.loss.feature_grad_mult)
+        n = jnp.maximum(mask.sum(), 1).astype(jnp.float32)
+        vars_ = config.num_codevectors_per_group * config.num_codevector_groups
+        contrastive = out.contrastive_loss / n
+        diversity = (vars_ - out.prob_perplexity) / vars_
+        loss = contrastive + config.diversity_loss_weight * diversity + self.cfg.loss.features_pen * out.features_pen
+        metrics = {"loss": loss, "contrastive": contrastive, "diversity": diversity,
+                   "features_pen": out.features_pen, "accuracy": out.correct / n, "correct": out.correct,
+                   "masked_frames": mask.sum(), "prob_perplexity": out.prob_perplexity,
+                   "code_perplexity": out.code_perplexity, "temperature": jnp.asarray(temperature, jnp.float32)}
+        return loss, metrics
+
+    def forward(self, model, batch, key, step, deterministic: bool, frozen):
+        mask_key, dropout_key = jax.random.split(key)
+        _, mask, negatives = self.masks(mask_key, batch)
+        g = self.cfg.wav2vec2.gumbel
+        temperature = gumbel_temperature(step, *g)
+        return self.loss(model, batch, mask, negatives, temperature=temperature, deterministic=deterministic,
+                         dropout_rng=None if deterministic else dropout_key)
+
+    def summarize(self, metrics: list[dict]) -> dict:
+        import numpy as np
+
+        frames = max(sum(int(m["masked_frames"]) for m in metrics), 1)
+        out = {k: float(np.mean([m[k] for m in metrics])) for k in ("loss", "contrastive", "prob_perplexity",
+                                                                      "code_perplexity")}
+        out["accuracy"] = sum(int(m["correct"]) for m in metrics) / frames
+        return out
+
+    def load_initial(self, model, directory: str) -> None:
+        """The whole model (quantizer and projections too) from a wav2vec2 pretraining directory, else its
+        encoder (the heads start fresh)."""
+        from hubert_jax.pretrained import load_weights_into
+
+        load_weights_into(model, directory)
