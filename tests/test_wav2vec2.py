@@ -108,13 +108,9 @@ def test_languages_are_drawn_in_proportion_to_their_hours_to_the_alpha(tmp_path)
     from hubert_jax.data.languages import LanguageMix, language_probabilities
     from hubert_jax.data.pipeline import DataConfig, LabeledAudio, make_dataset
 
-    lines = open(os.path.join(DEMO, "train.tsv")).read().splitlines()
-    manifests = {}
-    for lang in ("en", "ko"):
-        rows = [row for row in lines[1:] if os.path.basename(row.split("\t")[0]).startswith(lang)]
-        path = tmp_path / f"{lang}.tsv"
-        path.write_text("\n".join([DEMO] + rows) + "\n")
-        manifests[lang] = str(path)
+    from hubert_jax.demo_wav2vec2 import language_manifests
+
+    manifests = language_manifests(str(tmp_path))  # the demo corpus' English and Korean halves
     config = DataConfig(crop_samples=16000, min_samples=16000)
     sources = [LabeledAudio(DataConfig(manifest=m, crop_samples=16000, min_samples=16000), need_labels=False)
                for m in manifests.values()]
@@ -139,8 +135,13 @@ def test_languages_are_drawn_in_proportion_to_their_hours_to_the_alpha(tmp_path)
     assert config.labels == ()
 
 
-def _tiny_wav2vec2(steps: int):
+def _tiny_wav2vec2(steps: int, languages_dir: str):
+    """The base recipe shrunk, its train split the demo corpus' two languages (XLSR's sampler)."""
+    from hubert_jax.demo_wav2vec2 import language_manifests
+
     cfg = tiny_config.shrink(importlib.import_module("configs.wav2vec2_base").get_config(), steps=steps)
+    cfg.data.train.manifest = ""
+    cfg.data.languages.manifests = tuple(language_manifests(languages_dir).values())
     cfg.model.overrides.update(dict(num_codevector_groups=2, num_codevectors_per_group=8, codevector_dim=16,
                                     proj_codevector_dim=16, num_negatives=5, mask_time_length=4))
     cfg.data.train.labels = cfg.data.valid.labels = ()
@@ -152,7 +153,7 @@ def _tiny_wav2vec2(steps: int):
 @pytest.fixture(scope="module")
 def wav2vec2_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("w2v")
-    return run(_tiny_wav2vec2(6), str(workdir / "run")), workdir
+    return run(_tiny_wav2vec2(6, str(workdir / "languages")), str(workdir / "run")), workdir
 
 
 def test_a_wav2vec2_run_logs_its_figures_and_resumes_exactly(wav2vec2_run, tmp_path):
@@ -163,9 +164,11 @@ def test_a_wav2vec2_run_logs_its_figures_and_resumes_exactly(wav2vec2_run, tmp_p
         assert all(np.isfinite(line[key]) for line in train), key
     assert train[-1]["temperature"] < train[0]["temperature"]
     assert {"accuracy", "code_perplexity", "prob_perplexity"} <= set(result.valid)
-    first = run(_tiny_wav2vec2(6), str(tmp_path), stop_after=3)
+    assert len(json.load(open(workdir / "run" / "config.json"))["data"]["languages"]["manifests"]) == 2
+    languages = str(workdir / "languages")
+    first = run(_tiny_wav2vec2(6, languages), str(tmp_path), stop_after=3)
     assert first.step == 3
-    resumed = run(_tiny_wav2vec2(6), str(tmp_path))
+    resumed = run(_tiny_wav2vec2(6, languages), str(tmp_path))
     for a, b in zip(jax.tree.leaves(jax.device_get(resumed.state["params"])),
                     jax.tree.leaves(jax.device_get(result.state["params"]))):
         np.testing.assert_array_equal(a, b)
