@@ -18,9 +18,9 @@ from flax import nnx
 
 from hubert_jax.config import HubertConfig
 from hubert_jax.lengths import feature_vector_mask
-from hubert_jax.models.layers import Linear, ModelOptions, fold, make_param, torch_linear_init, uniform
+from hubert_jax.models.layers import (Linear, ModelOptions, fold, make_param, scale_gradient, torch_linear_init,
+                                      uniform)
 from hubert_jax.models.model import HubertModel, make_options
-from hubert_jax.models.layers import scale_gradient
 
 
 @dataclasses.dataclass(frozen=True)

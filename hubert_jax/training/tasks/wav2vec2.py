@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hubert_jax.lengths import feature_vector_mask
+from hubert_jax.lengths import feat_extract_output_lengths, feature_vector_mask
 from hubert_jax.masking import sample_negatives, span_mask
 from hubert_jax.training.config import model_config
 from hubert_jax.training.tasks.base import Task, crop_data
@@ -66,8 +66,6 @@ class Wav2Vec2Task(Task):
         """(frame mask of real frames, span mask, distractor indices) of a batch."""
         config = self.config
         m = self.cfg.masking
-        from hubert_jax.lengths import feat_extract_output_lengths
-
         frames = int(feat_extract_output_lengths(config, batch["input_values"].shape[1], add_adapter=False))
         real = feature_vector_mask(config, frames, batch["attention_mask"], add_adapter=False)
         k_mask, k_neg = jax.random.split(key)
