@@ -50,9 +50,8 @@ def write_directory_from_run(directory: str, fill) -> None:
     """`write_directory(directory, fill)` on process 0; every process waits until it is written."""
     import jax
 
+    from hubert_jax.distributed import sync
+
     if jax.process_index() == 0:
         write_directory(directory, fill)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"export {directory}")
+    sync(f"export {directory}")

@@ -41,7 +41,6 @@ class LanguageMix:
         self.language = rng.choice(len(self.sources), size=size, p=self.probabilities).astype(np.int32)
         counts = np.asarray([len(s) for s in self.sources])
         self.utterance = np.floor(rng.random(size) * counts[self.language]).astype(np.int64)
-        self.entries = [self.sources[l].entries[u] for l, u in zip(self.language, self.utterance)]
 
     def __len__(self) -> int:
         return len(self.language)

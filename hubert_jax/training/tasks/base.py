@@ -88,6 +88,17 @@ class Task:
         write_model_files(model, directory)
 
 
+def check_family(cfg, family: str, recipe: str) -> None:
+    """A task that trains one family's encoder refuses a config whose model is another's."""
+    from hubert_jax.training.config import model_config
+
+    model_type = model_config(cfg.model).model_type
+    if model_type != family:
+        raise ValueError(f"config.task={cfg.task!r} trains a {family} encoder, but config.model (preset "
+                         f"{cfg.model.preset!r}, init_from {cfg.model.init_from!r}) makes a {model_type} model: "
+                         f"use a {family}-* preset ({recipe})")
+
+
 # ----------------------------------------------------------------------------- pretraining input
 def crop_config(cfg, split: str, *, labels: bool) -> DataConfig:
     """The pretraining crops of `config.data.{split}`, with its frame labels (`labels`: each set's .km file must

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from hubert_jax.training.tasks.finetune import FineTuneTask, Targets
+from hubert_jax.training.tasks.finetune import ClassesTask, Targets
 
 
-class ClassifyTask(FineTuneTask):
+class ClassifyTask(ClassesTask):
     name = "classify"
     head_kind = "ForSequenceClassification"
     target_files = "labels (one per line)"
@@ -27,10 +27,6 @@ class ClassifyTask(FineTuneTask):
             targets[name] = [index[t.strip()] for t in lines[name]]
         return Targets(targets, {"classes": classes, "label_length": None}, label_length=None, crop=True)
 
-    def speech_config(self):
-        classes = self.meta["classes"]
-        return super().speech_config().replace(id2label=dict(enumerate(classes)), num_labels=len(classes))
-
     def forward(self, model, batch, key, step, deterministic: bool, frozen):
         out = self.head_output(model, batch, key, deterministic)
         metrics = {"loss": out.loss}
@@ -38,6 +34,3 @@ class ClassifyTask(FineTuneTask):
             metrics["correct"] = jnp.sum(jnp.argmax(out.logits, axis=-1) == batch["labels"])
             metrics["count"] = jnp.asarray(batch["labels"].shape[0])
         return out.loss, metrics
-
-    def summarize(self, metrics: list[dict]) -> dict:
-        return self.accuracy(metrics)

@@ -184,11 +184,6 @@ class FineTuneTask(Task):
         return model(batch["input_values"], batch["attention_mask"], deterministic=deterministic,
                      dropout_rng=None if deterministic else dropout_key, **kw)
 
-    def accuracy(self, metrics: list[dict]) -> dict:
-        """The mean loss and, over all batches, correct / count."""
-        return {"loss": float(np.mean([m["loss"] for m in metrics])),
-                "accuracy": sum(int(m["correct"]) for m in metrics) / max(sum(int(m["count"]) for m in metrics), 1)}
-
     # ------------------------------------------------------------------ export
     def export(self, model, directory: str) -> None:
         """transformers + hubert-jax weights and the processor files, loadable by `AutoModelForCTC` /
@@ -198,6 +193,20 @@ class FineTuneTask(Task):
         super().export(model, directory)
         FeatureExtractor(do_normalize=bool(self.cfg.data.normalize),
                          return_attention_mask=self.config.feat_extract_norm == "layer").save_pretrained(directory)
+
+
+class ClassesTask(FineTuneTask):
+    """A head over `meta["classes"]` (utterance or frame classification), scored by accuracy: eval steps
+    return `correct` and `count`."""
+
+    def speech_config(self):
+        classes = self.meta["classes"]
+        return super().speech_config().replace(id2label=dict(enumerate(classes)), num_labels=len(classes))
+
+    def summarize(self, metrics: list[dict]) -> dict:
+        """The mean loss and, over all batches, correct / count."""
+        return {"loss": float(np.mean([m["loss"] for m in metrics])),
+                "accuracy": sum(int(m["correct"]) for m in metrics) / max(sum(int(m["count"]) for m in metrics), 1)}
 
 
 def _write_meta(workdir: str, meta: dict) -> None:

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from hubert_jax.lengths import SAMPLE_RATE
-from hubert_jax.training.tasks.finetune import FineTuneTask, Targets
+from hubert_jax.training.tasks.finetune import ClassesTask, Targets
 
 
-class FramesTask(FineTuneTask):
+class FramesTask(ClassesTask):
     name = "frames"
     head_kind = "ForAudioFrameClassification"
     target_files = "labels (one per line)"
@@ -38,10 +38,6 @@ class FramesTask(FineTuneTask):
         return Targets(targets, {"classes": [str(i) for i in range(classes)], "label_length": label_length},
                        label_length=label_length, crop=True, frame_rate=rate)
 
-    def speech_config(self):
-        classes = self.meta["classes"]
-        return super().speech_config().replace(id2label=dict(enumerate(classes)), num_labels=len(classes))
-
     def forward(self, model, batch, key, step, deterministic: bool, frozen):
         out = self.head_output(model, batch, key, deterministic, with_labels=False)
         # cross-entropy over the frames that have a label (transformers' head wants one-hot scores)
@@ -50,9 +46,6 @@ class FramesTask(FineTuneTask):
         if deterministic:
             metrics["correct"], metrics["count"] = out.correct, out.count
         return out.loss, metrics
-
-    def summarize(self, metrics: list[dict]) -> dict:
-        return self.accuracy(metrics)
 
 
 def _frame_loss(out, labels, label_rate: float):

@@ -14,11 +14,6 @@ from hubert_jax.training.tasks.base import Task, crop_data
 from hubert_jax.training.trainer import model_options
 
 
-def build_pretraining_model(cfg, seed: int | None = None) -> HubertForPreTraining:
-    return HubertForPreTraining(model_config(cfg.model), head_config(cfg.model),
-                                rngs=nnx.Rngs(cfg.seed if seed is None else seed), opts=model_options(cfg.model))
-
-
 class HubertTask(Task):
     name = "hubert"
 
@@ -31,7 +26,8 @@ class HubertTask(Task):
         return crop_data(self.cfg, labels=True)
 
     def build(self):
-        return build_pretraining_model(self.cfg)
+        return HubertForPreTraining(model_config(self.cfg.model), head_config(self.cfg.model),
+                                    rngs=nnx.Rngs(self.cfg.seed), opts=model_options(self.cfg.model))
 
     def setup(self, abstract, mesh, rules) -> None:
         self.num_label_sets = len(abstract.head.num_classes)

@@ -29,7 +29,7 @@ from flax import nnx
 from hubert_jax.lengths import feat_extract_output_lengths, feature_vector_mask
 from hubert_jax.masking import sample_negatives, span_mask
 from hubert_jax.training.config import model_config
-from hubert_jax.training.tasks.base import Task, crop_data
+from hubert_jax.training.tasks.base import Task, check_family, crop_data
 from hubert_jax.training.trainer import model_options
 
 
@@ -44,11 +44,7 @@ class Wav2Vec2Task(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        config = model_config(self.cfg.model)
-        if config.model_type != "wav2vec2":
-            raise ValueError(f"config.task='wav2vec2' trains a wav2vec2 encoder, but config.model (preset "
-                             f"{self.cfg.model.preset!r}, init_from {self.cfg.model.init_from!r}) makes a "
-                             f"{config.model_type} model: use a wav2vec2-* preset (configs/wav2vec2_base.py)")
+        check_family(self.cfg, "wav2vec2", "configs/wav2vec2_base.py")
 
     def data(self, workdir):
         return crop_data(self.cfg, labels=False)  # contrastive targets come from the audio itself

@@ -11,8 +11,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from hubert_jax.data.mixing import MixConfig
-from hubert_jax.training.config import model_config
-from hubert_jax.training.tasks.base import crop_data
+from hubert_jax.training.tasks.base import check_family, crop_data
 from hubert_jax.training.tasks.hubert import HubertTask
 
 
@@ -28,11 +27,7 @@ class WavLMTask(HubertTask):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        model_type = model_config(self.cfg.model).model_type
-        if model_type != "wavlm":
-            raise ValueError(f"config.task='wavlm' trains a WavLM encoder, but config.model (preset "
-                             f"{self.cfg.model.preset!r}, init_from {self.cfg.model.init_from!r}) makes a "
-                             f"{model_type} model: use a wavlm-* preset (configs/wavlm_base_plus.py)")
+        check_family(self.cfg, "wavlm", "configs/wavlm_base_plus.py")
         self.mix = mix_config(self.cfg)
 
     def data(self, workdir):
