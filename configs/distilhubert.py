@@ -9,9 +9,10 @@ a fairseq checkpoint converted with convert_pt_to_flax.py). The student (transfo
 layout) starts from the teacher's conv stack, projection, positional conv and first 2 layers; prediction
 heads regress teacher layers 4, 8 and 12 with L1 + cosine (-log sigmoid) losses. Runner settings from
 s3prl: 200k steps, batch 24, peak lr 2e-4 with 7 % linear warmup then linear decay, gradient clipping 10.
-No labels are needed. The run exports the student as a transformers HubertModel directory via
-`hubert_jax.training.pretrain.export_model`. s3prl batches utterances of similar length; here length buckets
-with the budget of its 24 full crops (hubert_jax/data/buckets.py).
+No labels are needed. `trainer.export(state, directory)` (the run's `RunResult.trainer`, or
+`hubert_jax.training.loop.restore_latest`) writes the student as a transformers HubertModel directory.
+s3prl batches utterances of similar length; here length buckets with the budget of its 24 full crops
+(hubert_jax/data/buckets.py).
 """
 
 from hubert_jax.data.buckets import geometric
