@@ -24,7 +24,8 @@ Each folder has `expected.npz` with the tool's outputs on fixed audio (`audio_0`
 the model's final output (with the final LayerNorm of pre-LN models); CTC folders `logits_{i}`. It also
 holds a padded batch of both clips (`padded_last`, `padded_mask`, the frames fairseq counts as valid).
 HuBERT folders add the criterion's loss on `audio_0` with the labels and the mask it used
-(`loss_labels_{k}`, `loss_mask`, `loss`, the criterion's loss divided by its sample size).
+(`loss_labels_{k}`, `loss_mask`, `loss`, the criterion's loss divided by its sample size; `loss_nomask` with
+pred_nomask_weight 0.5, whose sample size counts the unmasked frames too; `sample_size{,_nomask}`).
 wav2vec 2.0 pretraining adds `projected_states_{i}` / `projected_quantized_*` from an unmasked forward.
 `meta.json` says what each file is.
 
@@ -119,11 +120,12 @@ def fix_hubert_ctc() -> None:
     hubert_asr.HubertEncoder.__init__ = patched
 
 
-def hydra_train(run_dir: str, sections: dict) -> str:
-    """One fairseq-hydra-train run from a config file written as fairseq's example yaml files are."""
+def hydra_train(run_dir: str, sections: dict, *, common: dict = COMMON, log: str | None = None) -> str:
+    """One fairseq-hydra-train run from a config file written as fairseq's example yaml files are (its
+    output into `log` when given)."""
     import yaml
 
-    config = {group: dict(values) for group, values in COMMON.items()}
+    config = {group: dict(values) for group, values in common.items()}
     for group, values in sections.items():
         config.setdefault(group, {}).update(values)
     config["checkpoint"]["save_dir"] = os.path.join(run_dir, "ckpt")
@@ -135,7 +137,12 @@ def hydra_train(run_dir: str, sections: dict) -> str:
         cmd = [sys.executable, os.path.abspath(__file__), "--fairseq-hydra-train"]
     else:
         cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train")]
-    subprocess.run([*cmd, "--config-dir", run_dir, "--config-name", "run"], check=True, cwd=run_dir)
+    args = [*cmd, "--config-dir", run_dir, "--config-name", "run"]
+    if log is None:
+        subprocess.run(args, check=True, cwd=run_dir)
+    else:
+        with open(log, "w") as f:
+            subprocess.run(args, check=True, cwd=run_dir, stdout=f, stderr=subprocess.STDOUT)
     return os.path.join(run_dir, "ckpt", "checkpoint_last.pt")
 
 
@@ -185,6 +192,161 @@ def resave_with_dictconfig(path: str, out: str) -> None:
     assert isinstance(state["cfg"], DictConfig), type(state["cfg"])
     del state["last_optimizer_state"]
     checkpoint_utils.torch_persistent_save(state, out)
+
+
+# ----------------------------------------------------------------------------- training curves (--curves)
+# The demo's tiny architecture (configs/demo.py) as fairseq names it: 4 x 128, FFN 256, 4 heads, 7 convs of 64
+# channels with the base strides, positional conv 32 wide in 8 groups, group-norm extractor, post-LN, no dropout
+DEMO_ARCH = dict(extractor_mode="default", conv_feature_layers="[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2",
+                 encoder_layers=4, encoder_embed_dim=128, encoder_ffn_embed_dim=256, encoder_attention_heads=4,
+                 conv_pos=32, conv_pos_groups=8, layer_norm_first=False, conv_bias=False, activation_fn="gelu",
+                 dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
+                 dropout_input=0.0, dropout_features=0.0, feature_grad_mult=0.1, mask_length=10)
+CURVE_UPDATES = 600
+CURVE_COMMON = {
+    "common": dict(cpu=True, fp16=False, log_format="json", log_interval=25),
+    "distributed_training": dict(distributed_world_size=1),
+    # 8 crops of 2 s a batch (every demo utterance is longer than 2 s, so no padding on either side)
+    "dataset": dict(num_workers=0, batch_size=8, max_tokens=None, validate_interval=10000,
+                    validate_interval_updates=100, disable_validation=False),
+    "checkpoint": dict(no_epoch_checkpoints=True, no_save=True),
+    "optimization": dict(max_update=CURVE_UPDATES, lr=[0.002], clip_norm=10.0),
+    "optimizer": dict(_name="adam", adam_betas="(0.9,0.98)", adam_eps=1e-06, weight_decay=0.01),
+    "lr_scheduler": dict(_name="polynomial_decay", warmup_updates=100),
+}
+LN2 = float(np.log(2.0))
+
+
+def curve_sections(objective: str, manifests: str, labels: str) -> dict:
+    """fairseq's settings for one objective, mirroring configs/curves_{objective}.py field by field."""
+    if objective == "hubert":  # configs/demo.py: MFCC k-means labels (50 clusters, 100 Hz)
+        return {
+            "task": dict(_name="hubert_pretraining", data=manifests, label_dir=labels, labels=["km"], label_rate=100,
+                         sample_rate=16000, max_sample_size=32000, min_sample_size=16000, pad_audio=False,
+                         random_crop=True, normalize=False),
+            "criterion": dict(_name="hubert", pred_masked_weight=1.0, pred_nomask_weight=0.5, loss_weights=[10.0]),
+            "model": dict(_name="hubert", label_rate=100, final_dim=64, mask_prob=0.8, logit_temp=0.1,
+                          untie_final_proj=False, skip_masked=False, skip_nomask=False, **DEMO_ARCH)}
+    if objective == "wav2vec2":  # hubert_jax/demo_wav2vec2.py's settings, on the whole train split
+        return {
+            "task": dict(_name="audio_pretraining", data=manifests, max_sample_size=32000, min_sample_size=16000,
+                         normalize=False, enable_padding=False),
+            "criterion": dict(_name="wav2vec", infonce=True, loss_weights=[0.1, 10.0],
+                              log_keys=["prob_perplexity", "code_perplexity", "temp"]),
+            "model": dict(_name="wav2vec2", quantize_targets=True, final_dim=64, latent_dim=64, latent_vars=64,
+                          latent_groups=2, latent_temp=[2.0, 0.5, 0.998], num_negatives=100, cross_sample_negatives=0,
+                          codebook_negatives=0, mask_prob=0.65, logit_temp=0.1, **DEMO_ARCH)}
+    raise ValueError(objective)
+
+
+def curve_manifests(data: str, out: str) -> str:
+    """The corpus' train/valid manifests with an absolute root (fairseq joins it with each row)."""
+    os.makedirs(out, exist_ok=True)
+    for split in ("train", "valid"):
+        rows = open(os.path.join(data, f"{split}.tsv"), encoding="utf-8").read().splitlines()[1:]
+        with open(os.path.join(out, f"{split}.tsv"), "w", encoding="utf-8") as f:
+            f.write("\n".join([os.path.abspath(data)] + rows) + "\n")
+    return out
+
+
+def parse_fairseq_log(path: str) -> dict:
+    """fairseq's json log lines ([train_inner] every log_interval updates, [valid] every
+    validate_interval_updates) as lists of floats, in fairseq's own names and units (losses in bits)."""
+    out = {"train": [], "valid": []}
+    for line in open(path, encoding="utf-8", errors="replace"):
+        for tag, key in (("[train_inner]", "train"), ("[valid]", "valid")):
+            if tag in line and "{" in line:
+                raw = json.loads(line[line.index("{"):])
+                out[key].append({k: float(v) for k, v in raw.items() if _is_number(v)})
+    return out
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def our_names(objective: str, row: dict, prefix: str = "") -> dict:
+    """One fairseq log row in hubert-jax's metric names and units (nats; the loss / sample size)."""
+    get = lambda k: row.get(prefix + k)  # noqa: E731
+    out = {"update": int(row["num_updates"] if "num_updates" in row else row[prefix + "num_updates"])}
+    if get("loss") is not None:
+        out["loss"] = get("loss") * LN2
+    if objective == "hubert":
+        names = {"accuracy_m": "correct_m_0", "accuracy_u": "correct_u_0"}
+        if get("loss_features_pen") is not None:
+            out["features_pen"] = get("loss_features_pen") * LN2 / 10.0
+    else:
+        names = {"accuracy": "accuracy", "prob_perplexity": "prob_perplexity",
+                 "code_perplexity": "code_perplexity", "temperature": "temp"}
+        if get("loss_0") is not None:  # 0.1 x (V - prob perplexity) / V
+            out["diversity"] = get("loss_0") * LN2 / 0.1
+        if get("loss_1") is not None:  # 10 x the features' mean square
+            out["features_pen"] = get("loss_1") * LN2 / 10.0
+        if get("loss") is not None and get("loss_0") is not None and get("loss_1") is not None:
+            out["contrastive"] = (get("loss") - get("loss_0") - get("loss_1")) * LN2
+    out.update({ours: get(theirs) for ours, theirs in names.items() if get(theirs) is not None})
+    for ours, theirs in (("lr", "lr"), ("grad_norm", "gnorm"), ("updates_per_s", "ups")):
+        if get(theirs) is not None:
+            out[ours] = get(theirs)
+    return out
+
+
+def record_curves(data: str, labels: str, out_dir: str, work: str, seeds: list[int], objectives: list[str]) -> None:
+    """tests/fixtures/peer/curves/{objective}.json: fairseq's logged figures every 25 updates and on the
+    valid split every 100, for each seed, with the settings and the wall time of each run."""
+    import time
+
+    import fairseq
+    import torch
+
+    manifests = curve_manifests(data, os.path.join(work, "manifests"))
+    os.makedirs(out_dir, exist_ok=True)
+    for objective in objectives:
+        sections = curve_sections(objective, manifests, labels)
+        runs = {}
+        for seed in seeds:
+            run_dir = os.path.join(work, f"{objective}_seed{seed}")
+            common = {**CURVE_COMMON, "common": {**CURVE_COMMON["common"], "seed": seed}}
+            log = os.path.join(work, f"{objective}_seed{seed}.log")
+            start = time.perf_counter()
+            hydra_train(run_dir, sections, common=common, log=log)
+            seconds = time.perf_counter() - start
+            logged = parse_fairseq_log(log)
+            runs[str(seed)] = {
+                "train": [our_names(objective, r) for r in logged["train"]],
+                "valid": [our_names(objective, r, "valid_") for r in logged["valid"]],
+                "seconds": round(seconds, 1), "torch_threads": torch.get_num_threads()}
+            print(f"{objective} seed {seed}: {seconds:.0f} s; valid {runs[str(seed)]['valid'][-1]}", flush=True)
+        settings = {group: dict(values) for group, values in CURVE_COMMON.items()}
+        for group, values in sections.items():
+            settings.setdefault(group, {}).update(values)
+        settings["task"]["data"] = "data/demo (its manifests, with an absolute root)"
+        if "label_dir" in settings["task"]:
+            settings["task"]["label_dir"] = "tests/fixtures/peer/curves/labels"
+        with open(os.path.join(out_dir, f"{objective}.json"), "w") as f:
+            json.dump({"objective": objective, "tool": "fairseq-hydra-train",
+                       "versions": {"fairseq": fairseq.__version__, "torch": torch.__version__},
+                       "config": f"configs/curves_{objective}.py", "updates": CURVE_UPDATES, "settings": settings,
+                       "units": "hubert-jax's metric names; losses in nats divided by fairseq's sample size",
+                       "seeds": runs}, f, indent=1, sort_keys=True)
+            f.write("\n")
+
+
+def save_initial_weights(data: str, labels: str, work: str, seed: int, objective: str, out: str) -> None:
+    """fairseq's own initial weights for `seed`: the curve run's settings for one update at learning rate 0
+    (Adam moves nothing, weight decay is scaled by the rate), so checkpoint_last.pt holds update 0's weights."""
+    manifests = curve_manifests(data, os.path.join(work, "manifests"))
+    common = {**CURVE_COMMON, "common": {**CURVE_COMMON["common"], "seed": seed},
+              "checkpoint": dict(no_epoch_checkpoints=True),
+              "optimization": {**CURVE_COMMON["optimization"], "max_update": 1, "lr": [0.0]},
+              "dataset": {**CURVE_COMMON["dataset"], "disable_validation": True}}
+    path = hydra_train(os.path.join(work, f"{objective}_init{seed}"), curve_sections(objective, manifests, labels),
+                       common=common, log=os.path.join(work, f"{objective}_init{seed}.log"))
+    shutil.copyfile(path, out)
 
 
 # ----------------------------------------------------------------------------- recording outputs
@@ -242,43 +404,51 @@ def load_fairseq(path):
     return models[0].eval(), cfg, task
 
 
-def record_fairseq_hubert(path, audio) -> dict:
+def record_fairseq_hubert(path, audio, mask=None) -> dict:
+    """Hidden states, and the hubert criterion on audio_0 with random labels and the span mask fairseq draws
+    (or `mask`, given to fairseq's own apply_mask in place of its draw: fairseq's compute_mask_indices takes
+    fresh entropy unless it is given a seed, so a re-recording passes the mask it recorded before)."""
     import torch
     from fairseq.criterions.hubert_criterion import HubertCriterion
+    from fairseq.models.hubert import hubert
 
     model, cfg, task = load_fairseq(path)
     out = record_layers(lambda x: model.extract_features(x, padding_mask=None, mask=False)[0],
                         model.encoder.layers, audio)
     x, pad = padded(audio)
     with torch.no_grad():
-        feats, mask = model.extract_features(x, padding_mask=pad, mask=False)
-    out["padded_last"], out["padded_mask"] = feats.numpy(), (~mask).numpy()
+        feats, padding = model.extract_features(x, padding_mask=pad, mask=False)
+    out["padded_last"], out["padded_mask"] = feats.numpy(), (~padding).numpy()
 
-    # the criterion's loss on audio_0 with the masks fairseq drew (recorded through apply_mask)
     rng = np.random.default_rng(7)
     frames = len(audio[0]) // 320
     labels = [torch.from_numpy(rng.integers(0, len(d) - d.nspecial, (1, frames))) for d in task.dictionaries]
     targets = [lab + d.nspecial for lab, d in zip(labels, task.dictionaries)]  # dict.km.txt lists 0..K-1
-    used = {}
-    original = model.apply_mask
+    draw = hubert.compute_mask_indices
 
-    def apply_mask(*args, **kw):
-        x_masked, mask_indices = original(*args, **kw)
-        used["mask"] = mask_indices.numpy().copy()
-        return x_masked, mask_indices
+    def compute_mask_indices(*args, **kw):
+        nonlocal mask
+        if mask is None:
+            mask = draw(*args, **kw)
+        return mask.copy()
 
-    model.apply_mask = apply_mask
-    criterion = HubertCriterion(task, pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10.0])
-    np.random.seed(3)
     source = torch.from_numpy(audio[0])[None]
     sample = {"net_input": {"source": source, "padding_mask": torch.zeros(source.shape, dtype=torch.bool)},
               "target_list": targets, "id": torch.tensor([0])}
-    with torch.no_grad():
-        loss, sample_size, log = criterion(model, sample, reduce=True)
+    hubert.compute_mask_indices = compute_mask_indices
+    try:
+        for suffix, nomask in (("", 0.0), ("_nomask", 0.5)):  # masked frames only; unmasked ones at weight 0.5
+            criterion = HubertCriterion(task, pred_masked_weight=1.0, pred_nomask_weight=nomask,
+                                        loss_weights=[10.0])
+            with torch.no_grad():
+                loss, sample_size, log = criterion(model, sample, reduce=True)
+            out[f"loss{suffix}"] = np.float64(loss.item() / sample_size)
+            out[f"sample_size{suffix}"] = np.int64(sample_size)
+    finally:
+        hubert.compute_mask_indices = draw
+    out["loss_mask"] = mask
     for k, lab in enumerate(labels):
         out[f"loss_labels_{k}"] = lab.numpy()
-    out["loss_mask"] = used["mask"]
-    out["loss"] = np.float64(loss.item() / sample_size)
     return out
 
 
@@ -437,11 +607,22 @@ def record_s3prl(out_dir, audio) -> dict:
 
 # ----------------------------------------------------------------------------- main
 def write_criterion(out_dir) -> None:
-    """wav2vec2/criterion.npz: fairseq's wav2vec criterion on the fixture checkpoint (see below)."""
+    """wav2vec2/criterion.npz when missing: fairseq's wav2vec criterion on the fixture checkpoint (see below); the
+    hubert criterion's entries of hubert_base / hubert_large expected.npz, recorded again from the same
+    checkpoints (every array already there must come out equal)."""
     clips = np.load(os.path.join(out_dir, "audio.npz"))
-    arrays = record_fairseq_wav2vec2_criterion(os.path.join(out_dir, "wav2vec2", "checkpoint_last.pt"),
-                                               [clips["audio_0"], clips["audio_1"]])
-    np.savez_compressed(os.path.join(out_dir, "wav2vec2", "criterion.npz"), **arrays)
+    audio = [clips["audio_0"], clips["audio_1"]]
+    criterion = os.path.join(out_dir, "wav2vec2", "criterion.npz")
+    if not os.path.isfile(criterion):  # its masks and distractors are fresh draws: kept once written
+        arrays = record_fairseq_wav2vec2_criterion(os.path.join(out_dir, "wav2vec2", "checkpoint_last.pt"), audio)
+        np.savez_compressed(criterion, **arrays)
+    for name in ("hubert_base", "hubert_large"):
+        path = os.path.join(out_dir, name, "expected.npz")
+        old = dict(np.load(path)) if os.path.isfile(path) else {}
+        new = record_fairseq_hubert(os.path.join(out_dir, name, "checkpoint_last.pt"), audio, old.get("loss_mask"))
+        for key, value in old.items():
+            np.testing.assert_array_equal(new[key], value, err_msg=f"{name}: {key} changed")
+        np.savez_compressed(path, **new)
 
 
 def save(out_dir, name, arrays, meta):
@@ -453,12 +634,33 @@ def save(out_dir, name, arrays, meta):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--unilm", required=True, help="folder with unilm's WavLM.py and modules.py")
+    parser.add_argument("--unilm", help="folder with unilm's WavLM.py and modules.py (the checkpoint fixtures)")
     parser.add_argument("--out", default="tests/fixtures/peer")
     parser.add_argument("--work", help="keep the fairseq runs here (default: a temp dir)")
     parser.add_argument("--criterion-only", action="store_true",
-                        help="only (re)write wav2vec2/criterion.npz from the wav2vec2 checkpoint already in --out")
+                        help="only (re)write the criteria's fixtures (wav2vec2/criterion.npz, the hubert folders' "
+                             "loss entries) from the checkpoints already in --out")
+    parser.add_argument("--curves", nargs="*", choices=("hubert", "wav2vec2"),
+                        help="record fairseq's training curves on the demo corpus (tests/fixtures/peer/curves)")
+    parser.add_argument("--labels", default="tests/fixtures/peer/curves/labels",
+                        help="--curves: the demo's MFCC k-means labels (train.km, valid.km, dict.km.txt)")
+    parser.add_argument("--seeds", default="1,2,3", help="--curves: fairseq seeds")
+    parser.add_argument("--initial", metavar="OUT.pt", help="--curves: instead, save fairseq's update-0 weights of "
+                                                          "the first seed and objective to OUT.pt")
     args = parser.parse_args(argv)
+    if args.curves is not None:
+        objectives = args.curves or ["hubert", "wav2vec2"]
+        work = args.work or tempfile.mkdtemp(prefix="peer-curves-")
+        data = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "demo")
+        seeds = [int(x) for x in args.seeds.split(",")]
+        if args.initial:
+            save_initial_weights(data, os.path.abspath(args.labels), work, seeds[0], objectives[0], args.initial)
+        else:
+            record_curves(data, os.path.abspath(args.labels), os.path.join(args.out, "curves"), work, seeds,
+                          objectives)
+        return
+    if not args.unilm and not args.criterion_only:
+        parser.error("--unilm is required to write the checkpoint fixtures")
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") != "1":
         parser.error("fairseq's own loader needs TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 under torch >= 2.6")
     if args.criterion_only:

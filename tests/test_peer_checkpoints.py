@@ -204,6 +204,10 @@ def test_init_from_continues_the_fairseq_run(tmp_path, name):
     result = model(jnp.asarray(x), [jnp.asarray(lab) for lab in labels], mask_time_indices=jnp.asarray(ref["loss_mask"]))
     loss, _ = pretraining_loss(result, LossWeights(masked=1.0, unmasked=0.0, features_pen=10.0))
     np.testing.assert_allclose(float(loss), float(ref["loss"]), rtol=1e-5)
+    # unmasked frames scored too (pred_nomask_weight 0.5): fairseq's sample size counts them as well
+    loss, _ = pretraining_loss(result, LossWeights(masked=1.0, unmasked=0.5, features_pen=10.0))
+    assert int(ref["sample_size_nomask"]) == ref["loss_mask"].size > int(ref["sample_size"])
+    np.testing.assert_allclose(float(loss), float(ref["loss_nomask"]), rtol=1e-5)
 
     batch = {"input_values": np.repeat(x, 8, 0), "attention_mask": np.ones((8, x.shape[1]), np.int32),
              "labels": np.repeat(np.stack(labels, 1), 8, 0).astype(np.int32)}

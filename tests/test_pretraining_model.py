@@ -136,11 +136,11 @@ def test_loss_matches_fairseq_formulas_in_torch(padded):
                                                torch.zeros(int(tm.sum()), dtype=torch.long), reduction="sum")
         lu = torch.nn.functional.cross_entropy(fairseq_logits_torch(proj[tu], target[tu], embs, 0.1),
                                                torch.zeros(int(tu.sum()), dtype=torch.long), reduction="sum")
-        sample_size = int(tm.sum())
+        sample_size = int(tm.sum()) + int(tu.sum())  # fairseq adds the unmasked frames when they are scored
         expected = (lm + 0.5 * lu + 10.0 * pen * sample_size) / sample_size
         correct_m = (fairseq_logits_torch(proj[tm], target[tm], embs, 0.1).argmax(-1) == 0).sum()
 
-    assert int(metrics["masked_frames"]) == sample_size
+    assert int(metrics["masked_frames"]) == int(tm.sum())
     assert abs(float(out.features_pen) - float(pen)) < 1e-4 * float(pen)
     assert abs(float(loss) - float(expected)) < 1e-4 * float(expected)
     assert int(metrics["correct_m"]) == int(correct_m)

@@ -147,7 +147,7 @@ def test_the_loss_is_hubert_criterion_on_wavlm_features():
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(logp, labels[..., None], -1)[..., 0]
     features = np.asarray(model.base_model.feature_extractor(jnp.asarray(x)))
-    expected = (nll[mask].sum() + 0.5 * nll[~mask].sum()) / mask.sum() + 10.0 * np.mean(features ** 2)
+    expected = (nll[mask].sum() + 0.5 * nll[~mask].sum()) / mask.size + 10.0 * np.mean(features ** 2)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 

@@ -210,8 +210,10 @@ class LossWeights:
 
 
 def pretraining_loss(out: PretrainingOutput, weights: LossWeights = LossWeights()):
-    """fairseq's hubert criterion divided by its sample size (the number of masked frames, or unmasked
-    frames when only those are predicted). Returns (loss, metrics)."""
+    """fairseq's hubert criterion divided by its sample size: the frames of every kind that is scored (the
+    masked frames, plus the unmasked ones when `weights.unmasked` > 0, as fairseq's sample_size adds
+    them). The feature penalty is added per sample size, as fairseq's extra losses are. Returns (loss,
+    metrics)."""
     masked = out.mask & out.valid
     unmasked = ~out.mask & out.valid
     n_masked = masked.sum()
@@ -229,7 +231,7 @@ def pretraining_loss(out: PretrainingOutput, weights: LossWeights = LossWeights(
         metrics[f"correct_u{suffix}"] = jnp.where(unmasked, correct, False).sum()
         metrics[f"loss_m{suffix}"] = jnp.where(masked, nll, 0.0).sum() / jnp.maximum(n_masked, 1)
         metrics[f"loss_u{suffix}"] = jnp.where(unmasked, nll, 0.0).sum() / jnp.maximum(n_unmasked, 1)
-    sample_size = n_masked if weights.masked > 0 else n_unmasked
+    sample_size = (n_masked if weights.masked > 0 else 0) + (n_unmasked if weights.unmasked > 0 else 0)
     sample_size = jnp.maximum(sample_size, 1).astype(jnp.float32)
     loss = (weights.masked * total_m + weights.unmasked * total_u) / sample_size
     loss = loss + weights.features_pen * out.features_pen
