@@ -10,7 +10,7 @@ from flax import nnx
 
 from hubert_jax.lengths import conv_out_length, lengths_to_mask
 from hubert_jax.models.layers import (BatchNorm1d, Conv1d, GroupNorm, LayerNorm, Linear, ModelOptions, activation,
-                                      conv1d, dropout, make_param, uniform, zeros)
+                                      conv1d, dropout, make_param, normal, uniform, zeros)
 
 
 def _is_hubert(config) -> bool:
@@ -99,13 +99,15 @@ class FeatureProjection(nnx.Module):
 class WeightNormConv1d(nnx.Module):
     """torch weight_norm(Conv1d, dim=2): weight = g * v / ||v||, the norm taken per kernel position."""
 
-    def __init__(self, channels: int, kernel_size: int, groups: int, *, opts: ModelOptions, rngs: nnx.Rngs):
+    def __init__(self, channels: int, kernel_size: int, groups: int, *, opts: ModelOptions, rngs: nnx.Rngs,
+                 std: float | None = None):
         self.dtype, self.param_dtype, self.precision = opts.dtype, opts.param_dtype, opts.precision
         self.kernel_size, self.groups = kernel_size, groups
         # transformers' own init does not reach the parametrised weight: torch's Conv1d default stays,
-        # i.e. v ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and g = ||v||
+        # i.e. v ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and g = ||v||; with `std`, v ~ N(0, std) (fairseq's)
         bound = 1.0 / math.sqrt(channels // groups * kernel_size)
-        v = uniform(-bound, bound)(rngs.params(), (kernel_size, channels // groups, channels), jnp.float32)
+        init = uniform(-bound, bound) if std is None else normal(std)
+        v = init(rngs.params(), (kernel_size, channels // groups, channels), jnp.float32)
         g = jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2), keepdims=True))
         self.weight_v = nnx.Param(v.astype(opts.param_dtype), out_sharding=("conv_kernel", None, "embed"),
                                   eager_sharding=False)
@@ -150,6 +152,34 @@ class PositionalConvEmbedding(nnx.Module):
         if self.kernel_size % 2 == 0:
             y = y[:, :-1]
         return self.activation(y)
+
+
+def init_front_end_as_fairseq(model, rngs: nnx.Rngs) -> None:
+    """Draw again, in place, the two front-end tensors whose initialisation differs between transformers and
+    the reference pretraining code (fairseq's HubertModel and Wav2Vec2Model; unilm's WavLM follows them):
+    - HuBERT's feature projection (fairseq `post_extract_proj`, a torch Linear): weight and bias
+      U(-1/sqrt(in), 1/sqrt(in)), where transformers draws N(0, 0.02) and a zero bias (wav2vec2's and WavLM's
+      projection already start so);
+    - the positional conv: N(0, sqrt(4 / (K * C))) before its weight norm (g = ||v||), a zero bias, where
+      transformers keeps torch's Conv1d default (its init does not reach a weight-normed tensor).
+    On the demo's HuBERT, training from transformers' draws fell behind fairseq's seeds, from fairseq's own
+    update-0 weights it did not (README, "Learning as fairseq learns"). `model`: a base model."""
+    config, opts = model.config, model.opts
+    projection = model.feature_projection
+    if projection.hubert_style:
+        in_dim = config.conv_dim[-1]
+        k = 1.0 / math.sqrt(in_dim)
+        projection.projection = Linear(in_dim, config.hidden_size, axes=("conv_out", "embed"),
+                                       kernel_init=uniform(-k, k), bias_init=uniform(-k, k), opts=opts, rngs=rngs)
+    pos = model.encoder.pos_conv_embed
+    size, groups, channels = config.num_conv_pos_embeddings, config.num_conv_pos_embedding_groups, config.hidden_size
+    std = math.sqrt(4.0 / (size * channels))  # fairseq's make_conv_pos
+    if pos.batch_norm is None:
+        pos.conv = WeightNormConv1d(channels, size, groups, opts=opts, rngs=rngs, std=std)
+    else:
+        pos.conv = Conv1d(channels, channels, size, padding=size // 2, groups=groups,
+                          axes=("conv_kernel", None, "embed"), kernel_init=normal(std), bias_init=zeros, opts=opts,
+                          rngs=rngs)
 
 
 def check_waveform(config, input_values, attention_mask=None) -> None:

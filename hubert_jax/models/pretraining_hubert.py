@@ -28,6 +28,7 @@ from flax import nnx
 from hubert_jax.config import SpeechConfig
 from hubert_jax.lengths import feature_vector_mask
 from hubert_jax.masking import span_mask
+from hubert_jax.models.frontend import init_front_end_as_fairseq
 from hubert_jax.models.layers import (
     Linear,
     ModelOptions,
@@ -134,6 +135,7 @@ class HubertForPreTraining(PretrainedMixin, nnx.Module):
         self.config, self.head = config, head
         self.base_model_prefix = config.base_model_prefix
         setattr(self, self.base_model_prefix, BASE_MODELS[config.model_type](config, opts=opts, rngs=rngs))
+        init_front_end_as_fairseq(self.base_model, rngs)  # pretraining starts where fairseq's does
         out = head.final_dim * (len(head.num_classes) if head.untie_final_proj else 1)
         self.final_proj = Linear(config.hidden_size, out, axes=("embed", None), opts=opts, rngs=rngs,
                                  **torch_linear_init(config.hidden_size))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hubert_jax.config import Wav2Vec2Config
+from hubert_jax.models.frontend import init_front_end_as_fairseq
 from hubert_jax.models.hub_mixin import PretrainedMixin
 from hubert_jax.models.layers import (Linear, ModelOptions, dropout, fold, make_param, normal, torch_linear_init,
                                       uniform, zeros)
@@ -86,6 +87,7 @@ class Wav2Vec2ForPreTraining(PretrainedMixin, nnx.Module):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.base_model_prefix = "wav2vec2"
         self.wav2vec2 = Wav2Vec2Model(config, opts=opts, rngs=rngs)
+        init_front_end_as_fairseq(self.wav2vec2, rngs)  # pretraining starts where fairseq's does
         self.quantizer = GumbelVectorQuantizer(config, opts=opts, rngs=rngs)
         self.project_hid = Linear(config.hidden_size, config.proj_codevector_dim, axes=("embed", None), opts=opts,
                                   rngs=rngs, **torch_linear_init(config.hidden_size))
