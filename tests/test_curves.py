@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from hubert_jax.training.curves import compare, read_metrics, read_reference, table
+from hubert_jax.training.curves import band, compare, read_metrics, read_reference, table, takeoff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CURVES = os.path.join(ROOT, "tests", "fixtures", "peer", "curves")
@@ -137,9 +137,12 @@ def test_hubert_learns_as_fairseq(tmp_path):
 
 
 def test_wav2vec2_learns_as_fairseq(tmp_path):
-    """600 updates of the wav2vec 2.0 demo's settings: the contrastive accuracy and loss of the train windows
-    every 100 updates, and the final valid accuracy, lie in fairseq's band, and both leave chance
-    (1 / 101 with 100 distractors) by the end: fairseq's own run of the same settings does."""
+    """600 updates of the wav2vec 2.0 demo's settings. fairseq's contrastive accuracy sits at chance (1 / 101
+    with 100 distractors) until a seed-dependent update between 250 and 450 and then rises within a few
+    windows, so the band at a fixed update mixes runs before and after it. Compared: the update where the
+    train accuracy first reaches 0.1 (fairseq's seeds widened by half their range, at least 100 updates), the
+    plateau at update 100, and the train windows from 400 on and the final valid accuracy in fairseq's band,
+    both well above chance by the end."""
     from hubert_jax.training.loop import run
 
     cfg = config("curves_wav2vec2")
@@ -147,9 +150,16 @@ def test_wav2vec2_learns_as_fairseq(tmp_path):
     run(cfg, str(tmp_path))
     ours = read_metrics(str(tmp_path))
     reference = read_reference(os.path.join(CURVES, "wav2vec2.json"))
-    points = compare(reference, ours, {"train": list(range(100, 601, 100)), "valid": [600]},
+    points = compare(reference, ours, {"train": [100, 400, 500, 600], "valid": [600]},
                      {"train": ["accuracy", "contrastive"], "valid": ["accuracy"]})
     assert all(p.inside for p in points), "\n" + table(points)
+
+    theirs = [takeoff(run_["train"], "accuracy", 0.1) for run_ in reference["seeds"].values()]
+    mine = takeoff([{"update": step, **row} for step, row in ours["train"].items()], "accuracy", 0.1)
+    assert None not in theirs
+    low, high = band(theirs, 100)
+    assert mine is not None and low <= mine <= high, (mine, theirs)
+
     chance = 1 / (cfg.model.overrides.num_negatives + 1)
     final = [p for p in points if p.split == "valid"][0]
     assert final.ours > 10 * chance and min(final.reference) > 10 * chance, final

@@ -61,6 +61,16 @@ class Point:
         return self.low <= self.ours <= self.high
 
 
+def takeoff(rows: list[dict], metric: str, threshold: float) -> int | None:
+    """The first logged update whose `metric` reaches `threshold` (None: never): when a run leaves its
+    plateau. wav2vec 2.0's contrastive accuracy sits at chance for a few hundred updates and then rises within
+    a few windows; when is a matter of the seed, so it is compared as a figure of its own."""
+    for row in sorted(rows, key=lambda r: r["update"]):
+        if row.get(metric, float("-inf")) >= threshold:
+            return int(row["update"])
+    return None
+
+
 def band(values: list[float], floor: float) -> tuple[float, float]:
     lo, hi = min(values), max(values)
     widen = max((hi - lo) / 2, floor)
