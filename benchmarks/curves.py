@@ -45,12 +45,15 @@ def load_config(objective: str):
     return module.get_config()
 
 
-def run_ours(objective: str, seed: int, workdir: str) -> float:
-    """One run of the objective's config (resumed when already there); its wall-clock seconds."""
+def run_ours(objective: str, seed: int, workdir: str, steps: int | None = None) -> float:
+    """One run of the objective's config (resumed when already there; the first `steps` updates of its
+    schedule when given); its wall-clock seconds."""
     from hubert_jax.training.loop import run
 
     cfg = load_config(objective)
     cfg.seed = seed
+    if steps:
+        cfg.train.steps = steps
     cfg.train.checkpoint_every = cfg.train.steps  # one save, at the end: the timing is the training's
     start = time.perf_counter()
     run(cfg, workdir)
@@ -95,18 +98,22 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "work", "curves"))
     parser.add_argument("--fairseq-python", help="a python with fairseq-fixed (the peer venv): time fairseq here")
+    parser.add_argument("--steps", type=int, help="stop our runs after this many updates (a smoke run: only the "
+                                                  "points up to there are compared)")
     args = parser.parse_args(argv)
     outside = 0
     for objective in args.objectives:
         reference = read_reference(REFERENCE.format(objective))
         seeds = [int(s) for s in args.seeds.split(",")]
-        walls = [run_ours(objective, seed, os.path.join(args.workdir, objective, f"seed{seed}")) for seed in seeds]
+        walls = [run_ours(objective, seed, os.path.join(args.workdir, objective, f"seed{seed}"), args.steps)
+                 for seed in seeds]
         ours = [read_metrics(os.path.join(args.workdir, objective, f"seed{seed}")) for seed in seeds]
         figures = FIGURES[objective]
         print(f"\n## {objective}: fairseq (seeds {', '.join(reference['seeds'])}) and hubert-jax (seeds {args.seeds}), "
               f"means over the seeds\n")
         print(side_by_side(reference, ours, figures))
-        updates = [u for u in range(100, reference["updates"] + 1, 100)]
+        last = min(args.steps or reference["updates"], reference["updates"])
+        updates = [u for u in range(100, last + 1, 100)]
         print(f"\n### each hubert-jax seed against fairseq's band\n")
         for seed, metrics in zip(seeds, ours):
             points = compare(reference, metrics, {"train": updates, "valid": updates},
@@ -118,7 +125,7 @@ def main(argv=None) -> int:
         crop_seconds = 8 * 2.0  # audio seconds of one update (8 crops of 2 s)
         ours_steady = np.mean([steady_seconds_per_update(sorted(m["train"].values(), key=lambda r: r["step"]),
                                                          "audio_s_per_s", crop_seconds) for m in ours])
-        ours_wall = np.mean(walls) / reference["updates"]
+        ours_wall = np.mean(walls) / last
         if args.fairseq_python:
             with tempfile.TemporaryDirectory() as work:
                 start = time.perf_counter()
