@@ -34,6 +34,8 @@ EXPECTED = {
     "xlsr_53": 317_390_592,
     "xls_r_300m": 317_390_592,
     "demo": None,  # no published size to check against
+    "curves_hubert": None,  # the demo's run, as fairseq's reference curve run trains it (tests/test_curves.py)
+    "curves_wav2vec2": None,
     # student (transformers' distilhubert, 2 layers) + heads: Linear(768, 3 x 768) and 3 x Linear(768, 768)
     "distilhubert": 23_491_968 + 768 * 2304 + 2304 + 3 * (768 * 768 + 768),
     # HubertForCTC: encoder + lm_head over LibriSpeech's letters (4 specials, |, A-Z and ')
