@@ -10,7 +10,8 @@ from flax import nnx
 
 from hubert_jax.lengths import conv_out_length, lengths_to_mask
 from hubert_jax.models.layers import (BatchNorm1d, Conv1d, GroupNorm, LayerNorm, Linear, ModelOptions, activation,
-                                      conv1d, dropout, make_param, normal, uniform, zeros)
+                                      conv1d, dropout, make_param, normal, torch_linear_init,
+                                      uniform, zeros)
 
 
 def _is_hubert(config) -> bool:
@@ -168,9 +169,8 @@ def init_front_end_as_fairseq(model, rngs: nnx.Rngs) -> None:
     projection = model.feature_projection
     if projection.hubert_style:
         in_dim = config.conv_dim[-1]
-        k = 1.0 / math.sqrt(in_dim)
-        projection.projection = Linear(in_dim, config.hidden_size, axes=("conv_out", "embed"),
-                                       kernel_init=uniform(-k, k), bias_init=uniform(-k, k), opts=opts, rngs=rngs)
+        projection.projection = Linear(in_dim, config.hidden_size, axes=("conv_out", "embed"), opts=opts, rngs=rngs,
+                                       **torch_linear_init(in_dim))
     pos = model.encoder.pos_conv_embed
     size, groups, channels = config.num_conv_pos_embeddings, config.num_conv_pos_embedding_groups, config.hidden_size
     std = math.sqrt(4.0 / (size * channels))  # fairseq's make_conv_pos
