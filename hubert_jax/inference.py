@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hubert_jax.data.audio import as_waveform
 from hubert_jax.data.buckets import grid_length
 from hubert_jax.lengths import feat_extract_output_lengths, receptive_field
 from hubert_jax.lengths import SAMPLE_RATE
@@ -51,7 +52,7 @@ def extract(model, waveforms, *, layer: int | None = None, max_tokens: int = 64 
                         f"{type(model).__name__}")
     if layer is not None and not 0 <= layer <= config.num_hidden_layers:
         raise ValueError(f"layer {layer}: the model has hidden states 0..{config.num_hidden_layers}")
-    audio = [np.asarray(w, np.float32).reshape(-1) for w in waveforms]
+    audio = [as_waveform(w, i) for i, w in enumerate(waveforms)]
     if not audio:
         return []
     lengths = np.array([len(a) for a in audio])

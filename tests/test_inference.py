@@ -56,3 +56,26 @@ def test_bad_input():
         extract(model, [np.zeros(1000), np.zeros(20)])
     with pytest.raises(ValueError, match="layer 7: the model has hidden states 0..3"):
         extract(model, [np.zeros(1000)], layer=7)
+
+
+def test_stereo_integer_and_non_finite_waveforms_are_refused_by_index():
+    """A (T, 2) array would otherwise be read as interleaved samples (twice the frames, of garbage), int16
+    PCM as samples 32768 times too loud, and a NaN sample would give NaN features without a word."""
+    model = model_of("hubert", "layer")
+    wave = np.random.default_rng(2).standard_normal(2000).astype(np.float32)
+    with pytest.raises(ValueError, match=r"waveform 1 has shape \(2000, 2\): expected mono audio, shape "
+                                         r"\(samples,\); downmix it first, e.g. waveform.mean\(axis=1\)"):
+        extract(model, [wave, np.stack([wave, wave], axis=1)])
+    with pytest.raises(ValueError, match=r"waveform 0 has shape \(2, 2000\).*mean\(axis=0\)"):
+        extract(model, [np.stack([wave, wave])])
+    with pytest.raises(ValueError, match=r"waveform 0 holds int16 samples: expected float audio in \[-1, 1\] "
+                                         r"\(for PCM, divide by 32768\)"):
+        extract(model, [(wave * 1000).astype(np.int16)])
+    broken = wave.copy()
+    broken[700] = np.nan
+    with pytest.raises(ValueError, match="waveform 2 has 1 NaN or infinite samples \\(the first at sample 700\\)"):
+        extract(model, [wave, wave, broken])
+    # a (T, 1) column or (1, T) row is mono: the same features as the flat waveform
+    flat = extract(model, [wave])[0]
+    np.testing.assert_array_equal(extract(model, [wave[:, None]])[0], flat)
+    np.testing.assert_array_equal(extract(model, [wave[None, :]])[0], flat)

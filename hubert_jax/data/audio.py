@@ -30,6 +30,34 @@ class AudioError(ValueError):
     manifest says)."""
 
 
+def as_waveform(x, index: int) -> np.ndarray:
+    """An in-memory waveform as mono float32 samples in [-1, 1], or a ValueError naming its index: stereo
+    (a (T, 2) or (2, T) array would be read as interleaved samples), integer PCM (its scale is not
+    [-1, 1]), NaN/infinite or empty audio are refused rather than turned into features of garbage."""
+    array = np.asarray(x)
+    if array.ndim == 2 and 1 in array.shape:
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        hint = (f"; downmix it first, e.g. waveform.mean(axis={int(np.argmin(array.shape))})"
+                if array.ndim == 2 else "")
+        raise ValueError(f"waveform {index} has shape {array.shape}: expected mono audio, shape (samples,)"
+                         f"{hint}")
+    if array.dtype.kind in "iu":
+        scale = float(2 ** (8 * array.dtype.itemsize - 1))
+        raise ValueError(f"waveform {index} holds {array.dtype} samples: expected float audio in [-1, 1] "
+                         f"(for PCM, divide by {scale:.0f})")
+    if array.dtype.kind not in "f":
+        raise ValueError(f"waveform {index} holds {array.dtype} values: expected float audio in [-1, 1]")
+    if array.size == 0:
+        raise ValueError(f"waveform {index} is empty")
+    array = array.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        bad = np.flatnonzero(~np.isfinite(array))
+        raise ValueError(f"waveform {index} has {len(bad)} NaN or infinite samples (the first at sample "
+                         f"{int(bad[0])})")
+    return array
+
+
 def is_tfds(path: str) -> bool:
     return path.startswith("tfds://")
 
