@@ -26,6 +26,13 @@ def _steps(workdir) -> list[int]:
     return sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit())
 
 
+def _disk_report(disk, done) -> str:
+    """What a small-disk run left and said, for the assertion message."""
+    sizes = subprocess.run(["du", "-ak", str(disk)], capture_output=True, text=True).stdout
+    free = shutil.disk_usage(disk).free >> 10
+    return f"{free} KiB free; du -ak:\n{sizes}\nstderr:\n{done.stderr[-4000:]}"
+
+
 # ---------------------------------------------------------------------------------------------- the lock
 def test_a_second_run_on_a_workdir_is_refused_naming_the_holder(tmp_path):
     with WorkdirLock(str(tmp_path)):  # a live run of this machine: this test's own process
@@ -146,6 +153,13 @@ def _delete_metadata(workdir, step):
     os.remove(os.path.join(workdir, "checkpoints", str(step), "state", "_METADATA"))
 
 
+def _lose_integrity(workdir, step):
+    """The step's digests gone (a partial copy or sync) and its arrays wrong in a way that reads back fine:
+    only the missing digests can tell."""
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step), "integrity"))
+    _state_of_another_step(workdir, step)
+
+
 def _edit_iterator(workdir, step):
     (path,) = glob.glob(os.path.join(workdir, "checkpoints", str(step), "data", "*.json"))
     state = json.loads(open(path).read())
@@ -160,6 +174,8 @@ def _edit_iterator(workdir, step):
     (_truncate, "cannot be read|unreadable"),
     (_delete_metadata, "state metadata is missing or unreadable"),
     (_edit_iterator, "data iterator's state differs from its digest"),
+    (_lose_integrity, r"its integrity/ folder \(the digests it was saved with\) is missing, though step\(s\) 3 of "
+                      r"this run carry theirs, so it cannot be verified"),
 ])
 def test_a_damaged_newest_checkpoint_is_reported_kept_and_the_run_resumes_from_the_last_good_step(
         reference, tmp_path, caplog, damage, reason):  # noqa: F811
@@ -190,8 +206,10 @@ def test_when_no_checkpoint_verifies_nothing_is_resumed_or_moved(tmp_path):
 
 
 def test_a_checkpoint_from_before_digests_restores_with_a_warning(reference, tmp_path, caplog):  # noqa: F811
+    """Only a run none of whose steps carry digests (written before they existed) restores unverified."""
     run(tiny_config.get_config(), str(tmp_path), stop_after=6)
-    shutil.rmtree(tmp_path / "checkpoints" / "6" / "integrity")
+    for step in (3, 6):
+        shutil.rmtree(tmp_path / "checkpoints" / str(step) / "integrity")
     with caplog.at_level(logging.WARNING):
         resumed = run(tiny_config.get_config(), str(tmp_path))
     assert "checkpoints/6: written before checkpoints carried digests; restored without verifying it" in caplog.text
@@ -263,7 +281,7 @@ def test_a_full_disk_ends_train_py_with_one_line_and_the_checkpoints_intact(smal
     assert "MiB are free" in last and "needs about" in last
     assert "Traceback" not in done.stderr
     saved = _steps(disk / "run")
-    assert saved and saved[-1] < 12
+    assert saved and saved[-1] < 12, _disk_report(disk, done)
     assert not [p for p in os.listdir(disk / "run" / "checkpoints") if "tmp" in p]
     cfg = tiny_config.get_config()
     _, state = restore_latest(cfg, str(disk / "run"))  # verifies
@@ -285,6 +303,7 @@ def test_a_save_that_runs_out_of_space_midway_is_cleaned_up_and_named_in_one_lin
     assert "Traceback" not in done.stderr and "No space left" not in done.stderr, done.stderr[-3000:]
     assert not [p for p in os.listdir(disk / "run" / "checkpoints") if "tmp" in p]
     saved = _steps(disk / "run")
+    assert saved, _disk_report(disk, done)
     _, state = restore_latest(tiny_config.get_config(), str(disk / "run"))
     assert int(state["step"]) == saved[-1]
     assert not os.path.exists(disk / "run" / "run.lock")

@@ -284,6 +284,12 @@ class Checkpoints:
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(iterator)
         has_digests = os.path.isdir(os.path.join(where, "integrity"))
+        if not has_digests:
+            digested = self.steps_with_digests()
+            if digested:  # its siblings were written with digests: so was it, and the folder was lost
+                raise CheckpointDamaged(f"{where}: its integrity/ folder (the digests it was saved with) is "
+                                        f"missing, though step(s) {', '.join(map(str, digested[:5]))} of this "
+                                        f"run carry theirs, so it cannot be verified")
         if has_digests:
             items["integrity"] = ocp.args.JsonRestore()
         try:
@@ -305,6 +311,17 @@ class Checkpoints:
                     raise CheckpointDamaged(f"{where}/data: the data iterator's state differs from its digest "
                                             f"(host {jax.process_index()})")
         return unflatten(abstract_state, restored["state"])
+
+    def steps_with_digests(self) -> list[int]:
+        """The steps (damaged ones set aside included) saved with their digests: in a run that has any,
+        a step without digests lost them, and only a run none of whose steps has digests (written before
+        checkpoints carried them) is restored unverified."""
+        found = []
+        for directory in (self.directory, self.damaged_directory):
+            if os.path.isdir(directory):
+                found += [int(name.split("-")[0]) for name in os.listdir(directory)
+                          if name.split("-")[0].isdigit() and os.path.isdir(os.path.join(directory, name, "integrity"))]
+        return sorted(set(found))
 
     def restore_newest(self, abstract_state, shardings, iterator=None, *,
                        move_damaged: bool = True) -> tuple[int | None, object]:
