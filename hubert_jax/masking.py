@@ -61,6 +61,13 @@ def span_mask(key, shape: tuple[int, int], *, mask_prob: float, mask_length: int
     return mask
 
 
+def scored_frames(mask):
+    """The masked frames whose row has distractors (another masked frame): a row with one masked frame
+    scores its positive against nothing, so fairseq would count it as correct; it does not count here."""
+    mask = jnp.asarray(mask, bool)
+    return mask & (mask.sum(-1, keepdims=True) >= 2)
+
+
 def sample_negatives(key, mask, num: int):
     """wav2vec 2.0's distractors (fairseq `sample_negatives`, `cross_sample_negatives` 0): for every masked
     frame of each row, `num` frames drawn uniformly, with replacement, from the row's *other* masked frames.

@@ -168,3 +168,32 @@ def test_a_hub_like_name_that_is_no_directory_says_both(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"work/exprot: no such local directory \(.*work/exprot\), and as a hub "
                                                 r"id it is not in the hub cache"):
         HubertModel.from_pretrained("work/exprot", local_files_only=True, cache_dir=str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------------------------------------- settings
+@pytest.mark.parametrize("section,edit,task", [
+    ("mix", dict(prob=0.5), "hubert"),
+    ("mix", dict(noise_manifest="/nowhere/noise.tsv"), "hubert"),
+    ("wav2vec2", dict(gumbel=(1.0, 0.5, 0.9)), "hubert"),
+    ("distill", dict(teacher="/some/teacher"), "hubert"),
+])
+def test_a_section_the_task_does_not_read_is_refused_naming_its_fields(tmp_path, section, edit, task):
+    cfg = tiny_config.get_config()
+    cfg.task = task
+    cfg[section].update(edit)
+    field = next(iter(edit))
+    with pytest.raises(ValueError, match=rf"config.{section} \({section}.{field}\) is set, but config.task='{task}' "
+                                         rf"does not read it"):
+        run(cfg, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_noise_files_that_cannot_be_read_are_refused_at_start(tmp_path):
+    from hubert_jax.data.mixing import Noise
+
+    sf.write(tmp_path / "hum.wav", np.zeros(16000, np.float32), 16000)
+    (tmp_path / "broken.wav").write_bytes(b"not audio at all" * 100)
+    (tmp_path / "noise.tsv").write_text(f"{tmp_path}\nhum.wav\t16000\nbroken.wav\t16000\n")
+    with pytest.raises(AudioError, match=rf"noise.tsv \(config.mix.noise_manifest\): 1 noise file\(s\) cannot be "
+                                         rf"read as audio: {tmp_path}/broken.wav"):
+        Noise(str(tmp_path / "noise.tsv"))

@@ -81,6 +81,46 @@ def test_the_contrastive_loss_equals_transformers_with_the_same_masks_and_negati
     np.testing.assert_allclose(float(metrics["code_perplexity"]), float(tout.codevector_perplexity), rtol=1e-4)
 
 
+def test_a_row_with_one_masked_frame_has_no_distractors_and_is_not_scored():
+    """fairseq counts such a frame as correct (its distractors all equal the positive): accuracy 1.0, loss 0."""
+    from tests.reference import audio, build_pair
+
+    _, jmodel, _ = build_pair("wav2vec2", "ForPreTraining", num_codevector_groups=2, num_codevectors_per_group=8,
+                              codevector_dim=16, proj_codevector_dim=12, num_negatives=5)
+    x, _ = audio()
+    frames = jmodel.base_model(jnp.asarray(x)).last_hidden_state.shape[1]
+    task = _task_for(jmodel, features_pen=0.0, feature_grad_mult=1.0)
+    batch = {"input_values": jnp.asarray(x), "attention_mask": jnp.ones(x.shape, jnp.int32)}
+    lonely = np.zeros((2, frames), bool)
+    lonely[:, 3] = True  # every row: one masked frame
+    negatives = sample_negatives(jax.random.key(3), jnp.asarray(lonely), 5)
+    _, metrics = task.loss(jmodel, batch, jnp.asarray(lonely), negatives, temperature=2.0, deterministic=True)
+    assert int(metrics["scored_frames"]) == 0 and int(metrics["correct"]) == 0 and float(metrics["accuracy"]) == 0.0
+    assert task.summarize([jax.device_get(metrics)])["accuracy"] == 0.0
+    mixed = lonely.copy()
+    mixed[1, 5:9] = True  # row 1 has 5 masked frames: only they are scored
+    negatives = sample_negatives(jax.random.key(3), jnp.asarray(mixed), 5)
+    _, metrics = task.loss(jmodel, batch, jnp.asarray(mixed), negatives, temperature=2.0, deterministic=True)
+    assert int(metrics["scored_frames"]) == 5 and int(metrics["masked_frames"]) == 6
+    assert 0 <= int(metrics["correct"]) <= 5
+
+
+@pytest.mark.parametrize("edit,message", [
+    (dict(mask_prob=0.0), r"config.masking.mask_prob=0.0: wav2vec 2.0 predicts the masked frames"),
+    (dict(mask_length=1, min_masks=1), r"config.masking: mask_length 1 with min_masks 1 can leave a row with one "
+                                       r"masked frame"),
+    (dict(num_negatives=0), r"model num_negatives=0: the contrastive loss needs distractors"),
+])
+def test_settings_that_give_no_distractors_are_refused_at_start(edit, message):
+    cfg = importlib.import_module("configs.wav2vec2_base").get_config()
+    if "num_negatives" in edit:
+        cfg.model.overrides.update(edit)
+    else:
+        cfg.masking.update(edit)
+    with pytest.raises(ValueError, match=message):
+        make_task(cfg)
+
+
 def test_distractors_come_from_the_other_masked_frames_of_the_same_utterance():
     rng = np.random.default_rng(0)
     mask = rng.random((3, 60)) < 0.3
@@ -203,3 +243,19 @@ def test_the_export_loads_in_transformers_with_its_quantizer_and_fine_tunes_with
     assert tuned.step == 2 and np.isfinite(tuned.valid["loss"])
     config = json.load(open(tmp_path / "ctc" / "model" / "config.json"))
     assert config["architectures"] == ["Wav2Vec2ForCTC"]
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.5])
+def test_an_alpha_at_or_below_zero_is_refused_naming_the_field(tmp_path, alpha):
+    cfg = _tiny_wav2vec2(2, str(tmp_path / "languages"))
+    cfg.data.languages.alpha = alpha
+    with pytest.raises(ValueError, match=rf"config.data.languages.alpha={alpha}: must be > 0"):
+        run(cfg, str(tmp_path / "run"))
+
+
+def test_a_language_manifest_listed_twice_is_refused(tmp_path):
+    cfg = _tiny_wav2vec2(2, str(tmp_path / "languages"))
+    first = cfg.data.languages.manifests[0]
+    cfg.data.languages.manifests = (first, cfg.data.languages.manifests[1], first)
+    with pytest.raises(ValueError, match=f"config.data.languages.manifests: {first} listed twice"):
+        run(cfg, str(tmp_path / "run"))

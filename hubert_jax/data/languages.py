@@ -33,6 +33,13 @@ class LanguageMix:
     def __init__(self, sources: list, names: list[str], *, alpha: float, seed: int, size: int | None = None):
         if not sources:
             raise ValueError("config.data.languages.manifests: no manifests")
+        if not alpha > 0:
+            raise ValueError(f"config.data.languages.alpha={alpha}: must be > 0 (XLSR: 0.5; 1 draws in proportion "
+                             f"to the hours, towards 0 evenly); at or below 0 the smaller language gets the larger share")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"config.data.languages.manifests: {', '.join(repeated)} listed twice; each language's "
+                             f"manifest once")
         self.sources, self.names, self.alpha = list(sources), list(names), alpha
         samples = [sum(e.num_samples for e in s.entries) for s in self.sources]
         self.probabilities = language_probabilities(samples, alpha)

@@ -63,6 +63,12 @@ class Noise:
         if not self.entries:
             raise ValueError(f"{manifest}: no noise files (config.mix.noise_manifest)")
         check_files_exist(manifest, self.entries)
+        from hubert_jax.data.audio import AudioError, num_samples
+
+        unreadable = [e.path for e in self.entries if not e.path.startswith("tfds://") and num_samples(e.path) is None]
+        if unreadable:  # checked at start, not when first drawn hours in
+            raise AudioError(f"{manifest} (config.mix.noise_manifest): {len(unreadable)} noise file(s) cannot be "
+                             f"read as audio: {', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}")
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
         from hubert_jax.data.manifest import read_entry_audio

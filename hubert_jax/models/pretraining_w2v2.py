@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hubert_jax.config import Wav2Vec2Config
+from hubert_jax.masking import scored_frames
 from hubert_jax.models.frontend import init_front_end_as_fairseq
 from hubert_jax.models.hub_mixin import PretrainedMixin
 from hubert_jax.models.layers import (Linear, ModelOptions, dropout, fold, make_param, normal, torch_linear_init,
@@ -128,7 +129,7 @@ class Wav2Vec2ForPreTraining(PretrainedMixin, nnx.Module):
             contrastive = jnp.sum(jnp.where(mask_time_indices, nll, 0.0))
             # fairseq's accuracy: the positive scores highest, and not because every score is equal
             top, bottom = jnp.argmax(logits, -1) == 0, jnp.argmin(logits, -1) == 0
-            correct = jnp.sum(mask_time_indices & top & ~bottom)
+            correct = jnp.sum(scored_frames(mask_time_indices) & top & ~bottom)
             num_codevectors = cfg.num_codevectors_per_group * cfg.num_codevector_groups
             diversity = (num_codevectors - perplexity) / num_codevectors * mask_time_indices.sum()
             loss = contrastive + cfg.diversity_loss_weight * diversity

@@ -24,9 +24,35 @@ def task_class(name: str):
     return getattr(importlib.import_module(f"hubert_jax.training.tasks.{module}"), cls)
 
 
+# config sections that only some tasks read: set under another task, they would be ignored without a word
+SECTIONS = {"mix": ("wavlm",), "wav2vec2": ("wav2vec2",), "distill": ("distill",)}
+
+
+def check_sections(cfg) -> None:
+    """Refuse a config that changes a section its task does not read, naming the fields."""
+    from hubert_jax.training.config import pretraining_defaults
+
+    defaults = pretraining_defaults()
+    for section, readers in SECTIONS.items():
+        if cfg.task in readers or section not in cfg or section not in defaults:
+            continue
+        given, default = cfg[section].to_dict(), defaults[section].to_dict()
+        changed = [k for k in sorted(set(given) | set(default)) if _plain(given.get(k)) != _plain(default.get(k))]
+        if changed:
+            raise ValueError(f"config.{section} ({', '.join(f'{section}.{k}' for k in changed)}) is set, but "
+                             f"config.task={cfg.task!r} does not read it (only {', '.join(readers)} does): remove "
+                             f"it, or pick that task")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
 def make_task(cfg, **kw):
     """The task of `config.task`; `kw` go to its constructor (e.g. a fine-tuning task's meta)."""
-    return task_class(cfg.task)(cfg, **kw)
+    cls = task_class(cfg.task)
+    check_sections(cfg)
+    return cls(cfg, **kw)
 
 
 def make_trainer(cfg, mesh, **kw):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hubert_jax.lengths import feat_extract_output_lengths, feature_vector_mask
-from hubert_jax.masking import sample_negatives, span_mask
+from hubert_jax.masking import sample_negatives, scored_frames, span_mask
 from hubert_jax.training.config import model_config
 from hubert_jax.training.tasks.base import Task, check_family, crop_data
 from hubert_jax.training.trainer import model_options
@@ -39,12 +39,33 @@ def gumbel_temperature(step, start: float, floor: float, decay: float):
     return jnp.maximum(start * jnp.exp(jnp.asarray(step, jnp.float32) * math.log(decay)), floor)
 
 
+def check_distractors(cfg) -> None:
+    """Refuse settings under which a row has no distractor to tell its masked frames from: the loss would
+    be the diversity and feature terms alone, and the accuracy meaningless."""
+    from hubert_jax.lengths import feat_extract_output_lengths as frames_of
+
+    m = cfg.masking
+    negatives = model_config(cfg.model).num_negatives
+    if m.mask_prob <= 0:
+        raise ValueError(f"config.masking.mask_prob={m.mask_prob}: wav2vec 2.0 predicts the masked frames, so "
+                         f"nothing would be predicted (fairseq base: 0.65)")
+    if negatives < 1:
+        raise ValueError(f"model num_negatives={negatives}: the contrastive loss needs distractors (fairseq: 100)")
+    shortest = int(frames_of(model_config(cfg.model), max(int(cfg.data.min_samples), 400), add_adapter=False))
+    fewest = min(shortest, int(m.mask_length) + max(int(m.min_masks), 1) - 1)
+    if fewest < 2:
+        raise ValueError(f"config.masking: mask_length {m.mask_length} with min_masks {m.min_masks} can leave a "
+                         f"row with one masked frame, which has no other masked frame to draw distractors from; "
+                         f"use mask_length >= 2 or min_masks >= 2")
+
+
 class Wav2Vec2Task(Task):
     name = "wav2vec2"
 
     def __init__(self, cfg):
         super().__init__(cfg)
         check_family(self.cfg, "wav2vec2", "configs/wav2vec2_base.py")
+        check_distractors(self.cfg)
 
     def data(self, workdir):
         return crop_data(self.cfg, labels=False)  # contrastive targets come from the audio itself
@@ -76,13 +97,14 @@ class Wav2Vec2Task(Task):
                     sampled_negative_indices=negatives, deterministic=deterministic, dropout_rng=dropout_rng,
                     gumbel_temperature=temperature, feature_grad_mult=self.cfg.loss.feature_grad_mult)
         n = jnp.maximum(mask.sum(), 1).astype(jnp.float32)
+        scored = jnp.sum(scored_frames(mask))
         vars_ = config.num_codevectors_per_group * config.num_codevector_groups
         contrastive = out.contrastive_loss / n
         diversity = (vars_ - out.prob_perplexity) / vars_
         loss = contrastive + config.diversity_loss_weight * diversity + self.cfg.loss.features_pen * out.features_pen
         metrics = {"loss": loss, "contrastive": contrastive, "diversity": diversity,
-                   "features_pen": out.features_pen, "accuracy": out.correct / n, "correct": out.correct,
-                   "masked_frames": mask.sum(), "prob_perplexity": out.prob_perplexity,
+                   "features_pen": out.features_pen, "accuracy": out.correct / jnp.maximum(scored, 1), "correct": out.correct,
+                   "masked_frames": mask.sum(), "scored_frames": scored, "prob_perplexity": out.prob_perplexity,
                    "code_perplexity": out.code_perplexity, "temperature": jnp.asarray(temperature, jnp.float32)}
         return loss, metrics
 
@@ -97,7 +119,7 @@ class Wav2Vec2Task(Task):
     def summarize(self, metrics: list[dict]) -> dict:
         import numpy as np
 
-        frames = max(sum(int(m["masked_frames"]) for m in metrics), 1)
+        frames = max(sum(int(m["scored_frames"]) for m in metrics), 1)
         out = {k: float(np.mean([m[k] for m in metrics])) for k in ("loss", "contrastive", "prob_perplexity",
                                                                       "code_perplexity")}
         out["accuracy"] = sum(int(m["correct"]) for m in metrics) / frames
