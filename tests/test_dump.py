@@ -79,3 +79,47 @@ def test_layer_out_of_range(tmp_path, setup):
     model, entries = setup
     with pytest.raises(ValueError, match="layer 9: the model has hidden states 0..3"):
         dump_features(model, entries, str(tmp_path / "x"), layer=9)
+
+
+def _manifest_of(entries, path):
+    with open(path, "w") as f:
+        f.write("/\n" + "".join(f"{e.path}\t{e.num_samples}\n" for e in entries))
+    return str(path)
+
+
+def test_a_rerun_with_another_model_or_layer_refuses_the_old_features_naming_what_differs(tmp_path, setup):
+    """Iteration-2 labels must never come from the features of another model or layer: `labels dump` into an
+    --out that holds them refuses (the line counts agree, so nothing else would tell)."""
+    from hubert_jax.labels.cli import main
+
+    model, entries = setup
+    manifest = _manifest_of(entries[:3], tmp_path / "m.tsv")
+    first, second = str(tmp_path / "m1"), str(tmp_path / "m2")
+    model.save_pretrained(first)
+    hubert_jax.HubertModel(hubert_jax.HubertConfig.from_dict(TINY), rngs=nnx.Rngs(1)).save_pretrained(second)
+    out = str(tmp_path / "l")
+    dump = ["dump", "--manifest", manifest, "--out", out, "--rank", "0", "--world", "1"]
+    assert main(dump + ["--model", first, "--layer", "1"]) == 0
+    kept = load_features(out + "_0_1")[0].copy()
+    with pytest.raises(ValueError, match=r"(?s)made by other inputs or settings.*model: on disk '.*m1', now '.*m2'.*"
+                                         r"weights: on disk '[0-9a-f]+', now '[0-9a-f]+'"):
+        main(dump + ["--model", second, "--layer", "1"])
+    with pytest.raises(ValueError, match=r"(?s)made by other inputs or settings.*layer: on disk 1, now 2"):
+        main(dump + ["--model", first, "--layer", "2"])
+    np.testing.assert_array_equal(load_features(out + "_0_1")[0], kept)  # nothing of the user's was touched
+    # another manifest (same line count) is another input too
+    other = _manifest_of(entries[3:6], tmp_path / "other.tsv")
+    with pytest.raises(ValueError, match=r"(?s)manifest: on disk .*m.tsv', now .*other.tsv'"):
+        main(["dump", "--manifest", other, "--out", out, "--rank", "0", "--world", "1", "--model", first,
+              "--layer", "1"])
+    # the same inputs reuse what is there
+    assert main(dump + ["--model", first, "--layer", "1"]) == 0
+
+
+def test_chunks_without_a_record_are_not_reused(tmp_path, setup):
+    model, entries = setup
+    prefix = str(tmp_path / "run")
+    dump_features(model, entries, prefix, layer=1, chunk_size=2)
+    os.remove(prefix + ".made.json")  # as an older version left its output
+    with pytest.raises(ValueError, match=r"output file\(s\) are already there .* with no record of what made them"):
+        dump_features(model, entries, prefix, layer=1, chunk_size=2)

@@ -88,3 +88,36 @@ def test_label_files_checked_against_the_manifest(tmp_path):
     with pytest.raises(ValueError, match=r"valid.phn:1: .* is the label rate right"):
         main(["quality", "--km", os.path.join(DEMO, "valid.phn"), "--phones", os.path.join(DEMO, "valid.phn"),
               "--manifest", manifest, "--label-rate", "50"])
+
+
+def test_non_finite_feature_frames_are_dropped_by_kmeans_with_a_count_and_refused_by_label(tmp_path, capsys):
+    """One NaN frame used to give a NaN centroid, and `label` then put every frame in one cluster."""
+    manifest = os.path.join(DEMO, "valid.tsv")
+    entries = read_manifest(manifest)
+    feats = str(tmp_path / "f")
+    assert main(["mfcc", "--manifest", manifest, "--out", feats]) == 0
+    values = np.load(feats + ".npy")
+    lengths = [int(n) for n in open(feats + ".len")]
+    first = sum(lengths[:2])  # utterance 2's frames
+    values[first + 5, 3] = np.nan
+    values[first + 9, 0] = np.inf
+    np.save(feats + ".npy", values)
+    capsys.readouterr()
+    assert main(["kmeans", "--feats", feats, "--clusters", "8", "--out", str(tmp_path / "c.npy"), "--n-init", "2",
+                 "--max-iter", "3"]) == 0
+    err = capsys.readouterr().err
+    assert f"dropped 2 frames of 1 utterance(s) (utterance 2 ({entries[2].path}): 2 frames): NaN or infinite" in err
+    assert np.isfinite(np.load(tmp_path / "c.npy")).all()
+    with pytest.raises(ValueError, match=rf"label: {feats}: 2 frames of 1 utterance\(s\) \(utterance 2 "
+                                         rf"\({entries[2].path}\): 2 frames\) are NaN or infinite"):
+        main(["label", "--feats", feats, "--centroids", str(tmp_path / "c.npy"), "--out", str(tmp_path / "v.km")])
+    assert not os.path.exists(tmp_path / "v.km")
+
+
+def test_kmeans_never_returns_a_non_finite_centroid():
+    from hubert_jax.labels.kmeans import KMeansConfig, fit
+
+    x = np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32)
+    x[17, 2] = np.nan
+    with pytest.raises(ValueError, match="centroids are not finite"):
+        fit(x, KMeansConfig(4, batch_size=50, max_iter=2, n_init=1))

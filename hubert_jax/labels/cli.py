@@ -32,7 +32,9 @@ from hubert_jax.data.manifest import (
     write_int_labels,
 )
 from hubert_jax.data.audio import resampled_counts, resampled_summary
-from hubert_jax.labels.features import load_features, load_skipped, save_features, split_utterances, write_skipped
+from hubert_jax.labels import provenance
+from hubert_jax.labels.features import (describe_rows, load_features, load_skipped, nonfinite_rows, save_features,
+                                        split_utterances, write_skipped)
 from hubert_jax.labels.mfcc import mfcc_with_deltas
 from hubert_jax.progress import Progress, main_process
 from hubert_jax.lengths import SAMPLE_RATE
@@ -60,6 +62,7 @@ def cmd_mfcc(args) -> None:
     elapsed = time.perf_counter() - start
     features = [done[e.line] if done[e.line] is not None else np.zeros((0, 39), np.float32) for e in entries]
     save_features(args.out, features, dims=39, skipped=skipped)
+    provenance.write(args.out, {**_manifest_record(args.manifest), "stage": "mfcc", "features": "kaldi mfcc + deltas"})
     resampled = resampled_summary(resampled_before)
     print(f"{args.out}.npy: {sum(len(f) for f in features)} frames of 39-d MFCC from {len(entries) - len(skipped)} "
           f"files ({len(skipped)} skipped{f', listed in {args.out}.skipped' if skipped else ''}"
@@ -67,15 +70,42 @@ def cmd_mfcc(args) -> None:
           f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")
 
 
+def _manifest_record(manifest: str) -> dict:
+    return {"manifest": os.path.abspath(manifest), "manifest_sha256": provenance.file_sha256(manifest)}
+
+
+def _records(feats: str, nshard: int):
+    """The provenance records of a feature prefix (each shard's, with nshard)."""
+    if nshard <= 0:
+        return provenance.read(feats)
+    return [provenance.read(f"{feats}_{rank}_{nshard}") for rank in range(nshard)]
+
+
+def _audio_paths(feats: str, nshard: int) -> list[str] | None:
+    """The audio file of each utterance of the features, from the manifest their record names (None when
+    no record names one)."""
+    records = _records(feats, nshard)
+    records = records if isinstance(records, list) else [records]
+    manifests = {r.get("manifest") for r in records if r}
+    if len(manifests) != 1 or None in manifests or not os.path.isfile(next(iter(manifests))):
+        return None
+    return [e.path for e in read_manifest(next(iter(manifests)))]
+
+
 def cmd_kmeans(args) -> None:
     import jax
 
     from hubert_jax.labels.kmeans import KMeansConfig, fit, inertia, save_centroids
 
-    feats, _ = load_features(args.feats, args.nshard)
+    feats, lengths = load_features(args.feats, args.nshard)
     rng = np.random.default_rng(args.seed)
     take = max(args.clusters, int(len(feats) * args.percent)) if args.percent < 1 else len(feats)
     rows = np.sort(rng.choice(len(feats), take, replace=False)) if take < len(feats) else None
+    bad = nonfinite_rows(feats, rows)
+    if len(bad):  # a NaN frame would make a NaN centroid, and every frame's label the same
+        print(f"{args.feats}: dropped {describe_rows(bad, lengths, _audio_paths(args.feats, args.nshard))}: NaN or "
+              f"infinite values", file=sys.stderr)
+        rows = np.setdiff1d(np.arange(len(feats)) if rows is None else rows, bad)
     config = KMeansConfig(args.clusters, batch_size=args.batch_size, max_iter=args.max_iter, n_init=args.n_init,
                           seed=args.seed)
     mesh = None
@@ -91,7 +121,11 @@ def cmd_kmeans(args) -> None:
     elapsed = time.perf_counter() - start
     check = np.sort(rng.choice(len(feats), min(len(feats), 200000), replace=False))  # inertia on a sample
     per_frame = inertia(feats[check], centers, mesh=mesh) / len(check)
-    print(f"{args.out}: {args.clusters} centroids from {take} frames in {elapsed:.1f} s; inertia per frame "
+    provenance.write(args.out, {"stage": "kmeans", "feats": os.path.abspath(args.feats),
+                                "feats_made": _records(args.feats, args.nshard), "clusters": args.clusters,
+                                "percent": args.percent, "seed": args.seed, "frames": int(take - len(bad))})
+    check = np.setdiff1d(check, bad)
+    print(f"{args.out}: {args.clusters} centroids from {take - len(bad)} frames in {elapsed:.1f} s; inertia per frame "
           f"{per_frame:.4g}" + (f" (on {len(check)} frames)" if len(check) < len(feats) else ""))
 
 
@@ -101,16 +135,24 @@ def cmd_label(args) -> None:
     import jax
 
     from hubert_jax.labels.dump import shard_range
-    from hubert_jax.labels.kmeans import load_centroids, predict
+    from hubert_jax.labels.kmeans import NonFiniteFeatures, load_centroids, predict
 
     feats, lengths = load_features(args.feats, args.nshard)
     centers = load_centroids(args.centroids)
     if centers.shape[1] != feats.shape[1]:
         raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
                          f"in {args.feats}.npy")
+    made = {"stage": "label", "feats": os.path.abspath(args.feats), "feats_made": _records(args.feats, args.nshard),
+            "centroids": os.path.abspath(args.centroids), "centroids_sha256": provenance.file_sha256(args.centroids)}
     if jax.process_count() == 1:
         with Progress(len(feats), "label", unit="frame", enabled=main_process()) as bar:
-            labels = predict(feats, centers, progress=bar)
+            try:
+                labels = predict(feats, centers, progress=bar)
+            except NonFiniteFeatures as e:
+                raise ValueError(
+                    f"label: {args.feats}: {describe_rows(e.rows, lengths, _audio_paths(args.feats, args.nshard))} "
+                    f"are NaN or infinite and have no nearest centroid; fix or drop those utterances") from None
+        provenance.write(args.out, made)
         write_int_labels(args.out, split_utterances(labels, lengths))
         write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
         print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
@@ -133,6 +175,7 @@ def cmd_label(args) -> None:
                     out.write(f.read())
         os.replace(f"{args.out}.tmp", args.out)
         write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
+        provenance.write(args.out, made)
         for path in parts:
             os.remove(path)
         print(f"{args.out}: {len(lengths)} utterances from {world} hosts")
@@ -168,7 +211,8 @@ def cmd_dump(args) -> None:
     with Progress(last - first, f"dump layer {args.layer}", unit="utt", enabled=main_process()) as bar:
         stats = dump_features(model, entries, prefix, layer=args.layer, rank=rank, world=world,
                               chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
-                              progress=bar, manifest=args.manifest)
+                              progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | {
+                                  "model": os.path.abspath(args.model) if args.model else f"preset {args.preset}"})
     elapsed = time.perf_counter() - start
     print(f"{prefix}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
           f"{stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "

@@ -37,13 +37,23 @@ def _chunk_features(model, layer: int, audio: list, max_tokens: int) -> list:
 
 def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank: int = 0, world: int = 1,
                   chunk_size: int = 64, max_tokens: int = 64 * SAMPLE_RATE, strict: bool = False, progress=None,
-                  manifest: str = "manifest") -> dict:
+                  manifest: str = "manifest", made: dict | None = None) -> dict:
     """Dump hidden_states[layer] for this rank's slice of `entries`; returns counts for reporting.
-    `progress` (hubert_jax.progress.Progress over this rank's utterances) advances per chunk."""
+    `progress` (hubert_jax.progress.Progress over this rank's utterances) advances per chunk. `made`: what
+    else made the output (the model's name, the manifest's digest; provenance.py), recorded beside it with
+    the model's weights digest, the layer and the slicing; chunks or a shard already on disk are reused
+    only when they were made the same way (else StaleOutput names what differs)."""
+    from hubert_jax.labels import provenance
+
     if not 0 <= layer <= model.config.num_hidden_layers:
         raise ValueError(f"layer {layer}: the model has hidden states 0..{model.config.num_hidden_layers}")
     start, end = shard_range(len(entries), world, rank)
     mine = entries[start:end]
+    existing = sorted(glob.glob(f"{glob.escape(prefix)}.chunk*")) + [
+        prefix + s for s in (".npy", ".len") if os.path.exists(prefix + s)]
+    provenance.claim(prefix, {**(made or {}), "stage": "dump", "weights": provenance.weights_digest(model),
+                              "model_type": model.config.model_type, "layer": layer, "rank": rank, "world": world,
+                              "utterances": len(mine), "chunk_size": chunk_size}, existing)
     if _complete(prefix, len(mine)):
         return {"utterances": len(mine), "chunks": 0, "computed": 0, "skipped": 0, "audio_seconds": 0.0}
     os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)

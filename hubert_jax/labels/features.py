@@ -93,3 +93,26 @@ def load_features(prefix: str, nshard: int = 0):
 
 def split_utterances(feats: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
     return np.split(np.asarray(feats), np.cumsum(lengths)[:-1]) if lengths else []
+
+
+def nonfinite_rows(feats, rows: np.ndarray | None = None, *, chunk: int = 1 << 18) -> np.ndarray:
+    """The indices (sorted) of the frames with a NaN or infinite value, among `rows` (default: all), read in
+    chunks (a memory map or `Rows` is never loaded whole)."""
+    bad = []
+    total = len(feats) if rows is None else len(rows)
+    for start in range(0, total, chunk):
+        index = np.arange(start, min(start + chunk, total)) if rows is None else rows[start: start + chunk]
+        block = np.asarray(feats[index[0]: index[-1] + 1] if rows is None else feats[index])
+        bad.append(index[~np.isfinite(block).all(axis=1)])
+    return np.concatenate(bad) if bad else np.zeros((0,), np.int64)
+
+
+def describe_rows(rows: np.ndarray, lengths: list[int], paths: list[str] | None = None, limit: int = 5) -> str:
+    """'N frames of U utterances (utterance i (path): n frames, ...)': where frames sit, by utterance
+    (0-based, in manifest order) and, when known, its audio file."""
+    owner = np.searchsorted(np.cumsum(lengths), rows, side="right")
+    utterances, counts = np.unique(owner, return_counts=True)
+    named = [f"utterance {u}{f' ({paths[u]})' if paths and u < len(paths) else ''}: {c} frames"
+             for u, c in zip(utterances[:limit].tolist(), counts[:limit].tolist())]
+    more = f", and {len(utterances) - limit} more" if len(utterances) > limit else ""
+    return f"{len(rows)} frames of {len(utterances)} utterance(s) ({', '.join(named)}{more})"

@@ -156,6 +156,14 @@ def inertia(features, centers, *, chunk: int = 65536, mesh=None) -> float:
     return total
 
 
+class NonFiniteFeatures(ValueError):
+    """Frames (their row indices) with NaN or infinite values, which have no nearest centroid."""
+
+    def __init__(self, rows: np.ndarray):
+        super().__init__(f"{len(rows)} feature frames are NaN or infinite (rows {rows[:5].tolist()}...)")
+        self.rows = rows
+
+
 def predict(features, centers, *, chunk: int = 65536, start: int = 0, stop: int | None = None,
             progress=None) -> np.ndarray:
     """Nearest-centre label for rows [start, stop) (default: all), in chunks; `progress` (a
@@ -165,6 +173,9 @@ def predict(features, centers, *, chunk: int = 65536, start: int = 0, stop: int 
     out = []
     for s in range(start, stop, chunk):
         rows = np.asarray(features[s: min(s + chunk, stop)])
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            raise NonFiniteFeatures(s + np.flatnonzero(~finite))
         out.append(np.asarray(assign(jnp.asarray(rows, jnp.float32), centers)[0]))
         if progress is not None:
             progress.update(len(rows))
@@ -227,7 +238,11 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
             break
     if bar is not None:
         bar.close()
-    return np.asarray(state.centers, np.float32)
+    centers = np.asarray(state.centers, np.float32)
+    if not np.isfinite(centers).all():  # never handed on: every frame would get the same label
+        raise ValueError(f"k-means: {int((~np.isfinite(centers).all(1)).sum())} centroids are not finite (the "
+                         f"features hold NaN or infinite values)")
+    return centers
 
 
 def save_centroids(path: str, centers: np.ndarray) -> None:
