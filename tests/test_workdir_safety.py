@@ -324,3 +324,20 @@ def test_every_process_of_a_multi_host_run_stops_when_the_workdir_is_taken(tmp_p
     assert f"is in use by another run (host {socket.gethostname()}, pid {os.getpid()}" in errors[0][0], outputs[0]
     assert "process 0 could not lock the workdir" in errors[1][0], outputs[1][-2000:]
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_resume_whose_batch_plan_changed_is_refused_unless_allowed_with_a_note(tmp_path, caplog):
+    run(tiny_config.get_config(), str(tmp_path), stop_after=3)
+    before = _steps(tmp_path)
+    changed = tiny_config.get_config()
+    changed.data.buckets, changed.data.max_tokens = (16000, 32000), 8 * 32000
+    with pytest.raises(IncompatibleCheckpoint, match=r"(?s)the batch plan differs from the run this workdir holds.*"
+                                                     r"data.max_tokens: checkpoint has 0, config has 256000.*"
+                                                     r"data.buckets: checkpoint has \[\], config has \[16000, 32000\].*"
+                                                     r"--config.train.allow_new_batch_plan=True"):
+        run(changed, str(tmp_path), stop_after=4)
+    assert _steps(tmp_path) == before  # refused before anything was written
+    changed.train.allow_new_batch_plan = True
+    with caplog.at_level(logging.WARNING):
+        assert run(changed, str(tmp_path), stop_after=1).step == 4  # one more step after step 3
+    assert "resuming under a new batch plan (config.train.allow_new_batch_plan): data.max_tokens" in caplog.text

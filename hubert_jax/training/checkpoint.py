@@ -57,10 +57,14 @@ def _select(config: dict, dotted: str):
     return node
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """What differs between two run configs in the sections that change the saved state."""
+# config fields that decide which batches the saved data iterator goes on to read
+_BATCH_PLAN_KEYS = ("data.batch_size", "data.max_tokens", "data.buckets", "data.crop_samples", "data.min_samples")
+
+
+def config_differences(saved: dict, current: dict, keys: tuple[str, ...] = _MODEL_KEYS) -> list[str]:
+    """What differs between two run configs in `keys` (by default the sections that change the saved state)."""
     out = []
-    for key in _MODEL_KEYS:
+    for key in keys:
         a, b = _select(saved, key), _select(current, key)
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
@@ -263,6 +267,16 @@ class Checkpoints:
                 f"{where}: this checkpoint was written by an incompatible config, refusing to resume "
                 f"(use a new --workdir, or --config.model.init_from to start from its weights):\n  "
                 + "\n  ".join(differences))
+        plan = config_differences(saved_config, json.loads(self.config_json), _BATCH_PLAN_KEYS)
+        if plan and _select(json.loads(self.config_json), "train.allow_new_batch_plan") is not True:
+            raise IncompatibleCheckpoint(
+                f"{where}: the batch plan differs from the run this workdir holds, so the resumed run would not be "
+                f"the run it continues:\n  " + "\n  ".join(plan) + "\nRestore those settings, or resume under the "
+                f"new plan with --config.train.allow_new_batch_plan=True (its batches then differ from an "
+                f"uninterrupted run's)")
+        if plan:
+            logger.warning("%s: resuming under a new batch plan (config.train.allow_new_batch_plan): %s", where,
+                           "; ".join(plan))
         try:
             saved = self.manager.item_metadata(step)["state"]
             if saved is None:

@@ -91,7 +91,10 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
         max_nan_in_a_row=10, tensorboard=True,
         # the workdir lock (hubert_jax/training/workdir_lock.py): heartbeat period, and the heartbeat age after
         # which another machine's lock counts as stale (a lock of this machine's is stale once its process is gone)
-        lock_heartbeat_s=30.0, lock_stale_after_s=300.0))
+        lock_heartbeat_s=30.0, lock_stale_after_s=300.0,
+        # resume a workdir although data.batch_size/max_tokens/buckets/crop_samples/min_samples changed (refused
+        # otherwise: the data iterator's saved position then reads other batches than the run it continues)
+        allow_new_batch_plan=False))
     # device mesh (hubert_jax/sharding.py): one of data/fsdp/tensor may be -1 (the rest of the devices);
     # dcn_data > 1 spreads the data axis over that many TPU slices (multi-slice)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
