@@ -93,6 +93,39 @@ def test_another_machines_lock_counts_by_its_heartbeat_age(tmp_path, caplog):
     assert not os.path.exists(lock.path)
 
 
+def test_an_empty_lock_counts_by_its_age_and_says_how_to_clear_it(tmp_path, caplog):
+    """What a run that stopped on a full disk used to leave: it blocked the workdir for good."""
+    lock = WorkdirLock(str(tmp_path), stale_after_s=300)
+    open(lock.path, "w").close()
+    with pytest.raises(WorkdirBusy, match=rf"{lock.path}: the workdir lock is unreadable \(empty or partly written.*"
+                                          rf"stale 300 s after it last changed. If no run uses {tmp_path}, delete "
+                                          rf"{lock.path} and start again"):
+        lock.acquire()
+    past = time.time() - 301
+    os.utime(lock.path, (past, past))
+    with caplog.at_level(logging.WARNING):
+        lock.acquire()
+    assert "took over a stale lock (no heartbeat for 30" in caplog.text and "an unreadable lock file" in caplog.text
+    lock.release()
+
+
+def test_a_lock_is_never_left_half_written(tmp_path, monkeypatch):
+    """The record is written aside and linked in whole: a write that fails (a full disk) leaves no lock."""
+    lock = WorkdirLock(str(tmp_path))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        lock.acquire()
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    lock.acquire()
+    assert json.load(open(lock.path))["token"] == lock.token
+    lock.release()
+
+
 def test_the_heartbeat_keeps_a_lock_fresh_and_a_lost_lock_stops_writing(tmp_path):
     lock = WorkdirLock(str(tmp_path), heartbeat_s=0.05).acquire()
     first = os.stat(lock.path).st_mtime_ns

@@ -43,7 +43,7 @@ class LockLost(RuntimeError):
 def _read(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.loads(f.read() or "null")
+            return json.loads(f.read() or "{}")  # empty: a write that never finished, judged by its age
     except FileNotFoundError:
         return None
     except (ValueError, OSError):
@@ -108,15 +108,32 @@ class WorkdirLock:
                 "command": sys.argv, "token": self.token, "heartbeat": self._beats}
 
     def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
+        """Write the lock whole or not at all: the record goes to a file of this run's own, which is then
+        hard-linked as the lock (atomic, and refused when a lock exists), so a full disk or a crash never
+        leaves a partial lock. Filesystems without hard links get an exclusive create instead."""
         record = self._record()
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = f"{self.path}.{self.token}.new"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links here (some FUSE mounts)
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(record, f)
+        finally:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
         self._started = record["started"]
         return True
 
@@ -130,6 +147,11 @@ class WorkdirLock:
             if holder is None:
                 continue  # released meanwhile
             why = self.stale_reason(holder)
+            if why is None and not holder:
+                raise WorkdirBusy(
+                    f"{self.path}: the workdir lock is unreadable (empty or partly written, e.g. by a run that "
+                    f"stopped on a full disk); it counts as stale {self.stale_after_s:.0f} s after it last changed. "
+                    f"If no run uses {self.workdir}, delete {self.path} and start again.")
             if why is None:
                 raise WorkdirBusy(
                     f"{self.workdir} is in use by another run ({describe(holder)}): two runs must not write one "
