@@ -241,6 +241,19 @@ def write_config(model, directory: str) -> None:
         f.write("\n")
 
 
+def _follow_umask(directory: str) -> None:
+    """The modes the user's umask gives new files, for a tree whose writers chose their own (mkdtemp's 0700,
+    safetensors' 0600 would hide a model from the other users of a shared cluster)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(directory, 0o777 & ~mask)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def write_directory(directory: str, fill, *, overwrite: bool = True) -> str:
     """Write a model directory atomically: `fill(tmp)` writes into a temp dir next to `directory`, which then
     replaces it. A failure leaves the previous contents (or nothing) in place, never a half-written directory."""
@@ -254,6 +267,7 @@ def write_directory(directory: str, fill, *, overwrite: bool = True) -> str:
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
     try:
         fill(tmp)
+        _follow_umask(tmp)
         if os.path.isdir(directory):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
             os.rename(directory, os.path.join(old, "previous"))

@@ -320,3 +320,22 @@ def test_hub_id_resolves_from_the_cache_offline(tmp_path):
     with pytest.raises(FileNotFoundError, match="not in the hub cache"):
         hubert_jax.FlaxAutoModel.from_pretrained("acme/missing", cache_dir=str(tmp_path / "cache"),
                                                  local_files_only=True)
+
+
+def test_saved_directories_follow_the_umask(tmp_path):
+    """mkdtemp's 0700 made every saved model unreadable to the other users of a shared cluster."""
+    import stat
+
+    from flax import nnx
+
+    from tests.reference import TINY
+
+    old = os.umask(0o022)
+    try:
+        model = hubert_jax.HubertModel(hubert_jax.HubertConfig.from_dict(TINY), rngs=nnx.Rngs(0))
+        directory = model.save_pretrained(str(tmp_path / "shared"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o755
+    for name in os.listdir(directory):
+        assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o644, name
