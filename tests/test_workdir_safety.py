@@ -374,3 +374,16 @@ def test_a_resume_whose_batch_plan_changed_is_refused_unless_allowed_with_a_note
     with caplog.at_level(logging.WARNING):
         assert run(changed, str(tmp_path), stop_after=1).step == 4  # one more step after step 3
     assert "resuming under a new batch plan (config.train.allow_new_batch_plan): data.max_tokens" in caplog.text
+
+
+def test_a_run_that_fails_to_start_leaves_no_logs_in_its_workdir(tmp_path):
+    cfg = tiny_config.get_config()
+    cfg.train.tensorboard = True
+    cfg.data.valid.labels = (str(tmp_path / "missing.km"),)
+    with pytest.raises(FileNotFoundError, match="config.data.valid.labels"):
+        run(cfg, str(tmp_path / "run"))
+    assert os.listdir(tmp_path / "run") == []  # no metrics.jsonl, tensorboard/, config.json or lock
+    cfg = tiny_config.get_config()
+    cfg.train.tensorboard = True
+    run(cfg, str(tmp_path / "run"), stop_after=1)
+    assert {"metrics.jsonl", "tensorboard", "config.json"} <= set(os.listdir(tmp_path / "run"))

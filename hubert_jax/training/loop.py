@@ -167,7 +167,6 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
     mesh = mesh_from_config(cfg.mesh)
     _check_batch_splits(cfg, mesh)
     total = cfg.train.steps
-    log = MetricLog(workdir, total, tensorboard=cfg.train.tensorboard, enabled=main_process)
 
     # ------------------------------------------------------------------ input pipeline
     batch_size = cfg.data.batch_size  # global: each host reads its part (make_dataset)
@@ -184,15 +183,20 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
                               config_json=config_json, before_write=lock.check if lock is not None else None)
     latest, state = checkpoints.restore_newest(trainer.abstract_state, trainer.state_shardings, iterator)
     if latest is not None:
-        log.message(f"resumed from {checkpoints.directory}/{latest}")
+        how_started = f"resumed from {checkpoints.directory}/{latest}"
     else:
         state = trainer.initial_state(trainer.init())
+        how_started = None
         if cfg.model.init_from:
             state = trainer.load_initial(state, cfg.model.init_from)
-            log.message(f"initialised from {cfg.model.init_from}")
+            how_started = f"initialised from {cfg.model.init_from}"
     step = int(jax.device_get(state["step"]))
     if main_process:  # only now: the run is known to be compatible with its workdir
         write_config(workdir, config_json, step)
+    # the logs too: a run that fails to start leaves no empty metrics.jsonl or tensorboard/ behind
+    log = MetricLog(workdir, total, tensorboard=cfg.train.tensorboard, enabled=main_process)
+    if how_started:
+        log.message(how_started)
     if train_cfg.buckets:
         sizes = bucket_batch_sizes(train_cfg, data_shards=data_shards(mesh), process_count=jax.process_count())
         shapes = ", ".join(f"{size} x {length / SAMPLE_RATE:.2f} s" for size, length in zip(sizes, train_cfg.buckets))
