@@ -94,16 +94,18 @@ def test_kill_9_at_a_random_step_then_restart_is_bit_identical(reference, tmp_pa
     assert_same_params(reference.state, state)
 
 
-def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig,name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
+def test_sigterm_or_ctrl_c_saves_a_complete_checkpoint_and_exits_cleanly(tmp_path, sig, name):
     proc = _start(tmp_path, "--config.train.steps=400", "--config.train.checkpoint_every=1000",
                   "--config.optim.schedule.total_steps=400")
     _wait_for_step(proc, tmp_path, 3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.wait(timeout=300)
     out = _output(tmp_path)
     assert proc.returncode == 0, out[-3000:]
-    assert "preempted (SIGTERM): saved step" in out
-    saved = int(out.split("preempted (SIGTERM): saved step ")[1].split()[0])
+    assert f"preempted ({name}): saved step" in out
+    assert "Traceback" not in out
+    saved = int(out.split(f"preempted ({name}): saved step ")[1].split()[0])
     assert 3 <= saved < 400
     cfg = tiny_config.get_config()
     cfg.train.steps = cfg.optim.schedule.total_steps = 400

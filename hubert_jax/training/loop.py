@@ -7,6 +7,8 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 
 import jax
@@ -209,13 +211,22 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
     # ------------------------------------------------------------------ preemption
     # one process: our SIGTERM handler. Several: JAX's preemption service catches the signal and every
     # host learns the same step to stop at (checkpoints.reached_preemption), so all of them save it.
-    preempted = {"flag": False}
+    # Ctrl-C (one process) saves and exits as SIGTERM does; a second Ctrl-C aborts at once.
+    preempted = {"flag": False, "why": "SIGTERM"}
     multi_host = jax.process_count() > 1
 
     def on_sigterm(signum, frame):
         preempted["flag"] = True
 
-    previous_handler = None if multi_host else signal.signal(signal.SIGTERM, on_sigterm)
+    def on_sigint(signum, frame):
+        preempted.update(flag=True, why="Ctrl-C")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("Ctrl-C: saving the current step, then exiting (Ctrl-C again aborts without saving)", file=sys.stderr,
+              flush=True)
+
+    catch = not multi_host and threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if catch else None
+    previous_int = signal.signal(signal.SIGINT, on_sigint) if catch else None
 
     # ------------------------------------------------------------------ loop
     # Metrics stay on the device until a log, eval or checkpoint step (or log_every steps) needs them:
@@ -265,7 +276,7 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
             preempting = preempted["flag"]  # read once: a signal may land at any point of the step
             checkpoints.save(step, state, iterator, force=stopping or preempting)
             if preempting:
-                log.message(f"preempted (SIGTERM): saved step {step} to {checkpoints.directory}; exiting")
+                log.message(f"preempted ({preempted['why']}): saved step {step} to {checkpoints.directory}; exiting")
                 break
         if valid_source is not None and not last_valid:  # nothing left to train: report where it stands
             last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
@@ -286,5 +297,6 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
         log.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+            signal.signal(signal.SIGINT, previous_int)
     return RunResult(step=step, preempted=preempted["flag"], train=last_train, valid=last_valid,
                      skipped_steps=int(jax.device_get(state["nan_total"])), trainer=trainer, state=state)
