@@ -5,4 +5,6 @@ import sys
 from hubert_jax.convert.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hubert_jax.cli_errors import run_command
+
+    sys.exit(run_command("convert_pt_to_flax.py", main))

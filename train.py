@@ -5,6 +5,9 @@
 The config file is a Python file whose get_config() returns an ml_collections ConfigDict (see
 hubert_jax/training/config.py for every field). Runs resume from the newest checkpoint in --workdir.
 
+A mistake in the command or the config ends with one line saying what is wrong; add --debug for the
+traceback.
+
 Multi-host: run the same command on every host. TPU pods, SLURM and Open MPI jobs are joined automatically;
 otherwise add --coordinator_address HOST:PORT --num_processes N --process_id I (hubert_jax/distributed.py).
 """
@@ -56,4 +59,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from hubert_jax.cli_errors import run_command
+
+    sys.exit(run_command("train.py", lambda: app.run(main)))

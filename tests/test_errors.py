@@ -105,3 +105,42 @@ def test_loading_mismatched_weights_reports_every_name(model):
     assert "unexpected (1): lm_head.kernel" in message
     assert "encoder.layer_norm.scale (checkpoint (7,), model (32,))" in message
     assert "encoder.layers.0.layer_norm.bias (checkpoint (3,), model (32,))" in message
+
+
+# ------------------------------------------------------------------------------------- the commands
+def _command(*args):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=root, timeout=300)
+
+
+@pytest.mark.parametrize("args,line", [
+    (["train.py", "--config", "tests/tiny_config.py", "--workdir", "{tmp}/run", "--config.train.stpes=3"],
+     'train.py: unknown config field \'stpes\': Did you mean "steps" instead of "stpes"?'),
+    (["-m", "hubert_jax.labels", "mfcc", "--manifest", "{tmp}", "--out", "{tmp}/f"],
+     "python -m hubert_jax.labels: {tmp}: cannot read the manifest ([Errno 21] Is a directory: '{tmp}')"),
+    (["convert_pt_to_flax.py", "{tmp}", "{tmp}/out"],
+     "convert_pt_to_flax.py: no config.json at {tmp}/config.json"),
+])
+def test_a_user_error_ends_a_command_with_one_line_and_debug_shows_the_traceback(tmp_path, args, line):
+    args = [a.format(tmp=tmp_path) for a in args]
+    done = _command(*args)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(line.format(tmp=tmp_path)), done.stderr[-2000:]
+    debug = _command(*args, "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_a_bug_keeps_its_traceback():
+    from hubert_jax.cli_errors import run_command
+
+    def bug():
+        raise TypeError("unsupported operand")
+
+    with pytest.raises(TypeError):
+        run_command("x", bug, argv=[])
+    assert run_command("x", lambda: (_ for _ in ()).throw(ValueError("bad value")), argv=[]) == 1
