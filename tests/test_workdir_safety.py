@@ -303,10 +303,16 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+# A tiny model's checkpoint takes about 0.6 MiB once written, but orbax's OCDBT writer may hold several times
+# that while a save is in flight (more under load): 8 MiB fit the first checkpoints whatever the load, and 40
+# of them (24 MiB) never fit.
+FILL = ["--config.train.steps=40", "--config.optim.schedule.total_steps=40", "--config.train.checkpoint_every=1",
+        "--config.train.keep_checkpoints=100"]
+
+
 def test_a_full_disk_ends_train_py_with_one_line_and_the_checkpoints_intact(small_disk):
-    disk = small_disk(3200)  # room for the first checkpoints of the tiny model, not for all twelve steps
-    done = subprocess.run(TRAIN + ["--workdir", str(disk / "run"), "--config.train.checkpoint_every=1",
-                                   "--config.train.keep_checkpoints=100"],
+    disk = small_disk(8192)
+    done = subprocess.run(TRAIN + ["--workdir", str(disk / "run")] + FILL,
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
@@ -314,19 +320,21 @@ def test_a_full_disk_ends_train_py_with_one_line_and_the_checkpoints_intact(smal
     assert "MiB are free" in last and "needs about" in last
     assert "Traceback" not in done.stderr
     saved = _steps(disk / "run")
-    assert saved and saved[-1] < 12, _disk_report(disk, done)
+    assert saved and saved[-1] < 40, _disk_report(disk, done)
     assert not [p for p in os.listdir(disk / "run" / "checkpoints") if "tmp" in p]
     cfg = tiny_config.get_config()
+    cfg.train.steps = cfg.optim.schedule.total_steps = 40
+    cfg.train.checkpoint_every, cfg.train.keep_checkpoints = 1, 100
     _, state = restore_latest(cfg, str(disk / "run"))  # verifies
     assert int(state["step"]) == saved[-1]
 
 
 def test_a_save_that_runs_out_of_space_midway_is_cleaned_up_and_named_in_one_line(small_disk):
     # no check before the save: the write itself (tensorstore, in orbax's background threads) hits ENOSPC
-    disk = small_disk(3000)  # the first checkpoint (step 1) fits, the second does not
+    disk = small_disk(8192)
     script = ("import runpy, sys; from hubert_jax.training import checkpoint as c; "
               "c.Checkpoints._check_space = lambda self, step, flat: None; "
-              f"sys.argv = {TRAIN[1:] + ['--workdir', str(disk / 'run')]!r}; "
+              f"sys.argv = {TRAIN[1:] + ['--workdir', str(disk / 'run')] + FILL!r}; "
               "runpy.run_path(sys.argv[0], run_name='__main__')")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 1, done.stderr[-3000:]
@@ -337,7 +345,10 @@ def test_a_save_that_runs_out_of_space_midway_is_cleaned_up_and_named_in_one_lin
     assert not [p for p in os.listdir(disk / "run" / "checkpoints") if "tmp" in p]
     saved = _steps(disk / "run")
     assert saved, _disk_report(disk, done)
-    _, state = restore_latest(tiny_config.get_config(), str(disk / "run"))
+    cfg = tiny_config.get_config()
+    cfg.train.steps = cfg.optim.schedule.total_steps = 40
+    cfg.train.checkpoint_every, cfg.train.keep_checkpoints = 1, 100
+    _, state = restore_latest(cfg, str(disk / "run"))
     assert int(state["step"]) == saved[-1]
     assert not os.path.exists(disk / "run" / "run.lock")
 

@@ -121,9 +121,10 @@ def cmd_kmeans(args) -> None:
     elapsed = time.perf_counter() - start
     check = np.sort(rng.choice(len(feats), min(len(feats), 200000), replace=False))  # inertia on a sample
     per_frame = inertia(feats[check], centers, mesh=mesh) / len(check)
-    provenance.write(args.out, {"stage": "kmeans", "feats": os.path.abspath(args.feats),
-                                "feats_made": _records(args.feats, args.nshard), "clusters": args.clusters,
-                                "percent": args.percent, "seed": args.seed, "frames": int(take - len(bad))})
+    if jax.process_index() == 0:
+        provenance.write(args.out, {"stage": "kmeans", "feats": os.path.abspath(args.feats),
+                                    "feats_made": _records(args.feats, args.nshard), "clusters": args.clusters,
+                                    "percent": args.percent, "seed": args.seed, "frames": int(take - len(bad))})
     check = np.setdiff1d(check, bad)
     print(f"{args.out}: {args.clusters} centroids from {take - len(bad)} frames in {elapsed:.1f} s; inertia per frame "
           f"{per_frame:.4g}" + (f" (on {len(check)} frames)" if len(check) < len(feats) else ""))

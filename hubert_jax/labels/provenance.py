@@ -37,9 +37,10 @@ def read(prefix: str) -> dict | None:
 
 def write(prefix: str, made: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    with open(path_of(prefix) + ".tmp", "w", encoding="utf-8") as f:
+    tmp = f"{path_of(prefix)}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(made, f, indent=1, sort_keys=True)
-    os.replace(path_of(prefix) + ".tmp", path_of(prefix))
+    os.replace(tmp, path_of(prefix))
 
 
 def differences(recorded: dict, wanted: dict) -> list[str]:

@@ -411,6 +411,7 @@ def disk_full_message(checkpoints: Checkpoints, step: int, needed: int | None, f
     free = shutil.disk_usage(checkpoints.directory).free if free is None else free
     latest = [s for s in checkpoints.manager.all_steps() if s != step]
     return (f"no space left on device for checkpoint step {step} in {checkpoints.directory}: it needs about "
-            f"{(needed or 0) / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB are free. The checkpoints already there are "
-            f"intact (newest: step {max(latest) if latest else None}); free space or move the workdir, then "
-            f"run the same command to resume.")
+            f"{(needed or 0) / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB are free. "
+            + (f"The checkpoints already there are intact (newest: step {max(latest)}); " if latest else
+               "No checkpoint of this run was saved yet; ")
+            + "free space or move the workdir, then run the same command to resume.")
