@@ -113,10 +113,11 @@ def main(argv=None) -> int:
               f"means over the seeds\n")
         print(side_by_side(reference, ours, figures))
         last = min(args.steps or reference["updates"], reference["updates"])
-        updates = [u for u in range(100, last + 1, 100)]
+        every = 100 if last >= 100 else 25  # fairseq logged its train windows every 25 updates, valid every 100
+        updates = list(range(every, last + 1, every))
         print(f"\n### each hubert-jax seed against fairseq's band\n")
         for seed, metrics in zip(seeds, ours):
-            points = compare(reference, metrics, {"train": updates, "valid": updates},
+            points = compare(reference, metrics, {"train": updates, "valid": [u for u in updates if u % 100 == 0]},
                              {"train": figures[:2], "valid": figures[:2]})
             outside += sum(not p.inside for p in points)
             print(f"seed {seed}: {sum(p.inside for p in points)} of {len(points)} points inside\n")

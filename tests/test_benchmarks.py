@@ -83,8 +83,8 @@ def test_checkpoint_benchmark_prints_its_table():
 
 
 def test_curves_benchmark_prints_both_sides(tmp_path):
-    """benchmarks/curves.py smoke-sized: 100 updates of the HuBERT curve run, beside fairseq's recorded seeds."""
-    stdout = run_benchmark("curves.py", "hubert", "--seeds", "0", "--steps", "100", "--workdir", str(tmp_path))
+    """benchmarks/curves.py smoke-sized: 50 updates of the HuBERT curve run, beside fairseq's recorded seeds."""
+    stdout = run_benchmark("curves.py", "hubert", "--seeds", "0", "--steps", "50", "--workdir", str(tmp_path))
     assert "## hubert: fairseq (seeds 1, 2, 3)" in stdout, stdout
-    assert table_row(stdout, "| train | 100 | accuracy_m |")[-1] in ("yes", "NO")
+    assert table_row(stdout, "| train | 50 | accuracy_m |")[-1] in ("yes", "NO")
     assert "| steady state |" in stdout and "points outside fairseq's band:" in stdout
