@@ -398,3 +398,19 @@ def test_a_run_that_fails_to_start_leaves_no_logs_in_its_workdir(tmp_path):
     cfg.train.tensorboard = True
     run(cfg, str(tmp_path / "run"), stop_after=1)
     assert {"metrics.jsonl", "tensorboard", "config.json"} <= set(os.listdir(tmp_path / "run"))
+
+
+def test_a_valid_split_smaller_than_one_bucketed_batch_is_refused_at_start(tmp_path):
+    """It used to fail at the first evaluation, after training, without saving the step it had trained."""
+    lines = open(os.path.join(ROOT, "data", "demo", "valid.tsv")).read().splitlines()
+    root = os.path.join(ROOT, "data", "demo")
+    (tmp_path / "valid.tsv").write_text("\n".join([root] + lines[1:3]) + "\n")  # two utterances
+    (tmp_path / "valid.phn").write_text("\n".join(open(os.path.join(ROOT, "data", "demo", "valid.phn"))
+                                                  .read().splitlines()[:2]) + "\n")
+    cfg = tiny_config.get_config()
+    cfg.data.buckets, cfg.data.max_tokens = (16000, 32000), 8 * 32000
+    cfg.data.valid.update(dict(manifest=str(tmp_path / "valid.tsv"), labels=(str(tmp_path / "valid.phn"),)))
+    with pytest.raises(ValueError, match=r"config.data.valid.manifest \(.*valid.tsv\): its 2 utterances make no full "
+                                         r"batch \(data.buckets \(16000, 32000\) with data.max_tokens 256000\)"):
+        run(cfg, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")

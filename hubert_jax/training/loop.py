@@ -82,12 +82,27 @@ def _global_batch(trainer: Trainer, batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(trainer.batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
 
+def valid_batches(source, data_cfg: DataConfig, batch_size: int, seed: int, mesh):
+    """The valid split's global batches (this host's part of each), in order; ValueError when it makes none,
+    so that a run learns it at start rather than at its first evaluation."""
+    plan = (f"data.buckets {tuple(data_cfg.buckets)} with data.max_tokens {data_cfg.max_tokens}"
+            if data_cfg.buckets else f"data.batch_size {batch_size}")
+    where = f"config.data.valid.manifest ({data_cfg.manifest}): its {len(source)} utterances make no full batch ({plan})"
+    try:
+        ds = make_dataset(source, data_cfg, batch_size=batch_size, seed=seed, shuffle=False, repeat=False,
+                          process_index=jax.process_index(), process_count=jax.process_count(),
+                          transform=getattr(source, "pad", None), data_shards=data_shards(mesh))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if len(ds) == 0:
+        raise ValueError(f"{where}: validation needs at least one; give the valid split more utterances")
+    return ds
+
+
 def evaluate(trainer: Trainer, state, source, data_cfg: DataConfig, batch_size: int, max_batches: int) -> dict:
     """The task's validation figures on the first `max_batches` global batches of the valid split (same
     crops and masks every time)."""
-    ds = make_dataset(source, data_cfg, batch_size=batch_size, seed=trainer.cfg.seed, shuffle=False, repeat=False,
-                      process_index=jax.process_index(), process_count=jax.process_count(),
-                      transform=getattr(source, "pad", None), data_shards=data_shards(trainer.mesh))
+    ds = valid_batches(source, data_cfg, batch_size, trainer.cfg.seed, trainer.mesh)
     count = min(len(ds), max_batches)
     metrics = [jax.device_get(trainer.eval_step(state, _global_batch(trainer, ds[i]), trainer.eval_key(i)))
                for i in range(count)]
@@ -174,6 +189,8 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
     batch_size = cfg.data.batch_size  # global: each host reads its part (make_dataset)
     data = task.data(workdir)
     train_cfg, valid_source, valid_cfg = data.train_config, data.valid, data.valid_config
+    if valid_source is not None:  # checked now, not at the first evaluation hours in
+        valid_batches(valid_source, valid_cfg, batch_size, cfg.seed, mesh)
     iterator = make_iterator(data.train, train_cfg, batch_size=batch_size, seed=cfg.seed,
                              process_index=jax.process_index(), process_count=jax.process_count(),
                              num_threads=cfg.data.num_threads, transform=getattr(data.train, "pad", None),
@@ -270,14 +287,15 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
                 last_train["skipped_steps"] = float(jax.device_get(state["nan_total"]))
                 log.write(step, "train", last_train)
                 window, audio_seconds, tick = {}, 0.0, time.perf_counter()
-            if eval_step:
-                last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
-                log.write(step, "valid", last_valid)
             preempting = preempted["flag"]  # read once: a signal may land at any point of the step
+            # saved before the evaluation: an evaluation that fails never costs the step just trained
             checkpoints.save(step, state, iterator, force=stopping or preempting)
             if preempting:
                 log.message(f"preempted ({preempted['why']}): saved step {step} to {checkpoints.directory}; exiting")
                 break
+            if eval_step:
+                last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
+                log.write(step, "valid", last_valid)
         if valid_source is not None and not last_valid:  # nothing left to train: report where it stands
             last_valid = evaluate(trainer, state, valid_source, valid_cfg, batch_size, cfg.train.eval_batches)
         checkpoints.finish()
