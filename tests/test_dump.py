@@ -123,3 +123,19 @@ def test_chunks_without_a_record_are_not_reused(tmp_path, setup):
     os.remove(prefix + ".made.json")  # as an older version left its output
     with pytest.raises(ValueError, match=r"output file\(s\) are already there .* with no record of what made them"):
         dump_features(model, entries, prefix, layer=1, chunk_size=2)
+
+
+def test_a_second_dump_on_the_same_out_is_refused_naming_the_first(tmp_path, setup):
+    import socket
+
+    from hubert_jax.training.workdir_lock import WorkdirBusy, WorkdirLock
+
+    model, entries = setup
+    prefix = str(tmp_path / "l6_0_1")
+    with WorkdirLock(str(tmp_path), name="l6_0_1.lock"):  # a dump of this process still running
+        with pytest.raises(WorkdirBusy, match=rf"{prefix} \(its chunks and shard\) is in use by another run \(host "
+                                              rf"{socket.gethostname()}, pid {os.getpid()}.*use another --out"):
+            dump_features(model, entries, prefix, layer=1, chunk_size=2)
+    assert os.listdir(tmp_path) == []  # refused before any chunk was written
+    dump_features(model, entries, prefix, layer=1, chunk_size=2)
+    assert not os.path.exists(prefix + ".lock")  # given back

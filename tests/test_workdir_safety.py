@@ -97,7 +97,7 @@ def test_an_empty_lock_counts_by_its_age_and_says_how_to_clear_it(tmp_path, capl
     """What a run that stopped on a full disk used to leave: it blocked the workdir for good."""
     lock = WorkdirLock(str(tmp_path), stale_after_s=300)
     open(lock.path, "w").close()
-    with pytest.raises(WorkdirBusy, match=rf"{lock.path}: the workdir lock is unreadable \(empty or partly written.*"
+    with pytest.raises(WorkdirBusy, match=rf"{lock.path}: the lock is unreadable \(empty or partly written.*"
                                           rf"stale 300 s after it last changed. If no run uses {tmp_path}, delete "
                                           rf"{lock.path} and start again"):
         lock.acquire()

@@ -43,10 +43,20 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
     else made the output (the model's name, the manifest's digest; provenance.py), recorded beside it with
     the model's weights digest, the layer and the slicing; chunks or a shard already on disk are reused
     only when they were made the same way (else StaleOutput names what differs)."""
-    from hubert_jax.labels import provenance
+    from hubert_jax.training.workdir_lock import WorkdirLock
 
     if not 0 <= layer <= model.config.num_hidden_layers:
         raise ValueError(f"layer {layer}: the model has hidden states 0..{model.config.num_hidden_layers}")
+    directory, name = os.path.split(os.path.abspath(prefix))
+    # one writer per shard: a second dump on the same --out is refused naming the first
+    with WorkdirLock(directory, name=f"{name}.lock", what=f"{prefix} (its chunks and shard)", option="--out"):
+        return _dump(model, entries, prefix, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
+                     max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest, made=made)
+
+
+def _dump(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens, strict, progress, manifest, made):
+    from hubert_jax.labels import provenance
+
     start, end = shard_range(len(entries), world, rank)
     mine = entries[start:end]
     existing = sorted(glob.glob(f"{glob.escape(prefix)}.chunk*")) + [

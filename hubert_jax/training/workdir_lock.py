@@ -91,9 +91,13 @@ def describe(holder: dict) -> str:
 
 
 class WorkdirLock:
-    def __init__(self, workdir: str, *, heartbeat_s: float = 30.0, stale_after_s: float = 300.0):
+    def __init__(self, workdir: str, *, heartbeat_s: float = 30.0, stale_after_s: float = 300.0,
+                 name: str = LOCK_NAME, what: str | None = None, option: str = "--workdir"):
+        """`name`: the lock file in `workdir`; `what` (default: the workdir) and `option` name, in a refusal,
+        what the lock guards and the option that picks another (a label stage locks its output prefix)."""
         self.workdir = os.path.abspath(workdir)
-        self.path = os.path.join(self.workdir, LOCK_NAME)
+        self.path = os.path.join(self.workdir, name)
+        self.what, self.option = what or self.workdir, option
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
@@ -149,13 +153,13 @@ class WorkdirLock:
             why = self.stale_reason(holder)
             if why is None and not holder:
                 raise WorkdirBusy(
-                    f"{self.path}: the workdir lock is unreadable (empty or partly written, e.g. by a run that "
+                    f"{self.path}: the lock is unreadable (empty or partly written, e.g. by a run that "
                     f"stopped on a full disk); it counts as stale {self.stale_after_s:.0f} s after it last changed. "
-                    f"If no run uses {self.workdir}, delete {self.path} and start again.")
+                    f"If no run uses {self.what}, delete {self.path} and start again.")
             if why is None:
                 raise WorkdirBusy(
-                    f"{self.workdir} is in use by another run ({describe(holder)}): two runs must not write one "
-                    f"workdir. Wait for it to end, stop it, or use another --workdir. If that run is gone, its "
+                    f"{self.what} is in use by another run ({describe(holder)}): two runs must not write one "
+                    f"output. Wait for it to end, stop it, or use another {self.option}. If that run is gone, its "
                     f"lock {self.path} becomes stale after {self.stale_after_s:.0f} s without a heartbeat "
                     f"(at once when it ran on this machine).")
             if self._take_over(holder, why):
