@@ -128,6 +128,13 @@ def test_bad_targets_are_refused_with_the_file_named(tmp_path):
     cfg.data.train.targets = _write(tmp_path / "blank.wrd", ["..."] + lines[1:])
     with pytest.raises(ValueError, match=r"empty transcripts .*blank.wrd:1"):
         finetune_sources(cfg)
+    # fairseq's letter targets (.ltr) as they sit beside the .wrd: read as words, every letter would be a word
+    letters = [" ".join("|".join(line.split())) + " |" for line in lines]
+    assert letters[0].endswith(" |") and " | " in letters[0]
+    cfg.data.train.targets = _write(tmp_path / "train.ltr", letters)
+    with pytest.raises(ValueError, match=r"train.ltr: these are fairseq letter targets \(.ltr: '.* \| .*', one letter "
+                                         r"per token, '\|' between words\), not word transcripts: give the .wrd file"):
+        finetune_sources(cfg)
     cfg.data.train.targets = os.path.join(DEMO, "train.wrd")
     empty = tmp_path / "empty.tsv"
     empty.write_text(DEMO + "\n")

@@ -61,6 +61,18 @@ def read_target_lines(path: str, manifest: str, rows: int) -> list[str]:
     return lines
 
 
+def check_word_transcripts(path: str, lines: list[str]) -> None:
+    """Refuse fairseq's letter targets (`.ltr`: `T H E | C A T |`, one letter per token, `|` between words)
+    given as transcripts: read as words, every letter would become a word of its own."""
+    spelled = [line for line in lines if line.strip() and WORD_DELIMITER in line.split()
+               and all(len(token) == 1 for token in line.split())]
+    if lines and len(spelled) >= 0.5 * sum(1 for line in lines if line.strip()):
+        example = spelled[0] if len(spelled[0]) <= 40 else spelled[0][:40] + " ..."
+        raise ValueError(f"{path}: these are fairseq letter targets (.ltr: {example!r}, one letter per token, "
+                         f"'|' between words), not word transcripts: give the .wrd file (one utterance's words "
+                         f"per line) that fairseq's manifest scripts write beside it")
+
+
 def build_vocab(texts: list[str]) -> dict[str, int]:
     """Wav2Vec2CTCTokenizer layout: specials, the word delimiter, then every character in sorted order."""
     chars = sorted({c for text in texts for c in text if c != " "} - set(SPECIALS) - {WORD_DELIMITER})

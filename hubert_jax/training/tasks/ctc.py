@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from hubert_jax.data.targets import TextConfig, build_vocab, encode_texts
+from hubert_jax.data.targets import TextConfig, build_vocab, check_word_transcripts, encode_texts
 from hubert_jax.lengths import feat_extract_output_lengths
 from hubert_jax.training.tasks.finetune import FineTuneTask, Targets
 
@@ -26,6 +26,8 @@ class CTCTask(FineTuneTask):
         from hubert_jax.processing import CTCTokenizer
 
         text = TextConfig(**{k: v for k, v in dict(self.cfg.text).items() if k != "vocab"})
+        for name in splits:
+            check_word_transcripts(splits[name].targets, lines[name])
         texts = {name: [text.normalize(t) for t in lines[name]] for name in splits}
         vocab = _read_vocab(self.cfg.text.vocab) if self.cfg.text.get("vocab") else build_vocab(texts["train"])
         tokenizer = CTCTokenizer(vocab=vocab)
