@@ -3,6 +3,7 @@ scripts/make_peer_fixtures.py) convert through convert_pt_to_flax.py and give th
 recorded by the tools on fixed audio: every layer, the CTC logits, the wav2vec 2.0 projections."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -251,3 +252,33 @@ def test_padding_rule_differs_from_fairseq_hubert_and_unilm(tmp_path):
         # unpadded frames and values, group norm included
         dumped = extract(model, [audio[0], audio[1]], layer=2, max_tokens=4 * 16000)[1]
         np.testing.assert_allclose(dumped, ref["hidden_1_2"], atol=TOL, rtol=0)
+
+
+def test_a_fine_tuned_conversion_takes_its_own_fine_tuning_settings_and_no_pretraining_heads(tmp_path, caplog):
+    """The fixture was fine-tuned with masks 0.5 x 4 and no dropout from a checkpoint pretrained with 0.8 x 10
+    and dropout 0.1: the converted CTC config has the fine-tuning run's, and fine-tuning's leftover
+    label_embs_concat becomes no hubert_pretraining section."""
+    pretrained = os.path.join(PEER, "hubert_base", "checkpoint_last.pt")
+    with caplog.at_level(logging.WARNING):
+        assert convert_main([os.path.join(PEER, "hubert_ctc", "checkpoint_last.pt"), str(tmp_path / "out"),
+                             "--w2v-checkpoint", pretrained]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["mask_time_prob"], config["mask_time_length"]) == (0.5, 4)
+    assert config["feat_proj_dropout"] == config["hidden_dropout"] == config["layerdrop"] == 0.0
+    assert "hubert_pretraining" not in config
+    assert "assuming one label set" not in caplog.text
+
+
+def test_a_w2v_checkpoint_of_another_model_is_refused_naming_it(tmp_path, caplog):
+    other = os.path.join(PEER, "hubert_large", "checkpoint_last.pt")  # as tiny, but another run's weights
+    with pytest.raises(ValueError, match=rf"{other}: not the pretrained checkpoint .*ctc.pt was fine-tuned from: its "
+                                         rf"conv feature weights .* differ"):
+        shutil.copyfile(os.path.join(PEER, "hubert_ctc", "checkpoint_last.pt"), tmp_path / "ctc.pt")
+        convert_main([str(tmp_path / "ctc.pt"), str(tmp_path / "out"), "--w2v-checkpoint", other])
+    assert not (tmp_path / "out").exists()
+    # the right weights under another name than w2v_path's: converted, with a warning naming both
+    shutil.copyfile(os.path.join(PEER, "hubert_base", "checkpoint_last.pt"), tmp_path / "renamed.pt")
+    with caplog.at_level(logging.WARNING):
+        assert convert_main([str(tmp_path / "ctc.pt"), str(tmp_path / "out"), "--w2v-checkpoint",
+                             str(tmp_path / "renamed.pt")]) == 0
+    assert "was fine-tuned from /tmp/" in caplog.text and "renamed.pt, a file of another name" in caplog.text

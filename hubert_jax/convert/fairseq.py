@@ -149,6 +149,50 @@ def config_fields(cfg: Mapping) -> dict:
     return fields
 
 
+_PRETRAINED = "__pretrained_file__"  # (path, state dict) of the pretrained file an encoder config was read from
+
+
+def check_frozen_features(finetuned: Mapping, state: Mapping, pretrained: tuple | None, path: str) -> None:
+    """A fine-tuning run with frozen conv features (feature_grad_mult 0, fairseq's default) leaves them equal
+    to its pretrained checkpoint's: a pretrained file whose differ is another model's, refused by name."""
+    if pretrained is None or float(finetuned.get("feature_grad_mult", 0.0) or 0.0) != 0.0:
+        return
+    where, weights = pretrained
+    convs = [k for k in state if k.startswith("feature_extractor.conv_layers.") and k in weights]
+    differ = [k for k in convs if not np.array_equal(np.asarray(state[k]), np.asarray(weights[k]))]
+    if differ:
+        raise ValueError(f"{where}: not the pretrained checkpoint {path} was fine-tuned from: its conv feature "
+                         f"weights ({differ[0]}, ...) differ from the fine-tuned file's, which fine-tuning kept "
+                         f"frozen (feature_grad_mult 0); {path} names {finetuned.get('w2v_path')!r} (w2v_path)")
+
+
+def finetuning_fields(finetuned: Mapping) -> dict:
+    """The settings a fine-tuned checkpoint's own cfg (fairseq's Wav2Vec2AsrConfig / HubertAsrConfig) gives the
+    encoder for fine-tuning, which override the pretrained file's: masks, dropouts, layerdrop."""
+    g = finetuned.get
+    apply_mask = bool(g("apply_mask", True))
+    return dict(mask_time_prob=float(g("mask_prob", 0.0)) if apply_mask else 0.0,
+                mask_time_length=int(g("mask_length", 10)),
+                mask_feature_prob=float(g("mask_channel_prob", 0.0)) if apply_mask else 0.0,
+                mask_feature_length=int(g("mask_channel_length", 10)),
+                feat_proj_dropout=float(g("dropout_input", 0.0)), hidden_dropout=float(g("dropout", 0.0)),
+                attention_dropout=float(g("attention_dropout", 0.0)),
+                activation_dropout=float(g("activation_dropout", 0.0)), layerdrop=float(g("layerdrop", 0.0)),
+                final_dropout=float(g("final_dropout", 0.0)))
+
+
+def check_encoder_shapes(fields: dict, state: Mapping, path: str, pretrained: str | None) -> None:
+    """The pretrained settings against the fine-tuned weights: a --w2v-checkpoint of another model is refused."""
+    layers = {int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")}
+    width = np.shape(state["encoder.layer_norm.weight"])[0] if "encoder.layer_norm.weight" in state else None
+    found = (len(layers), width)
+    settings = (fields["num_hidden_layers"], fields["hidden_size"] if width is not None else None)
+    if layers and found != settings:
+        raise ValueError(f"{pretrained}: its encoder ({settings[0]} layers of {settings[1]}) is not the one {path} "
+                         f"fine-tuned ({found[0]} layers of {found[1]}): give the pretrained checkpoint it was "
+                         f"trained from (--w2v-checkpoint)")
+
+
 def _finetuned_encoder_cfg(model: Mapping, path: str, w2v_checkpoint: str | None) -> dict:
     """The pretrained encoder's model config of a fine-tuned checkpoint: `w2v_args` when the file keeps it;
     else (current fairseq writes `w2v_args: None`) the config of the pretrained checkpoint it names in
@@ -163,11 +207,15 @@ def _finetuned_encoder_cfg(model: Mapping, path: str, w2v_checkpoint: str | None
     candidates = [c for c in dict.fromkeys(candidates) if os.path.abspath(c) != os.path.abspath(path)]
     for candidate in candidates:
         if os.path.isfile(candidate):
-            cfg = _stored_model_cfg(load_checkpoint(candidate), candidate)
+            pretrained = load_checkpoint(candidate)
+            cfg = _stored_model_cfg(pretrained, candidate)
             if "w2v_args" in cfg or "w2v_path" in cfg:
                 raise ValueError(f"{candidate}: expected the pretrained checkpoint of {path}, found a fine-tuned one")
+            if w2v_path and os.path.basename(candidate) != os.path.basename(w2v_path):
+                logger.warning("%s was fine-tuned from %s (cfg.model.w2v_path); its encoder settings are read from "
+                               "%s, a file of another name: make sure it is that checkpoint", path, w2v_path, candidate)
             logger.info("%s: encoder settings read from %s (its w2v_args is None)", path, candidate)
-            return cfg
+            return {**cfg, _PRETRAINED: (candidate, pretrained.get("model") or {})}
     looked = ", ".join(candidates) if candidates else "no w2v_path either"
     raise ValueError(
         f"{path}: a fine-tuned checkpoint whose cfg.model.w2v_args is None, so the encoder's settings (layers, "
@@ -305,6 +353,12 @@ def convert_checkpoint(ckpt: Mapping, path: str = "checkpoint", w2v_checkpoint: 
     family = _family(model_cfg, state, fmt)
     fields = config_fields(model_cfg)
     fields["model_type"] = family
+    if fmt == "fairseq-finetuned":
+        check_frozen_features(_stored_model_cfg(ckpt, path), state, model_cfg.get(_PRETRAINED), path)
+        fields.update(finetuning_fields(_stored_model_cfg(ckpt, path)))
+        check_encoder_shapes(fields, state, path, w2v_checkpoint or _stored_model_cfg(ckpt, path).get("w2v_path"))
+        if not (fields["mask_time_prob"] or fields["mask_feature_prob"]):
+            state.pop("mask_emb", None)  # transformers has no masked_spec_embed without masking
     if family == "hubert":
         fields["feat_proj_layer_norm"] = "layer_norm.weight" in state
     pretraining = family == "wav2vec2" and "quantizer.vars" in state
@@ -317,7 +371,7 @@ def convert_checkpoint(ckpt: Mapping, path: str = "checkpoint", w2v_checkpoint: 
                       contrastive_logits_temperature=model_cfg.get("logit_temp", 0.1))
     if "mask_emb" not in state:  # transformers creates masked_spec_embed only when a mask prob is set
         fields.update(mask_time_prob=0.0, mask_feature_prob=0.0)
-    elif not fields.get("mask_time_prob"):
+    elif not fields.get("mask_time_prob") and fmt != "fairseq-finetuned":
         fields["mask_time_prob"] = 0.05
     if "post_extract_proj.weight" not in state and fields["conv_dim"][-1] == fields["hidden_size"]:
         # fairseq, unilm and s3prl skip the projection when the conv width is the model width; transformers
@@ -329,7 +383,8 @@ def convert_checkpoint(ckpt: Mapping, path: str = "checkpoint", w2v_checkpoint: 
     out, heads, unknown = {}, {}, []
     for key, value in state.items():
         if family == "hubert" and key.split(".")[0] in HUBERT_HEADS:
-            heads[key] = value
+            if fmt != "fairseq-finetuned":  # fine-tuning leaves label_embs_concat behind, unused
+                heads[key] = value
             continue
         new = rename_key(key, wav2vec2_pretraining=pretraining)
         if new is None:
