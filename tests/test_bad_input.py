@@ -73,7 +73,7 @@ def test_a_manifest_count_that_disagrees_with_the_file_names_the_line_and_both_n
     assert "999999" in open(tmp_path / "f.skipped").read()
 
 
-def test_8khz_audio_is_resampled_with_one_note_and_the_manifest_counted_at_16khz(tmp_path, capsys, caplog):
+def test_8khz_audio_is_resampled_with_one_note_and_its_count_taken_at_either_rate(tmp_path, capsys, caplog):
     tone = np.sin(np.arange(16000) / 8000 * 2 * np.pi * 440).astype(np.float32) * 0.3  # 2 s at 8 kHz
     for name in ("a8k.wav", "b8k.wav"):
         sf.write(tmp_path / name, tone, 8000, subtype="PCM_16")
@@ -83,12 +83,21 @@ def test_8khz_audio_is_resampled_with_one_note_and_the_manifest_counted_at_16khz
     assert "(0 skipped; 2 files resampled from 8000 Hz)" in capsys.readouterr().out
     notes = [r for r in caplog.records if "resampling it to 16000 Hz" in r.getMessage()]
     assert len(notes) == 1 and "a8k.wav is at 8000 Hz" in notes[0].getMessage()
-    # the file's own count in the manifest: named as such
-    (tmp_path / "m.tsv").write_text(".\na8k.wav\t16000\n")
-    with pytest.raises(AudioError, match=r"m.tsv:2: the manifest lists 16000 samples, but .*a8k.wav has 32000 at "
-                                         r"16000 Hz; the file is at 8000 Hz and 16000 is its count at 8000 Hz: "
-                                         r"manifests count samples at 16000 Hz"):
-        main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "g"), "--strict"])
+    # the file's own count at its native rate, as fairseq's wav2vec_manifest.py writes it: accepted, noted
+    # once and counted, the same features as the 16 kHz count gives
+    (tmp_path / "m.tsv").write_text(".\na8k.wav\t16000\nb8k.wav\t16000\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "g"), "--strict"]) == 0
+    assert "(0 skipped; 2 files resampled from 8000 Hz (2 listed with their 8000 Hz count))" in capsys.readouterr().out
+    notes = [r.getMessage() for r in caplog.records if "native 8000 Hz count" in r.getMessage()]
+    assert len(notes) == 1 and "m.tsv:2: lists" in notes[0], notes
+    np.testing.assert_array_equal(load_features(str(tmp_path / "g"))[0], load_features(str(tmp_path / "f"))[0])
+    # a count that matches neither rate is still the manifest's error
+    (tmp_path / "m.tsv").write_text(".\na8k.wav\t20000\n")
+    with pytest.raises(AudioError, match=r"m.tsv:2: the manifest lists 20000 samples, but .*a8k.wav has 32000 at "
+                                         r"16000 Hz; the file is at 8000 Hz. Fix the line"):
+        main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "h"), "--strict"])
 
 
 # ---------------------------------------------------------------------------------------------- labels (5, 6, 8)

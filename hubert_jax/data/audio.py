@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 _resampled: collections.Counter = collections.Counter()  # native rate -> files resampled in this process
+_native: collections.Counter = collections.Counter()  # native rate -> rows counted at it (accepted)
 _resampled_lock = threading.Lock()
 
 
@@ -106,17 +107,23 @@ def _note_resampling(path: str, rate: int) -> None:
                        SAMPLE_RATE)
 
 
-def resampled_counts() -> dict[int, int]:
-    """{native rate: files} resampled so far by this process."""
+def resampled_counts() -> dict:
+    """{native rate: files} resampled so far by this process, and {("native", rate): files} of them that
+    their manifest counted at that rate."""
     with _resampled_lock:
-        return dict(_resampled)
+        return {**_resampled, **{("native", rate): n for rate, n in _native.items()}}
 
 
 def resampled_summary(since: dict[int, int] | None = None) -> str:
-    """'N files resampled from R Hz' for the files resampled since `since` (an earlier resampled_counts())."""
+    """'N files resampled from R Hz (M listed at R Hz)' for the files resampled since `since` (an earlier
+    resampled_counts()), with how many of them the manifest counted at their native rate."""
     since = since or {}
-    counts = {rate: n - since.get(rate, 0) for rate, n in resampled_counts().items()}
-    return "; ".join(f"{n} files resampled from {rate} Hz" for rate, n in sorted(counts.items()) if n)
+    now = resampled_counts()
+    counts = {rate: n - since.get(rate, 0) for rate, n in now.items() if isinstance(rate, int)}
+    native = {key[1]: n - since.get(key, 0) for key, n in now.items() if isinstance(key, tuple)}
+    return "; ".join(f"{n} files resampled from {rate} Hz" + (f" ({native[rate]} listed with their {rate} Hz "
+                                                              f"count)" if native.get(rate) else "")
+                     for rate, n in sorted(counts.items()) if n)
 
 
 def load(path: str, *, min_samples: int = 400) -> tuple[np.ndarray, int]:
@@ -174,14 +181,23 @@ def num_samples(path: str) -> int | None:
 
 
 def check_count(listed: int, audio: np.ndarray, rate: int, *, where: str, path: str) -> None:
-    """The manifest's count against the samples read (at 16 kHz; 1 sample of slack after resampling)."""
+    """The manifest's count against the samples read (at 16 kHz; 1 sample of slack after resampling). A file
+    not at 16 kHz may also be listed with its own frame count at its native rate (what fairseq's
+    wav2vec_manifest.py writes): accepted, noted once and counted (`native_counts`)."""
     tolerance = 0 if rate == SAMPLE_RATE else 1
     if abs(len(audio) - listed) <= tolerance:
         return
-    hint = ""
     if rate != SAMPLE_RATE:
-        native = int(round(len(audio) * rate / SAMPLE_RATE))
-        hint = (f"; the file is at {rate} Hz" + (f" and {listed} is its count at {rate} Hz" if abs(native - listed) <= 1
-                                                 else "") + f": manifests count samples at {SAMPLE_RATE} Hz")
+        native = len(audio) * rate / SAMPLE_RATE  # the resampler's rounding: within rate / 16 kHz + 1
+        if abs(native - listed) <= rate / SAMPLE_RATE + 1:
+            with _resampled_lock:
+                _native[rate] += 1
+                first = _native[rate] == 1
+            if first:
+                logger.warning("%s: lists %s at its native %d Hz count (%d); accepted and read at %d Hz (noted "
+                               "once per rate; the manifest's other counts are at %d Hz)", where, path, rate, listed,
+                               SAMPLE_RATE, SAMPLE_RATE)
+            return
     raise AudioError(f"{where}: the manifest lists {listed} samples, but {path} has {len(audio)} at "
-                     f"{SAMPLE_RATE} Hz{hint}. Fix the line (or rewrite the manifest from the audio)")
+                     f"{SAMPLE_RATE} Hz{f'; the file is at {rate} Hz' if rate != SAMPLE_RATE else ''}. Fix the "
+                     f"line (or rewrite the manifest from the audio)")
