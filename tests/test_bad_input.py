@@ -206,3 +206,26 @@ def test_noise_files_that_cannot_be_read_are_refused_at_start(tmp_path):
     with pytest.raises(AudioError, match=rf"noise.tsv \(config.mix.noise_manifest\): 1 noise file\(s\) cannot be "
                                          rf"read as audio: {tmp_path}/broken.wav"):
         Noise(str(tmp_path / "noise.tsv"))
+
+
+def test_training_reads_a_manifest_of_native_rate_counts_with_its_labels(tmp_path, caplog):
+    """fairseq's wav2vec_manifest.py lists a 44.1 kHz file with its 44.1 kHz count; the labels (made at
+    16 kHz) fit the file: the rows are recounted at 16 kHz from the headers, once, with a note."""
+    from scipy.signal import resample_poly
+
+    entries = read_manifest(os.path.join(DEMO, "valid.tsv"))[:9]
+    phones = open(os.path.join(DEMO, "valid.phn")).read().splitlines()[:9]
+    rows = []
+    for i, e in enumerate(entries):
+        audio = read_entry_audio(os.path.join(DEMO, "valid.tsv"), e, normalize=False)
+        native = resample_poly(audio, 441, 160).astype(np.float32)
+        sf.write(tmp_path / f"u{i}.wav", native, 44100, subtype="FLOAT")
+        rows.append(f"u{i}.wav\t{sf.info(str(tmp_path / f'u{i}.wav')).frames}")
+    (tmp_path / "m.tsv").write_text("\n".join(["."] + rows) + "\n")
+    (tmp_path / "m.phn").write_text("\n".join(phones) + "\n")
+    config = DataConfig(manifest=str(tmp_path / "m.tsv"), labels=(str(tmp_path / "m.phn"),), label_rate=100,
+                        crop_samples=16000, min_samples=16000)
+    with caplog.at_level(logging.WARNING):
+        source = LabeledAudio(config)
+    assert "9 rows list their file's native-rate count; counted at 16000 Hz" in caplog.text
+    assert [e.num_samples for e in source.entries] == [e.num_samples for e in entries]

@@ -180,6 +180,19 @@ def num_samples(path: str) -> int | None:
     return int(round(frames * SAMPLE_RATE / info.samplerate))
 
 
+def count_at_16k(path: str, listed: int) -> int | None:
+    """The file's count at 16 kHz when `listed` is its own frame count at another (native) rate, else None."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except Exception:
+        return None
+    if info.samplerate == SAMPLE_RATE or abs((wav_header_frames(path) or info.frames) - listed) > 1:
+        return None
+    return num_samples(path)
+
+
 def check_count(listed: int, audio: np.ndarray, rate: int, *, where: str, path: str) -> None:
     """The manifest's count against the samples read (at 16 kHz; 1 sample of slack after resampling). A file
     not at 16 kHz may also be listed with its own frame count at its native rate (what fairseq's

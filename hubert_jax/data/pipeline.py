@@ -72,10 +72,15 @@ class LabeledAudio:
             raise ValueError(f"{config.manifest}: no utterances")
         check_files_exist(config.manifest, entries)
         self.config = config
-        expected = [int(round(e.num_samples * config.label_rate / SAMPLE_RATE)) for e in entries]
         tolerance = max(1, int(math.ceil(config.label_tolerance_s * config.label_rate)))
         # label lines are checked now and read when asked for, never held whole (IntLabelFile)
-        self.label_files = [self._open_labels(path, entries, expected, tolerance) for path in config.labels]
+        try:
+            self.label_files = self._open_all(entries, tolerance)
+        except LabelCountError as e:
+            entries = self._counted_at_16k(entries, e) or []
+            if not entries:
+                raise
+            self.label_files = self._open_all(entries, tolerance)
         self.keep = [i for i, e in enumerate(entries) if e.num_samples >= config.min_samples]
         self.entries = [entries[i] for i in self.keep]
         # the largest label of each set, to be checked against the model's cluster counts
@@ -88,6 +93,24 @@ class LabeledAudio:
             logger.info("%s: %d utterances shorter than %d samples left out", config.manifest, dropped,
                         config.min_samples)
 
+    def _open_all(self, entries, tolerance: int) -> list:
+        expected = [int(round(e.num_samples * self.config.label_rate / SAMPLE_RATE)) for e in entries]
+        return [self._open_labels(path, entries, expected, tolerance) for path in self.config.labels]
+
+    def _counted_at_16k(self, entries, error) -> list | None:
+        """When the row a label line does not fit lists its file's native-rate count (fairseq's
+        wav2vec_manifest.py for a non-16 kHz file), every row is recounted at 16 kHz from the headers (once,
+        and only then); None when that row is not such a row."""
+        from hubert_jax.data.audio import count_at_16k
+
+        if count_at_16k(entries[error.line - 1].path, entries[error.line - 1].num_samples) is None:
+            return None
+        recounted = [(e, count_at_16k(e.path, e.num_samples)) for e in entries]
+        changed = sum(n is not None for _, n in recounted)
+        logger.warning("%s: %d rows list their file's native-rate count; counted at %d Hz from the files' "
+                       "headers", self.config.manifest, changed, SAMPLE_RATE)
+        return [e if n is None else dataclasses.replace(e, num_samples=n) for e, n in recounted]
+
     def _open_labels(self, path: str, entries, expected, tolerance: int) -> IntLabelFile:
         """The label file, checked. A line that does not fit its manifest row but fits the audio file's
         real length blames the manifest's count, not the labels."""
@@ -98,6 +121,10 @@ class LabeledAudio:
             real = None if e.count == 0 else num_samples(entry.path)
             if real is None or abs(self.config.labels_for(real) - e.count) > tolerance:
                 raise
+            from hubert_jax.data.audio import count_at_16k
+
+            if count_at_16k(entry.path, entry.num_samples) is not None:
+                raise  # the row lists the file's native-rate count: recounted by the caller
             raise ValueError(f"{self.config.manifest}:{entry.line}: the manifest lists {entry.num_samples} samples, but "
                              f"{entry.path} has {real}, and its labels ({path}:{e.line}, {e.count} of them) fit "
                              f"the file: the manifest's count is wrong. Fix the line (or rewrite the manifest "
