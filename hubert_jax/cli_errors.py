@@ -9,7 +9,6 @@ traceback of a user error too.
 from __future__ import annotations
 
 import errno
-import re
 import sys
 
 DEBUG_FLAG = "--debug"
@@ -29,8 +28,8 @@ def user_message(error: BaseException) -> str | None:
         return f"no space left on device: {error}"
     if isinstance(error, (ValueError, OSError)):
         return text
-    from_package = type(error).__module__.startswith("hubert_jax.")
-    if from_package and isinstance(error, RuntimeError) and re.match(r"^\S", text):  # CheckpointDamaged, NonFiniteLoss
+    # the package's own conditions of the run: CheckpointDamaged, NonFiniteLoss, CoordinatorUnreachable, ...
+    if type(error).__module__.startswith("hubert_jax.") and isinstance(error, RuntimeError) and text.strip():
         return text
     return None
 
