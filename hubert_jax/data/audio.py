@@ -196,7 +196,7 @@ def count_at_16k(path: str, listed: int) -> int | None:
 def check_count(listed: int, audio: np.ndarray, rate: int, *, where: str, path: str) -> None:
     """The manifest's count against the samples read (at 16 kHz; 1 sample of slack after resampling). A file
     not at 16 kHz may also be listed with its own frame count at its native rate (what fairseq's
-    wav2vec_manifest.py writes): accepted, noted once and counted (`native_counts`)."""
+    wav2vec_manifest.py writes): accepted, noted once and counted (`resampled_counts`)."""
     tolerance = 0 if rate == SAMPLE_RATE else 1
     if abs(len(audio) - listed) <= tolerance:
         return
