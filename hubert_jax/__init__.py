@@ -5,8 +5,8 @@ from hubert_jax.config import (PRESETS, HubertConfig, SpeechConfig, Wav2Vec2Conf
 from hubert_jax.models import *  # noqa: F401,F403
 from hubert_jax.export import export_to_transformers
 from hubert_jax.models import ModelOptions
-from hubert_jax.pretrained import (FlaxAutoModel, FlaxAutoModelForAudioClassification,
-                                   FlaxAutoModelForAudioFrameClassification, FlaxAutoModelForAudioXVector,
-                                   FlaxAutoModelForCTC, FlaxAutoModelForPreTraining)
+from hubert_jax.auto import (FlaxAutoModel, FlaxAutoModelForAudioClassification,
+                             FlaxAutoModelForAudioFrameClassification, FlaxAutoModelForAudioXVector,
+                             FlaxAutoModelForCTC, FlaxAutoModelForPreTraining)
 
 __version__ = "0.1.0"

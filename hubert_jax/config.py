@@ -13,6 +13,8 @@ import math
 import os
 from typing import Any, ClassVar
 
+from hubert_jax import families
+
 CONFIG_NAME = "config.json"
 
 
@@ -46,6 +48,11 @@ class SpeechConfig:
 
     model_type: ClassVar[str] = ""
     base_model_prefix: ClassVar[str] = ""
+    # architecture traits of the family, read by the modules (never a `model_type == ...` branch)
+    relative_position_bias: ClassVar[bool] = False  # WavLM's gated relative position bias
+    # HuBERT's front end: zero conv biases and a normal projection at init, an optional projection LayerNorm
+    # (feat_proj_layer_norm), the raw conv features returned
+    hubert_front_end: ClassVar[bool] = False
 
     vocab_size: int | None = 32
     hidden_size: int = 768
@@ -238,6 +245,7 @@ class SpeechConfig:
 class HubertConfig(SpeechConfig):
     model_type: ClassVar[str] = "hubert"
     base_model_prefix: ClassVar[str] = "hubert"
+    hubert_front_end: ClassVar[bool] = True
 
     feat_proj_layer_norm: bool = True
     conv_pos_batch_norm: bool = False
@@ -315,6 +323,7 @@ class _Wav2Vec2LikeConfig(SpeechConfig):
 class WavLMConfig(_Wav2Vec2LikeConfig):
     model_type: ClassVar[str] = "wavlm"
     base_model_prefix: ClassVar[str] = "wavlm"
+    relative_position_bias: ClassVar[bool] = True
 
     num_buckets: int = 320
     max_bucket_distance: int = 800
@@ -377,38 +386,15 @@ class Wav2Vec2Config(_Wav2Vec2LikeConfig):
         return cls.from_dict({**_XXLARGE, **_PRE_LN, "conv_bias": True, **kw})
 
 
-CONFIG_CLASSES: dict[str, type[SpeechConfig]] = {
-    c.model_type: c for c in (HubertConfig, WavLMConfig, Wav2Vec2Config)
-}
-
-
 def config_class_for(model_type: str) -> type[SpeechConfig]:
-    try:
-        return CONFIG_CLASSES[model_type]
-    except KeyError:
-        raise ValueError(
-            f"unsupported model_type {model_type!r}: expected one of {sorted(CONFIG_CLASSES)}"
-        ) from None
+    """The config class of config.json's `model_type` (hubert_jax/families.py)."""
+    return families.config_class(model_type)
 
 
-# name -> (config class, preset classmethod); the released sizes
+# model_type -> config class; name -> (config class, preset classmethod): the released sizes
+CONFIG_CLASSES: dict[str, type[SpeechConfig]] = {t: config_class_for(t) for t in families.FAMILIES}
 PRESETS: dict[str, tuple[type[SpeechConfig], str]] = {
-    "hubert-base": (HubertConfig, "base"),
-    "hubert-large": (HubertConfig, "large"),
-    "hubert-xlarge": (HubertConfig, "xlarge"),
-    "hubert-base-korean": (HubertConfig, "korean_base"),
-    "hubert-large-korean": (HubertConfig, "korean_large"),
-    "distilhubert": (HubertConfig, "distilhubert"),
-    "wavlm-base": (WavLMConfig, "base"),
-    "wavlm-base-plus": (WavLMConfig, "base_plus"),
-    "wavlm-large": (WavLMConfig, "large"),
-    "wav2vec2-base": (Wav2Vec2Config, "base"),
-    "wav2vec2-large": (Wav2Vec2Config, "large"),
-    "wav2vec2-xlsr-53": (Wav2Vec2Config, "xlsr_53"),
-    "wav2vec2-xls-r-300m": (Wav2Vec2Config, "xls_r_300m"),
-    "wav2vec2-xls-r-1b": (Wav2Vec2Config, "xls_r_1b"),
-    "wav2vec2-xls-r-2b": (Wav2Vec2Config, "xls_r_2b"),
-}
+    name: (CONFIG_CLASSES[f.model_type], method) for f in families.FAMILIES.values() for name, method in f.presets}
 
 
 def preset(name: str, **overrides) -> SpeechConfig:

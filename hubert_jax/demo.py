@@ -120,7 +120,7 @@ def train_iteration(cfg, km: dict[str, str], label_rate: float, steps: int, work
 def dump_layer(model_dir: str, layer: int, out_dir: str) -> dict[str, str]:
     from hubert_jax.data.manifest import read_manifest
     from hubert_jax.labels.dump import dump_features
-    from hubert_jax.pretrained import FlaxAutoModel
+    from hubert_jax.auto import FlaxAutoModel
 
     model = FlaxAutoModel.from_pretrained(model_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -140,7 +140,7 @@ def check_export(directory: str, trainer, state) -> dict[str, float]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from hubert_jax.pretrained import FlaxAutoModel
+    from hubert_jax.auto import FlaxAutoModel
 
     x = np.asarray(np.random.default_rng(0).standard_normal((1, 32000)), np.float32)
     trained = nnx.merge(trainer.graphdef, state["params"], state["rest"]).base_model  # HubertModel / WavLMModel
@@ -163,7 +163,7 @@ def check_export(directory: str, trainer, state) -> dict[str, float]:
 def speaker_probes(family_runs: dict, wd: str, steps: int, km: dict, clusters: int) -> dict[str, dict]:
     """Stage 6: the speaker-identification probe's accuracies for each iteration-1 model; `family_runs`
     maps a name to the run whose model is probed, or to (family, mix) for one trained here on `km`."""
-    from hubert_jax.pretrained import FlaxAutoModel
+    from hubert_jax.auto import FlaxAutoModel
     from hubert_jax.probe import probe
 
     splits = {s: (os.path.join(DATA, f"{s}.tsv"), os.path.join(DATA, f"{s}.spk")) for s in SPLITS}

@@ -70,7 +70,7 @@ def check_export(directory: str) -> float:
     import jax.numpy as jnp
 
     from hubert_jax.masking import sample_negatives
-    from hubert_jax.pretrained import FlaxAutoModelForPreTraining
+    from hubert_jax.auto import FlaxAutoModelForPreTraining
 
     trained = FlaxAutoModelForPreTraining.from_pretrained(directory)
     x = np.asarray(np.random.default_rng(0).standard_normal((1, 32000)), np.float32)

@@ -1,4 +1,5 @@
-"""`from_pretrained` / `save_pretrained` and the FlaxAutoModel classes (export to transformers lives in
+"""`from_pretrained` / `save_pretrained`, the load/save core every model class shares (the FlaxAutoModel classes,
+which pick the class, are hubert_jax/auto.py; export to transformers lives in
 hubert_jax/export.py, conversion of original fairseq/unilm/s3prl checkpoints in hubert_jax/convert/original.py).
 
 A hubert-jax directory holds `config.json` and `flax_model.safetensors` (sharded past a size limit), with
@@ -23,10 +24,11 @@ import numpy as np
 from flax import nnx
 
 from hubert_jax.config import SpeechConfig
+from hubert_jax import families
 from hubert_jax.convert import checkpoint_io as io
+from hubert_jax.convert.checkpoint_io import PRETRAINING_HEADS
 from hubert_jax.convert.state import (check_flat, flat_state, load_flat, model_to_flat, per_layer_names,
                                       stack_layers, torch_to_flat, unstack_layers)
-from hubert_jax.models.pretraining_hubert import HEADS_FILE as PRETRAINING_HEADS
 
 logger = logging.getLogger(__name__)
 
@@ -224,9 +226,7 @@ def architecture_name(model) -> str:
         return model.architecture
     name = type(model).__name__
     if name.startswith("For"):  # a generic head class: name it after the family
-        from hubert_jax.models.heads import FAMILY_PREFIX
-
-        name = FAMILY_PREFIX[model.config.model_type] + name
+        name = families.family(model.config.model_type).prefix + name
     return name
 
 
@@ -303,64 +303,3 @@ def save_pretrained(model, directory, *, max_shard_bytes: int = io.DEFAULT_MAX_S
     """config.json + flax_model.safetensors (per-layer layout, parameters in their storage dtype)."""
     return write_directory(directory, lambda tmp: write_model_files(model, tmp, max_shard_bytes),
                            overwrite=overwrite)
-
-
-# ----------------------------------------------------------------------------- the Auto classes
-class _AutoBase:
-    """Picks the model class from config.json's model_type (and, for the plain loader, `architectures`)."""
-
-    task: str = ""
-
-    @classmethod
-    def model_class(cls, config: SpeechConfig):
-        from hubert_jax.models import BASE_MODELS, TASK_CLASSES
-
-        if cls.task == "":
-            return BASE_MODELS[config.model_type]
-        try:
-            return TASK_CLASSES[cls.task][config.model_type]
-        except KeyError:
-            raise ValueError(f"{cls.__name__}: transformers has no {cls.task} head for model_type "
-                             f"{config.model_type!r}") from None
-
-    @classmethod
-    def from_pretrained(cls, path_or_id, *, revision=None, cache_dir=None, local_files_only=False, **kw):
-        directory = resolve(path_or_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        config = SpeechConfig.from_pretrained(directory)
-        return from_pretrained(cls.model_class(config), directory, **kw)
-
-
-class FlaxAutoModel(_AutoBase):
-    task = ""
-
-
-class FlaxAutoModelForCTC(_AutoBase):
-    task = "ForCTC"
-
-
-class FlaxAutoModelForAudioClassification(_AutoBase):
-    task = "ForSequenceClassification"
-
-
-class FlaxAutoModelForAudioFrameClassification(_AutoBase):
-    task = "ForAudioFrameClassification"
-
-
-class FlaxAutoModelForAudioXVector(_AutoBase):
-    task = "ForXVector"
-
-
-class FlaxAutoModelForPreTraining(_AutoBase):
-    task = "ForPreTraining"
-
-
-def load_any(path_or_id, **kw):
-    """The class named by config.json's `architectures` (the base model when it names none we know)."""
-    from hubert_jax.models import ARCHITECTURES, BASE_MODELS
-
-    directory = resolve(path_or_id, revision=kw.pop("revision", None), cache_dir=kw.pop("cache_dir", None),
-                        local_files_only=kw.pop("local_files_only", False))
-    config = SpeechConfig.from_pretrained(directory)
-    names = config.extra.get("architectures") or []
-    cls = next((ARCHITECTURES[n] for n in names if n in ARCHITECTURES), BASE_MODELS[config.model_type])
-    return from_pretrained(cls, directory, **kw)

@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--train", nargs=2, required=True, metavar=("MANIFEST", "LABELS"))
     parser.add_argument("--valid", nargs=2, required=True, metavar=("MANIFEST", "LABELS"))
     args = parser.parse_args(argv)
-    from hubert_jax.pretrained import FlaxAutoModel
+    from hubert_jax.auto import FlaxAutoModel
 
     accuracy = probe(FlaxAutoModel.from_pretrained(args.model), tuple(args.train), tuple(args.valid))
     print(f"linear probe accuracy: valid {accuracy['valid']:.3f}, 5-fold cross-validated over both splits "

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from hubert_jax.config import PRESETS, preset
-from hubert_jax.models import BASE_MODELS
+from hubert_jax import families
 from hubert_jax.lengths import SAMPLE_RATE
 
 
@@ -38,8 +38,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     config = preset(args.preset)
-    model = BASE_MODELS[config.model_type](config, rngs=nnx.Rngs(0), dtype=jnp.dtype(args.dtype),
-                                           scan_layers=args.scan)
+    model = families.base_model_class(config.model_type)(config, rngs=nnx.Rngs(0), dtype=jnp.dtype(args.dtype),
+                                                         scan_layers=args.scan)
     n_params = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
     audio = jnp.asarray(synthetic_audio(args.batch, args.seconds))
 

@@ -43,7 +43,7 @@ def distill_config(tmp_path, steps):
 def test_distillation_trains_and_exports_a_transformers_student(tmp_path):
     import transformers
 
-    from hubert_jax.pretrained import FlaxAutoModel
+    from hubert_jax.auto import FlaxAutoModel
 
     cfg = distill_config(tmp_path, 40)
     result = run(cfg, str(tmp_path / "run"))
@@ -71,7 +71,7 @@ def test_distillation_trains_and_exports_a_transformers_student(tmp_path):
 def test_student_starts_from_the_teacher(tmp_path):
     cfg = distill_config(tmp_path, 1)
     result = run(cfg, str(tmp_path / "run"), stop_after=0)
-    from hubert_jax.pretrained import FlaxAutoModel
+    from hubert_jax.auto import FlaxAutoModel
 
     teacher = FlaxAutoModel.from_pretrained(cfg.distill.teacher)
     student = jax.device_get(result.state["params"])["hubert"]

@@ -56,7 +56,7 @@ def test_pretraining_models_start_from_fairseqs_statistics(tmp_path, name):
     (tests/fixtures/peer, two updates at learning rate <= 5e-4 from fairseq's own init). The two front-end
     tensors where transformers' scheme differs (HuBERT's feature projection, the positional conv) are
     checked to differ from transformers' as well."""
-    from hubert_jax.pretrained import FlaxAutoModelForPreTraining
+    from hubert_jax.auto import FlaxAutoModelForPreTraining
     from tests.test_peer_checkpoints import convert
 
     directory = convert(name, tmp_path / "out")

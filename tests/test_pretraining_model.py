@@ -223,7 +223,7 @@ def test_save_and_from_pretrained_keep_the_heads_beside_the_encoder(tmp_path):
     import json
 
     from hubert_jax.convert.checkpoint_io import read_safetensors
-    from hubert_jax.pretrained import FlaxAutoModel, FlaxAutoModelForPreTraining
+    from hubert_jax.auto import FlaxAutoModel, FlaxAutoModelForPreTraining
 
     config = preset("hubert-base").replace(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                            intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=8,

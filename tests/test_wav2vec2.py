@@ -38,7 +38,7 @@ def test_the_loss_equals_fairseq_wav2vec_criterion_on_its_own_checkpoint(tmp_pat
     """criterion.npz: fairseq's loss (infonce, loss_weights [0.1, 10]) on two crops, eval mode, with the masks
     and distractors fairseq drew; our task's loss on the converted checkpoint, same masks and distractors."""
     from hubert_jax.convert.original import convert_original_checkpoint
-    from hubert_jax.pretrained import FlaxAutoModelForPreTraining
+    from hubert_jax.auto import FlaxAutoModelForPreTraining
 
     ref = np.load(os.path.join(PEER, "criterion.npz"))
     convert_original_checkpoint(os.path.join(PEER, "checkpoint_last.pt"), tmp_path / "model")

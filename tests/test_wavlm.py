@@ -176,7 +176,7 @@ def test_the_export_loads_in_transformers_wavlm_and_converts_back(wavlm_run, tmp
     import torch
     import transformers
 
-    from hubert_jax.pretrained import FlaxAutoModel, FlaxAutoModelForPreTraining
+    from hubert_jax.auto import FlaxAutoModel, FlaxAutoModelForPreTraining
 
     result, _ = wavlm_run
     exported = result.trainer.export(result.state, str(tmp_path / "export"))

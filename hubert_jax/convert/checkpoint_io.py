@@ -11,6 +11,7 @@ import numpy as np
 
 # our own layout: Flax names and layouts, always per-layer (unrolled) so any model layout loads it
 FLAX_WEIGHTS = "flax_model.safetensors"
+PRETRAINING_HEADS = "pretraining_heads.safetensors"  # a pretraining model's heads, beside its encoder
 FLAX_INDEX = "flax_model.safetensors.index.json"
 # transformers' files
 TORCH_SAFETENSORS = "model.safetensors"

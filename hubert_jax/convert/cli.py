@@ -107,7 +107,9 @@ def main(argv=None) -> int:
         print(f"wrote {out} (no reference run: fairseq itself is not a dependency)")
         return 0
 
-    model = pretrained.load_any(args.src)
+    from hubert_jax.auto import load_any
+
+    model = load_any(args.src)
     if args.to_pytorch:
         def fill(tmp):
             write_transformers_files(model, tmp, max_shard_bytes=args.max_shard_size)

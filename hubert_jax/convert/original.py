@@ -27,7 +27,7 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
     dictionary the file carries. `w2v_checkpoint`: the pretrained checkpoint of a fine-tuned file whose
     config does not keep the encoder's settings. Returns the converted model."""
     from hubert_jax.convert import fairseq
-    from hubert_jax.models import BASE_MODELS, TASK_CLASSES
+    from hubert_jax import families
     from hubert_jax.processing import FeatureExtractor
 
     converted = fairseq.convert_checkpoint(fairseq.load_checkpoint(path), path, w2v_checkpoint)
@@ -56,7 +56,8 @@ def convert_original_checkpoint(path: str, directory, *, max_shard_bytes: int = 
     elif heads:
         logger.info("%s: a fine-tuned checkpoint: its pretraining heads (%s) are not kept", path, ", ".join(heads))
         heads = {}
-    cls = BASE_MODELS[config.model_type] if kind == "Model" else TASK_CLASSES[kind][config.model_type]
+    cls = (families.base_model_class(config.model_type) if kind == "Model"
+           else families.head_class(kind, config.model_type))
     model = cls(config, rngs=nnx.Rngs(0))
     if heads:
         prefix = model.base_model_prefix

@@ -188,8 +188,8 @@ def cmd_dump(args) -> None:
 
     from hubert_jax.config import preset
     from hubert_jax.labels.dump import dump_features
-    from hubert_jax.models import BASE_MODELS
-    from hubert_jax.pretrained import FlaxAutoModel
+    from hubert_jax import families
+    from hubert_jax.auto import FlaxAutoModel
 
     if (args.model is None) == (args.preset is None):
         raise SystemExit("dump: give exactly one of --model DIR (trained) or --preset NAME (random weights)")
@@ -199,7 +199,7 @@ def cmd_dump(args) -> None:
         from flax import nnx
 
         config = preset(args.preset)
-        model = BASE_MODELS[config.model_type](config, rngs=nnx.Rngs(args.seed))
+        model = families.base_model_class(config.model_type)(config, rngs=nnx.Rngs(args.seed))
     entries = read_manifest(args.manifest)
     check_files_exist(args.manifest, entries)
     rank = jax.process_index() if args.rank is None else args.rank

@@ -61,7 +61,7 @@ class Attention(nnx.Module):
         self.v_proj = Linear(d, d, axes=("embed", "heads"), std=std, opts=opts, rngs=rngs)
         self.q_proj = Linear(d, d, axes=("embed", "heads"), std=std, opts=opts, rngs=rngs)
         self.out_proj = Linear(d, d, axes=("heads", "embed"), std=std, opts=opts, rngs=rngs)
-        self.gated = config.model_type == "wavlm"
+        self.gated = config.relative_position_bias
         if self.gated:
             self.gru_rel_pos_const = make_param(rngs, ones, (1, h, 1, 1), (None, "heads", None, None),
                                                 opts.param_dtype)
@@ -186,7 +186,7 @@ class Encoder(nnx.Module):
         self.num_layers = config.num_hidden_layers
         self.pre_ln = config.do_stable_layer_norm
         self.scan, self.remat_policy = opts.scan_layers, opts.remat_policy
-        self.wavlm = config.model_type == "wavlm"
+        self.wavlm = config.relative_position_bias
         self.pos_conv_embed = PositionalConvEmbedding(config, opts=opts, rngs=rngs)
         self.layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps, opts=opts, rngs=rngs)
         self.hidden_dropout, self.layerdrop = config.hidden_dropout, config.layerdrop

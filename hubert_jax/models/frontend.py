@@ -14,10 +14,6 @@ from hubert_jax.models.layers import (BatchNorm1d, Conv1d, GroupNorm, LayerNorm,
                                       uniform, zeros)
 
 
-def _is_hubert(config) -> bool:
-    return config.model_type == "hubert"
-
-
 class FeatureEncoderLayer(nnx.Module):
     """conv -> [GroupNorm | LayerNorm | nothing] -> activation (transformers' three conv layer kinds)."""
 
@@ -25,7 +21,7 @@ class FeatureEncoderLayer(nnx.Module):
         in_dim = config.conv_dim[layer_id - 1] if layer_id > 0 else 1
         out_dim, kernel = config.conv_dim[layer_id], config.conv_kernel[layer_id]
         # transformers: HuBERT zero-initialises conv biases, wav2vec2/WavLM draw them like torch does
-        bias_init = zeros if _is_hubert(config) else uniform(-math.sqrt(1 / (in_dim * kernel)),
+        bias_init = zeros if config.hubert_front_end else uniform(-math.sqrt(1 / (in_dim * kernel)),
                                                              math.sqrt(1 / (in_dim * kernel)))
         self.conv = Conv1d(in_dim, out_dim, kernel, stride=config.conv_stride[layer_id], use_bias=config.conv_bias,
                            axes=("conv_kernel", "conv_in", "conv_out"), bias_init=bias_init, opts=opts, rngs=rngs)
@@ -76,7 +72,7 @@ class FeatureProjection(nnx.Module):
 
     def __init__(self, config, *, opts: ModelOptions, rngs: nnx.Rngs):
         in_dim = config.conv_dim[-1]
-        self.hubert_style = _is_hubert(config)
+        self.hubert_style = config.hubert_front_end
         self.has_norm = config.feat_proj_layer_norm if self.hubert_style else True
         self.layer_norm = (LayerNorm(in_dim, eps=config.layer_norm_eps, axes=("conv_out",), opts=opts, rngs=rngs)
                            if self.has_norm else None)

@@ -14,7 +14,8 @@ from hubert_jax.lengths import feat_extract_output_lengths, feature_vector_mask
 from hubert_jax.models.compiled import compiled_in_inference
 from hubert_jax.models.hub_mixin import PretrainedMixin
 from hubert_jax.models.layers import Linear, ModelOptions, conv1d, dropout, fold, make_param, normal
-from hubert_jax.models.model import BASE_MODELS, make_options
+from hubert_jax import families
+from hubert_jax.models.model import make_options
 from hubert_jax.models.outputs import CTCOutput, SequenceClassifierOutput, TokenClassifierOutput, XVectorOutput
 
 
@@ -34,10 +35,7 @@ class _Head(PretrainedMixin, nnx.Module):
                                         remat_conv=remat_conv, precision=precision)
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.base_model_prefix = config.base_model_prefix
-        try:
-            base_cls = BASE_MODELS[config.model_type]
-        except KeyError:
-            raise ValueError(f"unsupported model_type {config.model_type!r}") from None
+        base_cls = families.base_model_class(config.model_type)
         setattr(self, self.base_model_prefix, base_cls(config, opts=opts, rngs=rngs))
         self._build_head(config, opts, rngs)
 
@@ -253,22 +251,19 @@ class ForXVector(_Head):
         return XVectorOutput(logits=logits, embeddings=embeddings, loss=loss, hidden_states=hidden_states)
 
 
-FAMILY_PREFIX = {"hubert": "Hubert", "wavlm": "WavLM", "wav2vec2": "Wav2Vec2"}
+GENERIC_HEADS = {cls.__name__: cls for cls in (ForCTC, ForSequenceClassification, ForAudioFrameClassification,
+                                                ForXVector)}
 
 
-def _family(head_cls, model_type: str):
-    """The transformers class name for one family's head, bound to that family's configs."""
-    name = FAMILY_PREFIX[model_type] + head_cls.__name__
-    return type(name, (head_cls,), {"model_type": model_type, "__doc__": f"{name}: {head_cls.__doc__ or ''}"})
+def family_head(kind: str, model_type: str, name: str):
+    """One family's `kind` head under transformers' class name, bound to that family's configs."""
+    head_cls = GENERIC_HEADS[kind]
+    return type(name, (head_cls,), {"model_type": model_type, "__module__": __name__,
+                                    "__doc__": f"{name}: {head_cls.__doc__ or ''}"})
 
 
-HubertForCTC = _family(ForCTC, "hubert")
-HubertForSequenceClassification = _family(ForSequenceClassification, "hubert")
-WavLMForCTC = _family(ForCTC, "wavlm")
-WavLMForSequenceClassification = _family(ForSequenceClassification, "wavlm")
-WavLMForAudioFrameClassification = _family(ForAudioFrameClassification, "wavlm")
-WavLMForXVector = _family(ForXVector, "wavlm")
-Wav2Vec2ForCTC = _family(ForCTC, "wav2vec2")
-Wav2Vec2ForSequenceClassification = _family(ForSequenceClassification, "wav2vec2")
-Wav2Vec2ForAudioFrameClassification = _family(ForAudioFrameClassification, "wav2vec2")
-Wav2Vec2ForXVector = _family(ForXVector, "wav2vec2")
+# transformers class name -> class, every family's heads (hubert_jax/families.py): HubertForCTC, WavLMForXVector, ...
+HEAD_CLASSES = {f"{f.prefix}{kind}": family_head(kind, f.model_type, f"{f.prefix}{kind}")
+                for f in families.FAMILIES.values() for kind in f.heads}
+globals().update(HEAD_CLASSES)
+__all__ = ["ForCTC", "ForSequenceClassification", "ForAudioFrameClassification", "ForXVector", *HEAD_CLASSES]

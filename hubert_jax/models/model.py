@@ -112,5 +112,3 @@ class WavLMModel(SpeechModel):
 class Wav2Vec2Model(SpeechModel):
     config_class = Wav2Vec2Config
 
-
-BASE_MODELS = {"hubert": HubertModel, "wavlm": WavLMModel, "wav2vec2": Wav2Vec2Model}

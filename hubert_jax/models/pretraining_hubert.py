@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hubert_jax import families
 from hubert_jax.config import SpeechConfig
+from hubert_jax.convert.checkpoint_io import PRETRAINING_HEADS
 from hubert_jax.lengths import feature_vector_mask
 from hubert_jax.masking import span_mask
 from hubert_jax.models.frontend import init_front_end_as_fairseq
@@ -39,10 +41,9 @@ from hubert_jax.models.layers import (
     uniform,
 )
 from hubert_jax.models.hub_mixin import PretrainedMixin
-from hubert_jax.models.model import BASE_MODELS, make_options
+from hubert_jax.models.model import make_options
 from hubert_jax.lengths import SAMPLE_RATE
 
-HEADS_FILE = "pretraining_heads.safetensors"  # the heads beside the encoder in a model directory
 
 
 
@@ -119,7 +120,7 @@ def cosine_logits(x, embeddings, temperature: float):
 class HubertForPreTraining(PretrainedMixin, nnx.Module):
     """Masked prediction heads on a HuBERT or WavLM encoder (`config.model_type`)."""
 
-    heads_file = HEADS_FILE
+    heads_file = PRETRAINING_HEADS
 
     def __init__(self, config: SpeechConfig, head: HeadConfig | None = None, *, rngs: nnx.Rngs | None = None,
                  opts: ModelOptions | None = None, **option_kw):
@@ -134,7 +135,8 @@ class HubertForPreTraining(PretrainedMixin, nnx.Module):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config, self.head = config, head
         self.base_model_prefix = config.base_model_prefix
-        setattr(self, self.base_model_prefix, BASE_MODELS[config.model_type](config, opts=opts, rngs=rngs))
+        base_cls = families.base_model_class(config.model_type)
+        setattr(self, self.base_model_prefix, base_cls(config, opts=opts, rngs=rngs))
         init_front_end_as_fairseq(self.base_model, rngs)  # pretraining starts where fairseq's does
         out = head.final_dim * (len(head.num_classes) if head.untie_final_proj else 1)
         self.final_proj = Linear(config.hidden_size, out, axes=("embed", None), opts=opts, rngs=rngs,

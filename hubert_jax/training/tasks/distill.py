@@ -17,7 +17,7 @@ from hubert_jax.training.trainer import model_options, pure_map
 
 def load_teacher(cfg):
     from hubert_jax.models import HubertModel
-    from hubert_jax.pretrained import FlaxAutoModel
+    from hubert_jax.auto import FlaxAutoModel
 
     if not cfg.distill.teacher:
         raise ValueError("config.distill.teacher: give the teacher's model directory (hubert-jax or transformers)")

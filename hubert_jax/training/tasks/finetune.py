@@ -62,7 +62,7 @@ class Targets:
 class FineTuneTask(Task):
     """A head model on a pretrained encoder; subclasses say which head, how targets are read and scored."""
 
-    head_kind = ""  # TASK_CLASSES key: "ForCTC", "ForSequenceClassification", "ForAudioFrameClassification"
+    head_kind = ""  # a hubert_jax.families.HEAD_KINDS entry: "ForCTC", "ForSequenceClassification", "ForAudioFrameClassification"
     target_files = ""  # what config.data.{split}.targets holds, for the error when it is missing
     reads_target_lines = True  # targets are text lines, one per utterance (frame labels are read otherwise)
     export_when_done = True
@@ -123,18 +123,19 @@ class FineTuneTask(Task):
         return model_config(self.cfg.model)
 
     def build(self):
-        from hubert_jax.models import TASK_CLASSES
+        from hubert_jax import families
 
         if self.meta is None:
             raise ValueError(f"task {self.name!r}: the targets' meta is needed to build the head (run data() or "
                              f"open_workdir() first)")
         config = self.speech_config()
         kind = self.head_kind
-        if config.model_type not in TASK_CLASSES[kind]:
+        if kind not in families.family(config.model_type).heads:
+            having = [f.model_type for f in families.FAMILIES.values() if kind in f.heads]
             raise ValueError(f"config.task={self.name!r}: transformers has no {kind} head for "
-                             f"{config.model_type} models (it has them for {', '.join(TASK_CLASSES[kind])})")
-        return TASK_CLASSES[kind][config.model_type](config, rngs=nnx.Rngs(self.cfg.seed),
-                                                     opts=model_options(self.cfg.model))
+                             f"{config.model_type} models (it has them for {', '.join(having)})")
+        return families.head_class(kind, config.model_type)(config, rngs=nnx.Rngs(self.cfg.seed),
+                                                            opts=model_options(self.cfg.model))
 
     def setup(self, abstract, mesh, rules) -> None:
         self.config = abstract.config
