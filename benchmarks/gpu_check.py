@@ -79,8 +79,6 @@ def attention_check(smoke: bool) -> None:
 
 
 def bucketed_steps(smoke: bool) -> None:
-    import importlib
-
     import jax
     import numpy as np
 
@@ -90,8 +88,9 @@ def bucketed_steps(smoke: bool) -> None:
     from hubert_jax.sharding import mesh_from_config
     from hubert_jax.training.tasks import make_trainer
 
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    cfg = importlib.import_module("hubert_base_iter1").get_config()
+    from hubert_jax.training.config import load_config
+
+    cfg = load_config(os.path.join(ROOT, "configs", "hubert_base_iter1.py"))
     per_gpu = cfg.data.max_tokens // 32  # fairseq: 1.4M samples per GPU
     if smoke:
         cfg.model.overrides.update(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -28,10 +28,9 @@ RECIPE = {"base": ("hubert_base_iter1", 5), "large": ("hubert_large", 3)}
 
 
 def recipe_config(model: str, batch: int, seconds: float, dtype: str, attention: str, remat: str):
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    import importlib
+    from hubert_jax.training.config import load_config
 
-    cfg = importlib.import_module(RECIPE[model][0]).get_config()
+    cfg = load_config(os.path.join(ROOT, "configs", f"{RECIPE[model][0]}.py"))
     cfg.data.batch_size = batch
     cfg.data.crop_samples = int(seconds * SAMPLE_RATE)
     cfg.model.dtype = dtype

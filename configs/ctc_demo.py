@@ -10,20 +10,16 @@ exports work/demo/ctc/model: a transformers HubertForCTC directory with its voca
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import demo  # noqa: E402
-
-from hubert_jax.training.config import pretraining_defaults  # noqa: E402
+from hubert_jax.training.config import load_config, pretraining_defaults
 
 
 def get_config():
     c = pretraining_defaults()
     c.task = "ctc"
-    c.model.preset = demo.get_config().model.preset
-    c.model.overrides = demo.get_config().model.overrides
+    demo = load_config(os.path.join(os.path.dirname(__file__), "demo.py"))  # its architecture
+    c.model.preset = demo.model.preset
+    c.model.overrides = demo.model.overrides
     c.model.overrides.update(dict(mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.0,
                                   final_dropout=0.0, layerdrop=0.0))
     c.data.train.update(dict(manifest="data/demo/train.tsv", labels=(), targets="data/demo/train.wrd"))

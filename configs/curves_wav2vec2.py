@@ -3,7 +3,7 @@
     python train.py --config configs/curves_wav2vec2.py --workdir work/curves/wav2vec2 --config.seed=0
     python benchmarks/curves.py wav2vec2      # the same run beside fairseq's recorded curves
 
-The wav2vec 2.0 demo's run (hubert_jax/demo_wav2vec2.py; tests/test_curves.py keeps the two equal) on the
+The wav2vec 2.0 demo's run (hubert_jax/demos/wav2vec2.py; tests/test_curves.py keeps the two equal) on the
 whole train split instead of its two-language sampler, which fairseq's audio_pretraining task does not have;
 logged every 25 updates and validated every 100 as fairseq's run was. Each setting with its fairseq name:
 - model: configs/demo.py's sizes (4 x 128, FFN 256, 4 heads, 7 convs of 64, positional conv 32 in 8 groups),

@@ -22,15 +22,13 @@ readable where this recipe was written: check its label layer, step count and ba
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import hubert_base_iter2  # noqa: E402
+from hubert_jax.training.config import load_config
 
 
 def get_config():
-    c = hubert_base_iter2.get_config()  # its heads (500 clusters at 50 Hz), batch, buckets and optimisation
+    # its heads (500 clusters at 50 Hz), batch, buckets and optimisation
+    c = load_config(os.path.join(os.path.dirname(__file__), "hubert_base_iter2.py"))
     c.task = "wavlm"
     c.model.preset = "wavlm-base-plus"
     c.mix.update(dict(prob=0.2, max_share=0.5, energy_db=(-5.0, 5.0)))

@@ -16,15 +16,13 @@ source, step count and batch before a full run.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import hubert_large  # noqa: E402
+from hubert_jax.training.config import load_config
 
 
 def get_config():
-    c = hubert_large.get_config()  # its heads, batch, buckets, normalisation and optimisation
+    # its heads, batch, buckets, normalisation and optimisation
+    c = load_config(os.path.join(os.path.dirname(__file__), "hubert_large.py"))
     c.task = "wavlm"
     c.model.preset = "wavlm-large"
     c.mix.update(dict(prob=0.2, max_share=0.5, energy_db=(-5.0, 5.0)))

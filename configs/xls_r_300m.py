@@ -11,15 +11,12 @@ written: check the paper before a full run.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import wav2vec2_large_lv60  # noqa: E402
+from hubert_jax.training.config import load_config
 
 
 def get_config():
-    c = wav2vec2_large_lv60.get_config()
+    c = load_config(os.path.join(os.path.dirname(__file__), "wav2vec2_large_lv60.py"))
     c.model.preset = "wav2vec2-xls-r-300m"
     c.data.languages.alpha = 0.5
     return c

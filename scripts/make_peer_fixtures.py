@@ -254,7 +254,7 @@ def curve_sections(objective: str, manifests: str, labels: str) -> dict:
             "criterion": dict(_name="hubert", pred_masked_weight=1.0, pred_nomask_weight=0.5, loss_weights=[10.0]),
             "model": dict(_name="hubert", label_rate=100, final_dim=64, mask_prob=0.8, logit_temp=0.1,
                           untie_final_proj=False, skip_masked=False, skip_nomask=False, **DEMO_ARCH)}
-    if objective == "wav2vec2":  # hubert_jax/demo_wav2vec2.py's settings, on the whole train split. A codebook
+    if objective == "wav2vec2":  # hubert_jax/demos/wav2vec2.py's settings, on the whole train split. A codebook
         # of 2 x 8: with 2 x 64 (and so with the recipes' 2 x 320) fairseq stays at chance for all 600 updates
         return {
             "task": dict(_name="audio_pretraining", data=manifests, max_sample_size=32000, min_sample_size=16000,

@@ -43,7 +43,7 @@ def test_the_hubert_curve_config_is_the_demos_iteration_1():
 def test_the_wav2vec2_curve_config_is_the_wav2vec2_demos_run():
     """configs/curves_wav2vec2.py is the wav2vec 2.0 demo's run but for its two-language sampler (fairseq's
     audio_pretraining reads one manifest) and how often it logs."""
-    from hubert_jax.demo_wav2vec2 import demo_config
+    from hubert_jax.demos.wav2vec2 import demo_config
 
     ours, demo = config("curves_wav2vec2").to_dict(), demo_config({"en": "en.tsv", "ko": "ko.tsv"}, 600,
                                                                    "float32").to_dict()

@@ -96,9 +96,9 @@ def test_vocabulary_layout_and_unknown_characters(caplog):
 
 
 def _ctc_config(tmp_path, steps=6):
-    import ctc_demo  # configs/, on the path through tests/tiny_config
+    from hubert_jax.training.config import load_config
 
-    c = ctc_demo.get_config()
+    c = load_config(os.path.join(tiny_config.ROOT, "configs", "ctc_demo.py"))
     c.model.overrides.update(tiny_config.TINY_MODEL)
     c.data.train.update(dict(manifest=os.path.join(DEMO, "train.tsv"), targets=os.path.join(DEMO, "train.wrd")))
     c.data.valid.update(dict(manifest=os.path.join(DEMO, "valid.tsv"), targets=os.path.join(DEMO, "valid.wrd")))

@@ -148,7 +148,7 @@ def test_languages_are_drawn_in_proportion_to_their_hours_to_the_alpha(tmp_path)
     from hubert_jax.data.languages import LanguageMix, language_probabilities
     from hubert_jax.data.pipeline import DataConfig, LabeledAudio, make_dataset
 
-    from hubert_jax.demo_wav2vec2 import language_manifests
+    from hubert_jax.demos.wav2vec2 import language_manifests
 
     manifests = language_manifests(str(tmp_path))  # the demo corpus' English and Korean halves
     config = DataConfig(crop_samples=16000, min_samples=16000)
@@ -177,7 +177,7 @@ def test_languages_are_drawn_in_proportion_to_their_hours_to_the_alpha(tmp_path)
 
 def _tiny_wav2vec2(steps: int, languages_dir: str):
     """The base recipe shrunk, its train split the demo corpus' two languages (XLSR's sampler)."""
-    from hubert_jax.demo_wav2vec2 import language_manifests
+    from hubert_jax.demos.wav2vec2 import language_manifests
 
     cfg = tiny_config.shrink(importlib.import_module("configs.wav2vec2_base").get_config(), steps=steps)
     cfg.data.train.manifest = ""

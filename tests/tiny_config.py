@@ -2,12 +2,10 @@
 phone ids standing in for k-means labels (100 Hz)."""
 
 import os
-import sys
+
+from hubert_jax.training.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-
-import demo
 
 TINY_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   conv_dim=(16,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
@@ -36,7 +34,7 @@ def shrink(c, *, steps=12):
 
 
 def get_config():
-    c = shrink(demo.get_config())
+    c = shrink(load_config(os.path.join(ROOT, "configs", "demo.py")))
     c.model.overrides.update(dict(hidden_dropout=0.1, layerdrop=0.1))  # exercise the dropout keys
     c.model.head.num_classes = (92,)  # the demo corpus' phone inventory
     return c

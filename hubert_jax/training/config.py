@@ -9,12 +9,31 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 
 import ml_collections
 
 from hubert_jax.config import HubertConfig, preset
 
 logger = logging.getLogger(__name__)
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file, by its path (what train.py's --config reads). A config built on another
+    loads it this way, `load_config(os.path.join(os.path.dirname(__file__), "base.py"))`: nothing goes on
+    sys.path, and a copied config only needs that path edited."""
+    import importlib.util
+
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such config file")
+    name = "_hubert_jax_config_" + re.sub(r"\W", "_", path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path}: a config file defines get_config() (configs/*.py)")
+    return module.get_config()
 
 
 def pretraining_defaults() -> ml_collections.ConfigDict:

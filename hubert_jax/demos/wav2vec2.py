@@ -19,8 +19,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "data", "demo")
+from hubert_jax.demos.common import DATA, demo_config as base_config, say
 
 
 def language_manifests(out_dir: str) -> dict[str, str]:
@@ -40,9 +39,7 @@ def demo_config(languages: dict[str, str], steps: int, dtype: str):
     """configs/demo.py's model sizes as a wav2vec 2.0 (base recipe's settings, a 2 x 8 codebook, a Gumbel
     temperature annealed within the demo's steps), trained on the two languages. configs/curves_wav2vec2.py is
     this run on one manifest, as fairseq's reference run trains it (tests/test_curves.py keeps them equal)."""
-    from hubert_jax.demo import _demo_config
-
-    c = _demo_config()
+    c = base_config()
     c.task = "wav2vec2"
     c.model.preset = "wav2vec2-base"
     c.model.dtype = dtype
@@ -96,40 +93,39 @@ def check_export(directory: str) -> float:
 
 
 def main(args) -> dict:
-    from hubert_jax.demo import _say
-    from hubert_jax.demo_ctc import fine_tune_both
+    from hubert_jax.demos.ctc import fine_tune_both
     from hubert_jax.training.loop import run
 
     start = time.perf_counter()
     wd = os.path.abspath(args.workdir or "work/demo_wav2vec2")
     steps = args.steps1 or 600
 
-    _say("1. two languages (the corpus' English and Korean halves), drawn with p ~ (hours / total)^0.5")
+    say("1. two languages (the corpus' English and Korean halves), drawn with p ~ (hours / total)^0.5")
     languages = language_manifests(os.path.join(wd, "languages"))
     cfg = demo_config(languages, steps, args.dtype)
 
-    _say(f"2. contrastive pretraining: a tiny wav2vec 2.0 ({args.dtype}), {steps} steps")
+    say(f"2. contrastive pretraining: a tiny wav2vec 2.0 ({args.dtype}), {steps} steps")
     result = run(cfg, os.path.join(wd, "pretrain"))
     lines = [json.loads(x) for x in open(os.path.join(wd, "pretrain", "metrics.jsonl"))]
     train = [x for x in lines if x["split"] == "train"]
     chance = 1.0 / (cfg.model.overrides.num_negatives + 1)
     codewords = cfg.model.overrides.num_codevector_groups * cfg.model.overrides.num_codevectors_per_group
 
-    _say("3. export")
+    say("3. export")
     model_dir = result.trainer.export(result.state, os.path.join(wd, "model"))
     diff = check_export(model_dir)
     print(f"  loaded with transformers' Wav2Vec2ForPreTraining: max |difference| {diff:.2e}")
 
     ctc = {}
     if not args.skip_ctc:
-        _say("4. CTC fine-tuning from the pretrained model and from scratch")
+        say("4. CTC fine-tuning from the pretrained model and from scratch")
         ctc = fine_tune_both(wd, model_dir, preset="wav2vec2-base", steps=args.ctc_steps)
 
     summary = {"valid": result.valid, "chance_accuracy": chance, "codewords": codewords,
                "skipped_steps": result.skipped_steps, "load_diff": diff, "ctc": ctc, "export": model_dir,
                "code_perplexity_min": min(x["code_perplexity"] for x in train),
                "first_train": train[0], "last_train": train[-1], "minutes": (time.perf_counter() - start) / 60}
-    _say("summary")
+    say("summary")
     v = result.valid
     print(f"  contrastive accuracy (valid): {v['accuracy']:.3f} (chance with {cfg.model.overrides.num_negatives} "
           f"distractors: {chance:.3f})")
