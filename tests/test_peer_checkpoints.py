@@ -184,7 +184,8 @@ def test_init_from_continues_the_fairseq_run(tmp_path, name):
 
     from hubert_jax.models.pretraining_hubert import LossWeights, pretraining_loss
     from hubert_jax.sharding import mesh_from_config
-    from hubert_jax.training.config import pretraining_defaults, with_init_from_heads
+    from hubert_jax.training.config import pretraining_defaults
+    from hubert_jax.training.resolve import with_init_from_heads
     from hubert_jax.training.tasks import make_trainer
 
     out = convert(name, tmp_path / "out")

@@ -6,16 +6,11 @@ type mismatches are errors that name the key).
 
 from __future__ import annotations
 
-import dataclasses
-import logging
+import copy
 import os
 import re
 
 import ml_collections
-
-from hubert_jax.config import HubertConfig, preset
-
-logger = logging.getLogger(__name__)
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -87,19 +82,6 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     # leaves longer ones out, classification crops them
     c.data.max_samples = 0
 
-    # fine-tuning (task "ctc" / "classify" / "frames", hubert_jax/training/tasks/finetune.py)
-    c.finetune = ml_collections.ConfigDict(dict(
-        freeze_feature_encoder=True,  # transformers' freeze_feature_encoder()
-        freeze_encoder_steps=0,  # fairseq freeze_finetune_updates: only the head trains before this step
-        ctc_loss_reduction="mean",  # transformers' ctc_loss_reduction ("mean": per target length, then batch)
-        frame_rate=100.0,  # task "frames": labels per second of the frame-label files
-        num_classes=0))  # task "frames": label count (0: the largest label + 1)
-    # CTC transcripts (hubert_jax/data/targets.py): normalisation and the vocabulary
-    c.text = ml_collections.ConfigDict(dict(
-        vocab="",  # a vocab.json to use; empty: built from the training transcripts
-        uppercase=True, remove=".,?!;:\"",
-        unknown="unk"))  # a character outside the vocabulary: "unk" (-> <unk>, as transformers) or "error"
-
     c.optim = ml_collections.ConfigDict(dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=10.0))
     c.optim.schedule = ml_collections.ConfigDict(dict(
         kind="polynomial", peak=5e-4, warmup_steps=32000, total_steps=400000, end_ratio=0.0, power=1.0,
@@ -117,89 +99,10 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     # device mesh (hubert_jax/sharding.py): one of data/fsdp/tensor may be -1 (the rest of the devices);
     # dcn_data > 1 spreads the data axis over that many TPU slices (multi-slice)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
-    # WavLM's utterance mixing (task "wavlm", hubert_jax/data/mixing.py): the share of utterances mixed, the
-    # longest segment as a share of the primary, the primary / secondary energy ratio range (dB), and optional
-    # noise files (a manifest) with the share of mixed utterances that get noise and its ratio range
-    c.mix = ml_collections.ConfigDict(dict(prob=0.2, max_share=0.5, energy_db=(-5.0, 5.0), noise_manifest="",
-                                           noise_prob=0.0, noise_db=(-5.0, 20.0)))
-    # wav2vec 2.0 (task "wav2vec2", hubert_jax/training/tasks/wav2vec2.py): the Gumbel temperature's start,
-    # floor and per-update decay (fairseq base: 2 -> 0.5 by x0.999995); distractors, logit temperature and the
-    # diversity weight are the model config's (num_negatives, contrastive_logits_temperature,
-    # diversity_loss_weight), the feature penalty config.loss.features_pen
-    c.wav2vec2 = ml_collections.ConfigDict(dict(gumbel=(2.0, 0.5, 0.999995)))
-    # DistilHuBERT (task "distill"): the teacher's directory, the teacher layers the heads predict
-    c.distill = ml_collections.ConfigDict(dict(teacher="", pred_layers=(4, 8, 12), inter_dim=-1, cosine_weight=1.0,
-                                               feat_pen_weight=0.0, init_from_teacher=True))
+    # each task's own sections, with the defaults it declares (hubert_jax/training/tasks/: mix for "wavlm",
+    # wav2vec2, distill, finetune and text for the fine-tuning tasks)
+    from hubert_jax.training.tasks import task_sections
+
+    for section, (defaults, _) in task_sections().items():
+        c[section] = ml_collections.ConfigDict(copy.deepcopy(defaults))
     return c
-
-
-def init_from_json(model_cfg) -> dict | None:
-    """config.json of `model.init_from`, or None without one."""
-    if not model_cfg.get("init_from"):
-        return None
-    from hubert_jax.config import read_json_object
-
-    path = os.path.join(model_cfg.init_from, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.model.init_from={model_cfg.init_from}: no config.json there (expected a "
-                                f"hubert-jax or transformers model directory)")
-    return read_json_object(path)
-
-
-def model_config(model_cfg) -> HubertConfig:
-    """The architecture: `model.init_from`'s config.json when set (the model being continued), else the
-    preset; then `model.overrides`. An override that is no field of the config is an error."""
-    from hubert_jax.config import SpeechConfig
-
-    saved = init_from_json(model_cfg)
-    base = preset(model_cfg.preset) if saved is None else SpeechConfig.from_dict(saved)
-    overrides = dict(model_cfg.overrides)
-    unknown = sorted(set(overrides) - type(base).field_names())
-    if unknown:
-        raise ValueError(f"config.model.overrides: {unknown} are not {type(base).__name__} fields")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    config = base.replace(**overrides)
-    config.validate()
-    return config
-
-
-# the heads' settings that a model directory's `hubert_pretraining` fixes (their shapes, and how labels map)
-HEAD_FIELDS_FROM_INIT = ("num_classes", "final_dim", "untie_final_proj", "label_offset", "logit_temp", "label_rate")
-
-
-def with_init_from_heads(cfg):
-    """`cfg`, or for masked prediction from a directory with pretraining heads (a converted fairseq HuBERT,
-    our export) a copy whose `model.head` takes the directory's settings: the heads' shapes come with their
-    weights, and fairseq's label dictionaries fix the cluster counts and the specials' offset. Fields that
-    change are logged."""
-    if not cfg.model.init_from:
-        return cfg
-    from hubert_jax.models.pretraining_hubert import HeadConfig
-    from hubert_jax.pretrained import PRETRAINING_HEADS
-
-    saved = (init_from_json(cfg.model) or {}).get("hubert_pretraining")
-    if not saved or not os.path.isfile(os.path.join(cfg.model.init_from, PRETRAINING_HEADS)):
-        return cfg
-    try:
-        head = HeadConfig.from_dict(saved)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{os.path.join(cfg.model.init_from, 'config.json')}: {e}") from e
-    cfg = cfg.copy_and_resolve_references()
-    for name in HEAD_FIELDS_FROM_INIT:
-        current, value = cfg.model.head[name], getattr(head, name)
-        value = type(current)(value)
-        if value != current:
-            logger.info("config.model.head.%s: %r -> %r, from %s", name, current, value, cfg.model.init_from)
-            cfg.model.head[name] = value
-    return cfg
-
-
-def head_config(model_cfg):
-    from hubert_jax.models.pretraining_hubert import HeadConfig
-
-    fields = {f.name for f in dataclasses.fields(HeadConfig)}
-    head = dict(model_cfg.head)
-    unknown = sorted(set(head) - fields)
-    if unknown:
-        raise ValueError(f"config.model.head: unknown keys {unknown} (known: {sorted(fields)})")
-    return HeadConfig(**head)

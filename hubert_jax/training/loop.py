@@ -213,7 +213,8 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
     if main_process:  # only now: the run is known to be compatible with its workdir
         write_config(workdir, config_json, step)
     # the logs too: a run that fails to start leaves no empty metrics.jsonl or tensorboard/ behind
-    log = MetricLog(workdir, total, tensorboard=cfg.train.tensorboard, enabled=main_process)
+    log = MetricLog(workdir, total, tensorboard=cfg.train.tensorboard, enabled=main_process,
+                    keys=(*task.log_keys, *Trainer.log_keys, "audio_s_per_s"))
     if how_started:
         log.message(how_started)
     if train_cfg.buckets:

@@ -18,8 +18,9 @@ logger = logging.getLogger(__name__)
 
 class MetricLog:
     def __init__(self, workdir: str, total_steps: int, *, tensorboard: bool = True, enabled: bool = True,
-                 stream=None):
-        self.total, self.enabled = total_steps, enabled
+                 stream=None, keys: tuple[str, ...] = ("loss",)):
+        """`keys`: the train metrics the console line shows, in order (every metric goes to the files)."""
+        self.total, self.enabled, self.keys = total_steps, enabled, tuple(keys)
         self.stream = stream or sys.stdout
         self.start = time.perf_counter()
         self.last = None  # (step, time) of the previous train line: the rate over the last window
@@ -58,9 +59,7 @@ class MetricLog:
         bar = "#" * int(done * 20) + "-" * (20 - int(done * 20))
         now = time.perf_counter()
         elapsed = now - self.start
-        keys = ("loss", "accuracy_m", "accuracy_u", "accuracy", "code_perplexity", "rec_loss", "cosine", "lr",
-                "grad_norm", "audio_s_per_s")
-        shown = "  ".join(f"{k} {_fmt(values[k])}" for k in keys if k in values)
+        shown = "  ".join(f"{k} {_fmt(values[k])}" for k in self.keys if k in values)
         # steps per second over the last log window (the first window also holds the compilation)
         last_step, last_time = self.last or (None, self.start)
         self.last = (step, now)

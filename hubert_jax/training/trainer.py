@@ -52,6 +52,8 @@ class Trainer:
     task. `frozen` is the task's pytree of arrays the steps read but do not train (a distillation teacher),
     or None."""
 
+    log_keys = ("lr", "grad_norm")  # what the train step adds to the task's metrics, for the console line
+
     def __init__(self, task, mesh, rules=DEFAULT_RULES):
         self.task, self.cfg, self.mesh, self.rules = task, task.cfg, mesh, rules
         self.tx = make_optimizer(self.cfg.optim)

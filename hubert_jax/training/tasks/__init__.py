@@ -1,42 +1,63 @@
-"""The training tasks, one module each, found by `config.task`. Adding one: its module (a `Task` subclass,
-hubert_jax/training/tasks/base.py), a line here, and its config section."""
+"""The training tasks. A task is one plug-in: a `Task` subclass (hubert_jax/training/tasks/base.py) that
+registers itself under its `config.task` name with `@register_task("name")`, declares its own config sections
+with their defaults (`sections`) and the metrics its console line shows (`log_keys`). The built-in ones are
+the modules of this package, found and imported on first use; a task defined elsewhere registers the same way,
+by being imported before the run starts.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
-# config.task -> "module:class" under hubert_jax.training.tasks (imported when used)
-TASKS = {
-    "hubert": "hubert:HubertTask",  # HuBERT masked prediction
-    "wavlm": "wavlm:WavLMTask",  # WavLM: masked prediction of utterance-mixed speech
-    "wav2vec2": "wav2vec2:Wav2Vec2Task",  # wav2vec 2.0 / XLSR contrastive pretraining
-    "distill": "distill:DistillTask",  # DistilHuBERT
-    "ctc": "ctc:CTCTask",  # fine-tuning: speech recognition
-    "classify": "classify:ClassifyTask",  # fine-tuning: one label per utterance
-    "frames": "frames:FramesTask",  # fine-tuning: frame labels
-}
+TASKS: dict[str, type] = {}  # config.task -> Task subclass, as registered
+
+
+def register_task(name: str):
+    """Class decorator: `config.task = name` trains this task."""
+    def add(cls):
+        if TASKS.get(name, cls) is not cls:
+            raise ValueError(f"task {name!r} is registered twice: {TASKS[name].__module__}.{TASKS[name].__name__} "
+                             f"and {cls.__module__}.{cls.__name__}")
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+    return add
+
+
+def registered() -> dict[str, type]:
+    """Every task: the package's own (imported here) and any registered elsewhere."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return TASKS
 
 
 def task_class(name: str):
-    if name not in TASKS:
-        raise ValueError(f"config.task: unknown task {name!r} (known: {', '.join(TASKS)})")
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(f"hubert_jax.training.tasks.{module}"), cls)
+    tasks = registered()
+    if name not in tasks:
+        raise ValueError(f"config.task: unknown task {name!r} (known: {', '.join(tasks)})")
+    return tasks[name]
 
 
-# config sections that only some tasks read: set under another task, they would be ignored without a word
-SECTIONS = {"mix": ("wavlm",), "wav2vec2": ("wav2vec2",), "distill": ("distill",)}
+def task_sections() -> dict[str, tuple[dict, tuple[str, ...]]]:
+    """section -> (its defaults, the tasks that read it), over every registered task."""
+    out: dict[str, tuple[dict, tuple[str, ...]]] = {}
+    for name, cls in registered().items():
+        for section, defaults in cls.config_sections().items():
+            known, readers = out.get(section, (defaults, ()))
+            if known != defaults:
+                raise ValueError(f"config.{section}: tasks {readers[0]!r} and {name!r} declare it with different "
+                                 f"defaults")
+            out[section] = (known, readers + (name,))
+    return out
 
 
 def check_sections(cfg) -> None:
-    """Refuse a config that changes a section its task does not read, naming the fields."""
-    from hubert_jax.training.config import pretraining_defaults
-
-    defaults = pretraining_defaults()
-    for section, readers in SECTIONS.items():
-        if cfg.task in readers or section not in cfg or section not in defaults:
+    """Refuse a config that changes a task section its task does not read, naming the fields."""
+    for section, (default, readers) in task_sections().items():
+        if cfg.task in readers or section not in cfg:
             continue
-        given, default = cfg[section].to_dict(), defaults[section].to_dict()
+        given = cfg[section].to_dict()
         changed = [k for k in sorted(set(given) | set(default)) if _plain(given.get(k)) != _plain(default.get(k))]
         if changed:
             raise ValueError(f"config.{section} ({', '.join(f'{section}.{k}' for k in changed)}) is set, but "

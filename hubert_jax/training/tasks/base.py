@@ -7,7 +7,8 @@ A task is built from the run's config and says
 - `build()`: the model (called abstractly first); `setup(abstract, mesh, rules)`: anything derived from it,
   and `frozen` / `frozen_shardings`, arrays the steps read but do not train (a distillation teacher);
 - `forward(model, batch, key, step, deterministic, frozen)`: (loss, metrics) of one batch. Every scalar
-  metric of a train step is logged; `summarize` turns the eval steps' metrics into validation figures;
+  metric of a train step is logged (`log_keys`: those the console line shows); `summarize` turns the eval
+  steps' metrics into validation figures;
 - `update_mask(params, step)`: which parameters a step trains (None: all);
 - `initial_params(params, frozen)`: a fresh run's starting parameters (None: the init's);
 - `load_initial(model, directory)`: --config.model.init_from into the (host) model;
@@ -35,13 +36,25 @@ class Data:
 
 
 class Task:
-    name = ""  # config.task
+    name = ""  # config.task, set by @register_task (hubert_jax/training/tasks/__init__.py)
+    # the config sections this task (and its subclasses) reads beyond the common ones, with their defaults:
+    # pretraining_defaults() adds them, and another task's config that changes them is refused
+    sections: dict[str, dict] = {}
+    log_keys: tuple[str, ...] = ("loss",)  # the train metrics the console line shows (all are logged)
     export_when_done = False
     frozen = None
     frozen_shardings = None
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    @classmethod
+    def config_sections(cls) -> dict[str, dict]:
+        """The sections declared by this class and the classes it derives from."""
+        out: dict[str, dict] = {}
+        for klass in reversed(cls.__mro__):
+            out.update(vars(klass).get("sections", {}))
+        return out
 
     # ------------------------------------------------------------------ data
     def data(self, workdir: str | None) -> Data:
@@ -90,7 +103,7 @@ class Task:
 
 def check_family(cfg, family: str, recipe: str) -> None:
     """A task that trains one family's encoder refuses a config whose model is another's."""
-    from hubert_jax.training.config import model_config
+    from hubert_jax.training.resolve import model_config
 
     model_type = model_config(cfg.model).model_type
     if model_type != family:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from hubert_jax.training.tasks import register_task
 from hubert_jax.training.tasks.finetune import ClassesTask, Targets
 
 
+@register_task("classify")
 class ClassifyTask(ClassesTask):
-    name = "classify"
     head_kind = "ForSequenceClassification"
     target_files = "labels (one per line)"
 

@@ -8,11 +8,12 @@ import jax.numpy as jnp
 
 from hubert_jax.data.targets import TextConfig, build_vocab, check_word_transcripts, encode_texts
 from hubert_jax.lengths import feat_extract_output_lengths
+from hubert_jax.training.tasks import register_task
 from hubert_jax.training.tasks.finetune import FineTuneTask, Targets
 
 
+@register_task("ctc")
 class CTCTask(FineTuneTask):
-    name = "ctc"
     head_kind = "ForCTC"
     target_files = "transcripts (.wrd)"
 

@@ -10,7 +10,8 @@ from flax import nnx
 
 from hubert_jax.models.distill import DistillConfig, DistilHubertStudent, distill_loss, init_student_from_teacher
 from hubert_jax.sharding import from_host, to_host, variable_sharding
-from hubert_jax.training.config import model_config
+from hubert_jax.training.resolve import model_config
+from hubert_jax.training.tasks import register_task
 from hubert_jax.training.tasks.base import Task, crop_data
 from hubert_jax.training.trainer import model_options, pure_map
 
@@ -27,8 +28,12 @@ def load_teacher(cfg):
     return teacher
 
 
+@register_task("distill")
 class DistillTask(Task):
-    name = "distill"
+    # the teacher's directory, the teacher layers the heads predict
+    sections = {"distill": dict(teacher="", pred_layers=(4, 8, 12), inter_dim=-1, cosine_weight=1.0,
+                                feat_pen_weight=0.0, init_from_teacher=True)}
+    log_keys = ("loss", "rec_loss", "cosine")
 
     def __init__(self, cfg, teacher=None):
         """`teacher`: the teacher model (may be abstract); default: loaded from config.distill.teacher."""

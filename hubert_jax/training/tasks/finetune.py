@@ -34,7 +34,7 @@ from hubert_jax.data.pipeline import DataConfig
 from hubert_jax.data.targets import TargetAudio
 from hubert_jax.lengths import feat_extract_output_lengths
 from hubert_jax.masking import span_mask
-from hubert_jax.training.config import model_config
+from hubert_jax.training.resolve import model_config
 from hubert_jax.training.tasks.base import Data, Task
 from hubert_jax.training.trainer import model_options
 
@@ -60,6 +60,20 @@ class Targets:
 
 
 class FineTuneTask(Task):
+    sections = {
+        "finetune": dict(
+            freeze_feature_encoder=True,  # transformers' freeze_feature_encoder()
+            freeze_encoder_steps=0,  # fairseq freeze_finetune_updates: only the head trains before this step
+            ctc_loss_reduction="mean",  # transformers' ctc_loss_reduction ("mean": per target length, then batch)
+            frame_rate=100.0,  # task "frames": labels per second of the frame-label files
+            num_classes=0),  # task "frames": label count (0: the largest label + 1)
+        # CTC transcripts (hubert_jax/data/targets.py): normalisation and the vocabulary
+        "text": dict(
+            vocab="",  # a vocab.json to use; empty: built from the training transcripts
+            uppercase=True, remove=".,?!;:\"",
+            unknown="unk"),  # a character outside the vocabulary: "unk" (-> <unk>, as transformers) or "error"
+    }
+    log_keys = ("loss", "accuracy")
     """A head model on a pretrained encoder; subclasses say which head, how targets are read and scored."""
 
     head_kind = ""  # a hubert_jax.families.HEAD_KINDS entry: "ForCTC", "ForSequenceClassification", "ForAudioFrameClassification"

@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hubert_jax.lengths import SAMPLE_RATE
+from hubert_jax.training.tasks import register_task
 from hubert_jax.training.tasks.finetune import ClassesTask, Targets
 
 
+@register_task("frames")
 class FramesTask(ClassesTask):
-    name = "frames"
     head_kind = "ForAudioFrameClassification"
     target_files = "labels (one per line)"
     reads_target_lines = False

@@ -9,13 +9,15 @@ import numpy as np
 from flax import nnx
 
 from hubert_jax.models.pretraining_hubert import HubertForPreTraining, LossWeights, pretraining_loss
-from hubert_jax.training.config import head_config, model_config, with_init_from_heads
+from hubert_jax.training.resolve import head_config, model_config, with_init_from_heads
+from hubert_jax.training.tasks import register_task
 from hubert_jax.training.tasks.base import Task, crop_data
 from hubert_jax.training.trainer import model_options
 
 
+@register_task("hubert")
 class HubertTask(Task):
-    name = "hubert"
+    log_keys = ("loss", "accuracy_m", "accuracy_u")
 
     def __init__(self, cfg):
         # before anything reads the heads' settings: a model.init_from with heads fixes them (config.json

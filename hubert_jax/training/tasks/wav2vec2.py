@@ -28,7 +28,8 @@ from flax import nnx
 
 from hubert_jax.lengths import feat_extract_output_lengths, feature_vector_mask
 from hubert_jax.masking import sample_negatives, scored_frames, span_mask
-from hubert_jax.training.config import model_config
+from hubert_jax.training.resolve import model_config
+from hubert_jax.training.tasks import register_task
 from hubert_jax.training.tasks.base import Task, check_family, crop_data
 from hubert_jax.training.trainer import model_options
 
@@ -59,8 +60,13 @@ def check_distractors(cfg) -> None:
                          f"use mask_length >= 2 or min_masks >= 2")
 
 
+@register_task("wav2vec2")
 class Wav2Vec2Task(Task):
-    name = "wav2vec2"
+    # the Gumbel temperature's start, floor and per-update decay (fairseq base: 2 -> 0.5 by x0.999995);
+    # distractors, logit temperature and the diversity weight are the model config's (num_negatives,
+    # contrastive_logits_temperature, diversity_loss_weight), the feature penalty config.loss.features_pen
+    sections = {"wav2vec2": dict(gumbel=(2.0, 0.5, 0.999995))}
+    log_keys = ("loss", "accuracy", "code_perplexity")
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -11,6 +11,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from hubert_jax.data.mixing import MixConfig
+from hubert_jax.training.tasks import register_task
 from hubert_jax.training.tasks.base import check_family, crop_data
 from hubert_jax.training.tasks.hubert import HubertTask
 
@@ -22,8 +23,13 @@ def mix_config(cfg) -> MixConfig:
     return MixConfig(**fields)
 
 
+@register_task("wavlm")
 class WavLMTask(HubertTask):
-    name = "wavlm"
+    # utterance mixing (hubert_jax/data/mixing.py): the share of utterances mixed, the longest segment as a share
+    # of the primary, the primary / secondary energy ratio range (dB), and optional noise files (a manifest) with
+    # the share of mixed utterances that get noise and its ratio range
+    sections = {"mix": dict(prob=0.2, max_share=0.5, energy_db=(-5.0, 5.0), noise_manifest="", noise_prob=0.0,
+                            noise_db=(-5.0, 20.0))}
 
     def __init__(self, cfg):
         super().__init__(cfg)
