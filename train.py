@@ -41,7 +41,7 @@ def main(argv):
     distributed.initialize(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
                            process_id=f.process_id, timeout_s=f.init_timeout, mode=f.distributed)
     from hubert_jax.training.checkpoint import DiskFull, quiet_closed_loop_callbacks
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
     from hubert_jax.training.workdir_lock import LockLost, WorkdirBusy
 
     quiet_closed_loop_callbacks()

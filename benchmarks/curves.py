@@ -48,7 +48,7 @@ def load_config(objective: str):
 def run_ours(objective: str, seed: int, workdir: str, steps: int | None = None) -> float:
     """One run of the objective's config (resumed when already there; the first `steps` updates of its
     schedule when given); its wall-clock seconds."""
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     cfg = load_config(objective)
     cfg.seed = seed

@@ -10,7 +10,7 @@ layout) starts from the teacher's conv stack, projection, positional conv and fi
 heads regress teacher layers 4, 8 and 12 with L1 + cosine (-log sigmoid) losses. Runner settings from
 s3prl: 200k steps, batch 24, peak lr 2e-4 with 7 % linear warmup then linear decay, gradient clipping 10.
 No labels are needed. `trainer.export(state, directory)` (the run's `RunResult.trainer`, or
-`hubert_jax.training.loop.restore_latest`) writes the student as a transformers HubertModel directory.
+`hubert_jax.training.run.restore_latest`) writes the student as a transformers HubertModel directory.
 s3prl batches utterances of similar length; here length buckets with the budget of its 24 full crops
 (hubert_jax/data/buckets.py).
 """

@@ -117,6 +117,11 @@ def variable_sharding(variable, mesh: Mesh, rules=DEFAULT_RULES) -> NamedShardin
     return NamedSharding(mesh, partition_spec(axes, variable.shape, mesh, rules))
 
 
+def data_shards(mesh: Mesh) -> int:
+    """How many parts the batch dimension is split into: the data x fsdp axes."""
+    return mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over the data axes, the rest whole."""
     return NamedSharding(mesh, PartitionSpec(tuple(a for a in ("data", "fsdp") if a in mesh.shape)))

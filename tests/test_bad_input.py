@@ -13,7 +13,7 @@ from hubert_jax.data.manifest import AudioError, read_entry_audio, read_manifest
 from hubert_jax.data.pipeline import DataConfig, LabeledAudio
 from hubert_jax.labels.cli import main
 from hubert_jax.labels.features import load_features
-from hubert_jax.training.loop import run
+from hubert_jax.training.run import run
 from tests import tiny_config
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo")

@@ -175,7 +175,7 @@ def test_kill_9_then_restart_is_bit_identical_with_buckets(tmp_path):
     import signal
     import subprocess
 
-    from hubert_jax.training.loop import restore_latest, run
+    from hubert_jax.training.run import restore_latest, run
     from tests.test_train import ROOT, TRAIN, _start, _wait_for_step, assert_same_params
 
     corpus = tmp_path / "corpus"
@@ -202,7 +202,7 @@ def test_kill_9_then_restart_is_bit_identical_with_buckets(tmp_path):
 def test_two_processes_train_like_one_with_buckets(tmp_path):
     import subprocess
 
-    from hubert_jax.training.loop import restore_latest
+    from hubert_jax.training.run import restore_latest
     from tests.test_scale import _assert_params_close, _env, _free_port, _train_cmd
 
     flags = bucket_flags(tmp_path / "corpus")

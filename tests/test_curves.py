@@ -119,7 +119,7 @@ def test_hubert_learns_as_fairseq(tmp_path):
     unmasked accuracy and loss, and the final valid accuracies, lie in fairseq's band; the mean masked
     accuracy over all train windows lies within 0.005 of fairseq's seeds (transformers' initialisation of
     the feature projection and positional conv ran 0.012 to 0.015 below them, outside)."""
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     cfg = config("curves_hubert")
     cfg.train.checkpoint_every = cfg.train.steps
@@ -143,7 +143,7 @@ def test_wav2vec2_learns_as_fairseq(tmp_path):
     train accuracy first reaches 0.1 (fairseq's seeds widened by half their range, at least 100 updates), the
     plateau at update 100, and the train windows from 400 on and the final valid accuracy in fairseq's band,
     both well above chance by the end."""
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     cfg = config("curves_wav2vec2")
     cfg.train.checkpoint_every = cfg.train.steps

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from hubert_jax.models.distill import DistillConfig, distill_loss
-from hubert_jax.training.loop import run
+from hubert_jax.training.run import run
 from tests import tiny_config
 from tests.test_recipe_configs import tiny_teacher
 

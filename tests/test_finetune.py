@@ -160,7 +160,7 @@ def test_ctc_run_freezes_then_trains_and_exports_what_transformers_decodes_the_s
     import torch
     import transformers
 
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     cfg = _ctc_config(tmp_path)
     first = run(cfg, str(tmp_path), stop_after=3)
@@ -194,7 +194,7 @@ def test_classification_run_exports_a_transformers_classifier(tmp_path):
     import torch
     import transformers
 
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     cfg = _ctc_config(tmp_path)
     cfg.task = "classify"
@@ -216,7 +216,7 @@ def test_frame_classification_run_on_phone_labels(tmp_path):
     import torch
     import transformers
 
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     cfg = _ctc_config(tmp_path, steps=4)
     cfg.task = "frames"

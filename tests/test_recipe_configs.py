@@ -9,7 +9,7 @@ import pytest
 
 from hubert_jax.data.targets import build_vocab
 from hubert_jax.sharding import make_mesh
-from hubert_jax.training.loop import run
+from hubert_jax.training.run import run
 from hubert_jax.training.tasks import make_trainer
 from hubert_jax.training.tasks.finetune import FineTuneTask
 from hubert_jax.training.trainer import param_count

@@ -22,7 +22,7 @@ from hubert_jax.distributed import CoordinatorUnreachable, wait_for_coordinator
 from hubert_jax.models.layers import conv1d
 from hubert_jax.sharding import mesh_from_config
 from hubert_jax.training.checkpoint import flatten
-from hubert_jax.training.loop import _global_batch, restore_latest, run
+from hubert_jax.training.run import restore_latest, run
 from hubert_jax.training.tasks import make_trainer
 from hubert_jax.training.tasks.base import crop_config
 from tests.tiny_config import ROOT, get_config
@@ -84,11 +84,11 @@ def _two_steps(mesh):
     data = crop_config(cfg, "train", labels=True)
     ds = make_dataset(LabeledAudio(data), data, batch_size=cfg.data.batch_size, seed=cfg.seed)
     state = trainer.init()
-    first = _global_batch(trainer, ds[0])
+    first = trainer.global_batch(ds[0])
     loss, grads = trainer.loss_and_grads(state, first)
     loss, grads = float(loss), jax.device_get(grads)
     state, _ = trainer.train_step(state, first)
-    state, metrics = trainer.train_step(state, _global_batch(trainer, ds[1]))
+    state, metrics = trainer.train_step(state, trainer.global_batch(ds[1]))
     assert float(metrics["lr"]) > 0
     return trainer, state, loss, grads
 

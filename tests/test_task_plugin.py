@@ -87,7 +87,7 @@ def _config(steps: int):
 def test_a_task_registered_outside_the_package_trains_with_its_own_section_and_log_keys(energy_task, tmp_path,
                                                                                          capsys):
     from hubert_jax.training.config import pretraining_defaults
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     assert tasks.task_class(NAME) is energy_task and energy_task.name == NAME
     assert pretraining_defaults().energy.to_dict() == {"weight": 1.0}

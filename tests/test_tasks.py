@@ -4,11 +4,12 @@ per-layer losses)."""
 
 import json
 import os
+import re
 
 import numpy as np
 
-from hubert_jax.training.loop import run
-from hubert_jax.training.tasks import TASKS, task_class
+from hubert_jax.training.run import run
+from hubert_jax.training.tasks import registered, task_class
 from hubert_jax.training.tasks.base import Task
 from tests import tiny_config
 from tests.test_distill import distill_config
@@ -18,17 +19,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_every_task_is_a_task_of_its_own_module():
     modules = set()
-    for name in TASKS:
+    tasks = registered()
+    assert {"hubert", "wavlm", "wav2vec2", "distill", "ctc", "classify", "frames"} <= set(tasks)
+    for name in tasks:
         cls = task_class(name)
         assert issubclass(cls, Task) and cls.name == name
         modules.add(cls.__module__)
-    assert len(modules) == len(TASKS)
+    assert len(modules) == len(tasks)
 
 
 def test_the_loop_and_the_trainer_never_name_a_task():
-    for path in ("hubert_jax/training/loop.py", "hubert_jax/training/trainer.py"):
+    for path in ("hubert_jax/training/loop.py", "hubert_jax/training/run.py", "hubert_jax/training/hooks.py",
+                 "hubert_jax/training/trainer.py"):
         text = open(os.path.join(ROOT, path), encoding="utf-8").read()
         assert "cfg.task" not in text and ".task ==" not in text and "task in" not in text, path
+
+
+def test_the_loop_names_no_task_and_no_metric():
+    text = open(os.path.join(ROOT, "hubert_jax/training/loop.py"), encoding="utf-8").read()
+    names = set(registered()) | {"loss", "accuracy", "grad_norm", "lr", "audio_s_per_s", "skipped_steps", "finite",
+                          "nan_run", "valid", "train"}
+    quoted = {q[1:-1] for q in re.findall(r'"[^"]*"', text)}
+    assert not (quoted & names), quoted & names
 
 
 def _train_lines(workdir):

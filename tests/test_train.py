@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from hubert_jax.training.loop import NonFiniteLoss, restore_latest, run
+from hubert_jax.training.hooks import NonFiniteLoss
+from hubert_jax.training.run import restore_latest, run
 from tests import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,16 +212,16 @@ def test_init_from_an_exported_model_continues_with_its_heads(reference, tmp_pat
 
 
 def test_metrics_are_fetched_once_per_log_window_and_none_is_lost(tmp_path, monkeypatch):
-    from hubert_jax.training import loop
+    from hubert_jax.training import hooks
 
     calls = []
-    real = loop._fetch
+    real = hooks.fetch
 
     def counting(pending, *args):
         calls.append([step for step, _ in pending])
         return real(pending, *args)
 
-    monkeypatch.setattr(loop, "_fetch", counting)
+    monkeypatch.setattr(hooks, "fetch", counting)
     cfg = tiny_config.get_config()
     cfg.train.update(dict(steps=8, log_every=4, eval_every=100, checkpoint_every=100))
     result = run(cfg, str(tmp_path))

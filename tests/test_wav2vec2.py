@@ -14,7 +14,7 @@ import pytest
 
 from hubert_jax.masking import sample_negatives
 from hubert_jax.training.config import pretraining_defaults
-from hubert_jax.training.loop import run
+from hubert_jax.training.run import run
 from hubert_jax.training.tasks import make_task
 from hubert_jax.training.tasks.wav2vec2 import gumbel_temperature
 from tests import tiny_config

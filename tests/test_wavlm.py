@@ -14,7 +14,7 @@ import pytest
 
 from hubert_jax.data.mixing import MixConfig, Mixer, mix_rng
 from hubert_jax.data.pipeline import DataConfig, LabeledAudio, make_dataset, make_iterator
-from hubert_jax.training.loop import run
+from hubert_jax.training.run import run
 from tests import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

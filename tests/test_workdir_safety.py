@@ -16,7 +16,7 @@ import time
 import pytest
 
 from hubert_jax.training.checkpoint import CheckpointDamaged, IncompatibleCheckpoint
-from hubert_jax.training.loop import restore_latest, run
+from hubert_jax.training.run import restore_latest, run
 from hubert_jax.training.workdir_lock import LockLost, WorkdirBusy, WorkdirLock
 from tests import tiny_config
 from tests.test_train import ROOT, TRAIN, assert_same_params, reference  # noqa: F401 (the fixture)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hubert_jax.data.source import Source
+
 _STREAM = 0x6C616E67  # keeps these draws apart from the pipeline's shuffles (same seed)
 
 
@@ -26,7 +28,7 @@ def language_probabilities(sizes, alpha: float) -> np.ndarray:
     return p / p.sum()
 
 
-class LanguageMix:
+class LanguageMix(Source):
     """Random-access source over per-language sources (each with `entries` and `item_buckets`, as
     `LabeledAudio`), `names` naming them in errors and logs."""
 

@@ -33,6 +33,7 @@ from hubert_jax.data.manifest import (
     read_manifest,
 )
 from hubert_jax.data.mixing import MixConfig, Mixer, mix_rng
+from hubert_jax.data.source import Source
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class DataConfig:
         return int(round(samples * self.label_rate / SAMPLE_RATE))
 
 
-class LabeledAudio:
+class LabeledAudio(Source):
     """Random-access source: (audio, labels) of the utterances of a manifest long enough to train on."""
 
     def __init__(self, config: DataConfig, *, need_labels: bool = True):
@@ -234,6 +235,17 @@ def mixed_rows(ds, mixer: Mixer, *, global_batch: int, seed: int):
     return MixedRows(ds)
 
 
+def check_batch_split(batch_size: int, process_count: int, data_shards: int = 1, mesh_shape=None) -> None:
+    """The global batch (config.data.batch_size, fixed-size batches) must split over the hosts and over the
+    mesh's data x fsdp axes (bucketed batches are sized to split, hubert_jax/data/buckets.py)."""
+    if batch_size % process_count:
+        raise ValueError(f"config.data.batch_size: the global batch ({batch_size}) must be divisible by the "
+                         f"{process_count} hosts")
+    if batch_size % data_shards:
+        raise ValueError(f"config.data.batch_size ({batch_size}) must be divisible by the mesh's data x fsdp "
+                         f"axes ({data_shards} = {dict(mesh_shape or {})})")
+
+
 def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, shuffle: bool = True, repeat: bool = True, transform=None,
                  data_shards: int = 1):
@@ -256,8 +268,7 @@ def make_dataset(source, config: DataConfig, *, batch_size: int, seed: int, proc
                                                         process_count=process_count, shuffle=shuffle,
                                                         repeat=repeat, transform=transform,
                                                         data_shards=data_shards, mixer=mixer))
-    if batch_size % process_count:
-        raise ValueError(f"the global batch ({batch_size}) must be divisible by the {process_count} hosts")
+    check_batch_split(batch_size, process_count)
     if len(source) < batch_size:
         raise ValueError(f"{config.manifest}: {len(source)} utterances, fewer than one batch of {batch_size}")
     ds = grain.MapDataset.source(source)

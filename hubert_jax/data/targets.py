@@ -24,6 +24,7 @@ import numpy as np
 from hubert_jax.data.manifest import SAMPLE_RATE, check_files_exist, read_entry_audio, read_manifest
 from hubert_jax.data.buckets import pad_bucket
 from hubert_jax.data.pipeline import window
+from hubert_jax.data.source import Source
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def encode_texts(texts: list[str], tokenizer, *, path: str, unknown: str) -> lis
     return out
 
 
-class TargetAudio:
+class TargetAudio(Source):
     """Random-access source of (audio, target) for fine-tuning: every utterance whole (no crop for CTC),
     zero-padded to `max_samples` with an attention mask. Utterances longer than `max_samples` are left
     out of the split, and the log says how many."""
@@ -159,3 +160,5 @@ class TargetAudio:
         else:
             labels = np.asarray(target, np.int32)
         return {"input_values": values, "attention_mask": mask, "labels": labels}
+
+    transform = pad  # a batch row: the whole utterance padded (or a crop, for classification)

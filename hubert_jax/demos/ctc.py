@@ -34,7 +34,7 @@ def ctc_config(init_from: str, *, preset: str | None = None, steps: int | None =
 
 def fine_tune_both(wd: str, pretrained: str, *, preset: str | None = None, steps: int | None = None) -> dict:
     """CTC from `pretrained` and from scratch (same architecture, data, seed and steps): valid CER/WER/loss."""
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     summary = {}
     for name, init_from in (("pretrained", pretrained), ("scratch", "")):

@@ -84,7 +84,7 @@ def label_quality(km: dict[str, str], label_rate: int) -> dict[str, float]:
 
 
 def train_iteration(cfg, km: dict[str, str], label_rate: float, steps: int, workdir: str):
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     cfg.model.head.label_rate = label_rate
     for split in SPLITS:

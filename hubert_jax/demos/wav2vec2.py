@@ -94,7 +94,7 @@ def check_export(directory: str) -> float:
 
 def main(args) -> dict:
     from hubert_jax.demos.ctc import fine_tune_both
-    from hubert_jax.training.loop import run
+    from hubert_jax.training.run import run
 
     start = time.perf_counter()
     wd = os.path.abspath(args.workdir or "work/demo_wav2vec2")

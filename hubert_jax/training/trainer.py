@@ -96,6 +96,11 @@ class Trainer:
     def summarize(self, metrics: list[dict]) -> dict:
         return self.task.summarize(metrics)
 
+    def global_batch(self, batch: dict) -> dict:
+        """Global arrays of this host's part of a batch (every host passes its own rows)."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+                for k, v in batch.items()}
+
     def export(self, state, directory: str) -> str:
         """The task's model directory of this state (every host takes part in the gather; process 0 writes)."""
         from hubert_jax.export import write_directory_from_run
