@@ -226,6 +226,11 @@ class SpeechConfig:
         path = os.path.join(directory, CONFIG_NAME) if os.path.isdir(directory) else directory
         if not os.path.exists(path):
             raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
+        workdir = os.path.dirname(path)
+        if os.path.isdir(os.path.join(workdir, "checkpoints")) and "model_type" not in read_json_object(path):
+            raise ValueError(f"{workdir} is a training run's workdir, not a model directory: export its model with "
+                             f"`python -m hubert_jax.export {workdir} OUT [--step N]` and load OUT (a finished run "
+                             f"has written one to {os.path.join(workdir, 'model')})")
         return cls.from_json_file(path)
 
     def to_json_string(self) -> str:

@@ -208,8 +208,7 @@ def main(argv=None) -> dict:
     say(f"2. iteration 1: tiny {name} on the MFCC labels, {steps1} steps")
     cfg1 = demo_config(family)
     cfg1.model.head.num_classes = (args.clusters,)
-    it1 = train_iteration(cfg1, km1, 100.0, steps1, os.path.join(wd, "iter1"))
-    it1.trainer.export(it1.state, os.path.join(wd, "iter1", "model"))
+    it1 = train_iteration(cfg1, km1, 100.0, steps1, os.path.join(wd, "iter1"))  # exports iter1/model
 
     say(f"3. layer-{layer} features of iteration 1 and k-means: iteration-2 labels (50 Hz)")
     feats = dump_layer(os.path.join(wd, "iter1", "model"), layer, os.path.join(wd, "features", f"layer{layer}"))

@@ -31,6 +31,26 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a training workdir's run follows (its config.json; sequences as tuples, as configs write them)."""
+    import json
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir}: no config.json there (expected a training run's --workdir)")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if "task" not in data or "train" not in data:
+        raise ValueError(f"{path} is no training run's config (it has no task / train sections)")
+
+    def tuples(value):
+        if isinstance(value, dict):
+            return {k: tuples(v) for k, v in value.items()}
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+    return ml_collections.ConfigDict(tuples(data))
+
+
 def pretraining_defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0

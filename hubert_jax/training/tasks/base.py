@@ -41,7 +41,7 @@ class Task:
     # pretraining_defaults() adds them, and another task's config that changes them is refused
     sections: dict[str, dict] = {}
     log_keys: tuple[str, ...] = ("loss",)  # the train metrics the console line shows (all are logged)
-    export_when_done = False
+    export_when_done = True  # a finished run writes its model directory, {workdir}/model
     frozen = None
     frozen_shardings = None
 

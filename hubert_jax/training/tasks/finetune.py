@@ -79,7 +79,6 @@ class FineTuneTask(Task):
     head_kind = ""  # a hubert_jax.families.HEAD_KINDS entry: "ForCTC", "ForSequenceClassification", "ForAudioFrameClassification"
     target_files = ""  # what config.data.{split}.targets holds, for the error when it is missing
     reads_target_lines = True  # targets are text lines, one per utterance (frame labels are read otherwise)
-    export_when_done = True
 
     def __init__(self, cfg, meta: dict | None = None):
         """`meta`: the targets' vocabulary or classes (from `data` or the workdir's finetune.json)."""
