@@ -75,3 +75,26 @@ def test_configs_are_hashable_by_content():
     b = hubert_jax.HubertConfig.from_dict(TINY)
     assert a == b and hash(a) == hash(b)
     assert a != a.replace(num_hidden_layers=2)
+
+
+def test_train_steps_drive_the_schedule_unless_total_steps_is_set():
+    from hubert_jax.training.config import pretraining_defaults
+    from hubert_jax.training.optim import make_schedule, run_length_warnings, schedule_steps
+
+    cfg = pretraining_defaults()
+    cfg.train.steps = 1000
+    cfg.optim.schedule.update(dict(warmup_steps=100, end_ratio=0.1))
+    assert cfg.optim.schedule.total_steps == 0 and schedule_steps(cfg) == 1000 and run_length_warnings(cfg) == []
+    lr = make_schedule(cfg.optim.schedule, schedule_steps(cfg))
+    assert abs(float(lr(1000)) - 0.1 * cfg.optim.schedule.peak) < 1e-9 and float(lr(550)) > float(lr(1000))
+    cfg.optim.schedule.total_steps = 600  # set apart from the run: it wins, and a schedule too short is named
+    assert schedule_steps(cfg) == 600
+    assert run_length_warnings(cfg) == [
+        "config.optim.schedule.total_steps (600) ends before config.train.steps (1000): the last 400 steps train at "
+        "the schedule's final rate. Leave total_steps at 0 to follow train.steps"]
+    cfg.optim.schedule.total_steps = 400000  # and one the run stops long before
+    assert "stops the run 0% of the way through its schedule" in run_length_warnings(cfg)[0]
+    cfg.optim.schedule.total_steps = 1200
+    assert run_length_warnings(cfg) == []
+    with pytest.raises(ValueError, match="total_steps is 0"):
+        make_schedule(pretraining_defaults().optim.schedule)

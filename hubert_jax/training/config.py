@@ -104,7 +104,8 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict(dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=10.0))
     c.optim.schedule = ml_collections.ConfigDict(dict(
-        kind="polynomial", peak=5e-4, warmup_steps=32000, total_steps=400000, end_ratio=0.0, power=1.0,
+        # total_steps 0: the schedule is as long as the run, train.steps
+        kind="polynomial", peak=5e-4, warmup_steps=32000, total_steps=0, end_ratio=0.0, power=1.0,
         warmup_ratio=0.1, hold_ratio=0.4, init_ratio=0.01))
 
     c.train = ml_collections.ConfigDict(dict(

@@ -16,9 +16,36 @@ from __future__ import annotations
 import optax
 
 
-def make_schedule(cfg) -> optax.Schedule:
-    """cfg: kind ('polynomial' | 'tri_stage' | 'constant'), peak, warmup_steps, total_steps, end_ratio, power,
-    hold_ratio / decay_ratio (tri_stage), init_ratio."""
+def schedule_steps(cfg) -> int:
+    """The schedule's length: `optim.schedule.total_steps` when set, else the run's, `train.steps`."""
+    return int(cfg.optim.schedule.total_steps or cfg.train.steps)
+
+
+def run_length_warnings(cfg) -> list[str]:
+    """What is odd about a schedule set apart from the run: it ends before the run does, or the run stops
+    before half of it."""
+    total, steps = int(cfg.optim.schedule.total_steps), int(cfg.train.steps)
+    if not total or total == steps or cfg.optim.schedule.kind == "constant":
+        return []
+    if total < steps:
+        return [f"config.optim.schedule.total_steps ({total}) ends before config.train.steps ({steps}): the last "
+                f"{steps - total} steps train at the schedule's final rate. Leave total_steps at 0 to follow "
+                f"train.steps"]
+    if steps < total / 2:
+        return [f"config.train.steps ({steps}) stops the run {steps / total:.0%} of the way through its schedule "
+                f"(config.optim.schedule.total_steps {total}): the learning rate never decays near its end. "
+                f"Leave total_steps at 0 to follow train.steps"]
+    return []
+
+
+def make_schedule(cfg, total_steps: int | None = None) -> optax.Schedule:
+    """cfg: kind ('polynomial' | 'tri_stage' | 'constant'), peak, warmup_steps, total_steps (0: `total_steps`,
+    the run's length), end_ratio, power, hold_ratio / decay_ratio (tri_stage), init_ratio."""
+    if not cfg.total_steps:
+        if total_steps is None:
+            raise ValueError("optim.schedule.total_steps is 0 (follow train.steps): give the run's steps")
+        cfg = cfg.copy_and_resolve_references()
+        cfg.total_steps = int(total_steps)
     kind = cfg.kind
     peak = float(cfg.peak)
     if kind == "constant":
@@ -45,11 +72,11 @@ def make_schedule(cfg) -> optax.Schedule:
     raise ValueError(f"optim.schedule.kind: unknown schedule {kind!r} (polynomial, tri_stage, constant)")
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
+def make_optimizer(cfg, total_steps: int | None = None) -> optax.GradientTransformation:
     """cfg: schedule (see make_schedule), b1, b2, eps, weight_decay, clip_norm (0: none)."""
     parts = []
     if cfg.clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    parts.append(optax.adamw(make_schedule(cfg.schedule), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+    parts.append(optax.adamw(make_schedule(cfg.schedule, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay))
     return optax.chain(*parts)

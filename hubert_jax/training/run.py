@@ -20,6 +20,7 @@ from hubert_jax.training.checkpoint import Checkpoints, DiskFull, disk_full_mess
 from hubert_jax.training.hooks import CheckpointHook, EvalHook, ExportHook, MetricsHook, StepInfo
 from hubert_jax.training.loop import train
 from hubert_jax.training.metrics_log import MetricLog
+from hubert_jax.training.optim import run_length_warnings
 from hubert_jax.training.tasks import make_task
 from hubert_jax.training.trainer import Trainer, param_count
 from hubert_jax.training.workdir_lock import lock_workdir
@@ -212,6 +213,8 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
         batches = f"global batch {cfg.data.batch_size} x {data.samples / SAMPLE_RATE:.2f} s"
     log.message(f"{param_count(state['params']):,} parameters; mesh {dict(mesh.shape)}; {batches}; "
                 f"steps {step} -> {total}")
+    for warning in run_length_warnings(cfg):
+        logger.warning(warning)
 
     # ------------------------------------------------------------------ hooks, then the loop
     preemption = Preemption(checkpoints)

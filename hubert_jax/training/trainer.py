@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from hubert_jax.models.layers import ModelOptions
 from hubert_jax.sharding import (DEFAULT_RULES, activation_sharding, batch_sharding, from_host, to_host,
                                  variable_sharding)
-from hubert_jax.training.optim import make_optimizer, make_schedule
+from hubert_jax.training.optim import make_optimizer, make_schedule, schedule_steps
 
 
 def model_options(model_cfg) -> ModelOptions:
@@ -56,8 +56,8 @@ class Trainer:
 
     def __init__(self, task, mesh, rules=DEFAULT_RULES):
         self.task, self.cfg, self.mesh, self.rules = task, task.cfg, mesh, rules
-        self.tx = make_optimizer(self.cfg.optim)
-        self.schedule = make_schedule(self.cfg.optim.schedule)
+        self.tx = make_optimizer(self.cfg.optim, schedule_steps(self.cfg))
+        self.schedule = make_schedule(self.cfg.optim.schedule, schedule_steps(self.cfg))
         abstract = nnx.eval_shape(task.build)
         self.graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
         task.setup(abstract, mesh, rules)
