@@ -88,6 +88,9 @@ def test_kill_9_at_a_random_step_then_restart_is_bit_identical(reference, tmp_pa
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resumed from" in done.stdout
+    # a quiet console: the checkpoint library's INFO lines go to {workdir}/run.log, not the console
+    assert "checkpoint_manager.py" not in done.stdout + done.stderr
+    assert "checkpoint_manager" in open(tmp_path / "run.log").read()
     cfg = tiny_config.get_config()
     cfg.train.checkpoint_every = 1
     _, state = restore_latest(cfg, str(tmp_path))

@@ -127,3 +127,9 @@ def pretraining_defaults() -> ml_collections.ConfigDict:
     for section, (defaults, _) in task_sections().items():
         c[section] = ml_collections.ConfigDict(copy.deepcopy(defaults))
     return c
+
+
+if __name__ == "__main__":  # python -m hubert_jax.training.config [FILE]: every field and its value
+    import sys
+
+    print(load_config(sys.argv[1]) if len(sys.argv) > 1 else pretraining_defaults())
