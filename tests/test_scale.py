@@ -85,12 +85,29 @@ def _two_steps(mesh):
     ds = make_dataset(LabeledAudio(data), data, batch_size=cfg.data.batch_size, seed=cfg.seed)
     state = trainer.init()
     first = trainer.global_batch(ds[0])
-    loss, grads = trainer.loss_and_grads(state, first)
+    loss, grads = _loss_and_grads(trainer, state, first)
     loss, grads = float(loss), jax.device_get(grads)
     state, _ = trainer.train_step(state, first)
     state, metrics = trainer.train_step(state, trainer.global_batch(ds[1]))
     assert float(metrics["lr"]) > 0
     return trainer, state, loss, grads
+
+
+def _loss_and_grads(trainer, state, batch):
+    """(loss, gradients) of the train step's forward pass (same keys), gradients on the parameters' shardings:
+    what the sharded-equals-single-device checks compare."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    def fn(state, batch, frozen):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        (loss, _), grads = jax.value_and_grad(trainer._forward, has_aux=True)(
+            state["params"], state["rest"], batch, key, state["step"], False, frozen)
+        return loss, grads
+
+    replicated = NamedSharding(trainer.mesh, PartitionSpec())
+    step = jax.jit(fn, in_shardings=(trainer.state_shardings, trainer.batch_sharding, trainer.frozen_shardings),
+                   out_shardings=(replicated, trainer.state_shardings["params"]))
+    return step(state, batch, trainer.frozen)
 
 
 @pytest.fixture(scope="module")

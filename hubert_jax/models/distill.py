@@ -17,9 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hubert_jax.config import HubertConfig
-from hubert_jax.lengths import feature_vector_mask
-from hubert_jax.models.layers import (Linear, ModelOptions, fold, make_param, scale_gradient, torch_linear_init,
-                                      uniform)
+from hubert_jax.models.layers import Linear, ModelOptions, make_param, torch_linear_init, uniform
 from hubert_jax.models.model import HubertModel, make_options
 
 
@@ -68,15 +66,12 @@ class DistilHubertStudent(nnx.Module):
                  deterministic: bool = True, dropout_rng=None):
         """(predictions (B, N, F, teacher_dim), frame mask (B, F), feature penalty)."""
         base = self.hubert
-        features = scale_gradient(base.feature_extractor(input_values), feature_grad_mult)
+        features = base.conv_features(input_values, feature_grad_mult=feature_grad_mult)
         features_pen = jnp.mean(jnp.square(features.astype(jnp.float32)))
-        if attention_mask is not None:
-            frame_mask = feature_vector_mask(self.config, features.shape[1], attention_mask, add_adapter=False)
-        else:
-            frame_mask = jnp.ones(features.shape[:2], bool)
-        hidden, _ = base.feature_projection(features, deterministic=deterministic, dropout_rng=fold(dropout_rng, 0))
-        encoded = base.encoder(hidden, key_mask=None if attention_mask is None else frame_mask,
-                               deterministic=deterministic, dropout_rng=fold(dropout_rng, 1))
+        key_mask = base.frame_mask(features.shape[1], attention_mask)
+        hidden, _ = base.project(features, deterministic=deterministic, dropout_rng=dropout_rng)
+        encoded = base.contextualize(hidden, key_mask, deterministic=deterministic, dropout_rng=dropout_rng)
+        frame_mask = jnp.ones(features.shape[:2], bool) if key_mask is None else key_mask
         x = jax.nn.gelu(self.pred_in(encoded.last_hidden_state), approximate=False)
         b, f, _ = x.shape
         pred = self.pred_out(x.reshape(b, f, len(self.distill.pred_layers), self.inter))

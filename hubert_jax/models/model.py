@@ -68,13 +68,10 @@ class SpeechModel(PretrainedMixin, nnx.Module):
         lengths = None
         if group_norm_over_real_samples and attention_mask is not None:
             lengths = attention_mask.astype(jnp.int32).sum(-1)
-        features = scale_gradient(self.feature_extractor(input_values, lengths), feature_grad_mult)
+        features = self.conv_features(input_values, lengths=lengths, feature_grad_mult=feature_grad_mult)
         features_pen = jnp.mean(jnp.square(features.astype(jnp.float32)))
-        frame_mask = None
-        if attention_mask is not None:
-            frame_mask = feature_vector_mask(self.config, features.shape[1], attention_mask, add_adapter=False)
-        hidden, extract_features = self.feature_projection(features, deterministic=deterministic,
-                                                           dropout_rng=fold(dropout_rng, 0))
+        frame_mask = self.frame_mask(features.shape[1], attention_mask)
+        hidden, extract_features = self.project(features, deterministic=deterministic, dropout_rng=dropout_rng)
         if mask_time_indices is not None and self.config.apply_spec_augment:
             hidden = self.apply_time_mask(hidden, mask_time_indices)
         if mask_feature_indices is not None and self.config.apply_spec_augment:
@@ -82,15 +79,39 @@ class SpeechModel(PretrainedMixin, nnx.Module):
                 raise ValueError(f"mask_feature_indices shape {tuple(mask_feature_indices.shape)} does not match "
                                  f"the {(hidden.shape[0], hidden.shape[2])} (batch, hidden size) of the features")
             hidden = jnp.where(mask_feature_indices[:, None, :], jnp.zeros((), hidden.dtype), hidden)
-        encoded = self.encoder(hidden, key_mask=frame_mask, deterministic=deterministic,
-                               dropout_rng=fold(dropout_rng, 1), output_hidden_states=output_hidden_states)
+        encoded = self.contextualize(hidden, frame_mask, deterministic=deterministic, dropout_rng=dropout_rng,
+                                     output_hidden_states=output_hidden_states)
         last = encoded.last_hidden_state
         if self.adapter is not None:
             last = self.adapter(last)
         return ModelOutput(last_hidden_state=last, extract_features=extract_features,
                            hidden_states=encoded.hidden_states, features_pen=features_pen)
 
+    # ------------------------------------------------------------------ the stages, for the models built on it
+    # (pretraining, distillation): each folds `dropout_rng` as __call__ does, so that they draw the same masks
+    def conv_features(self, input_values, *, lengths=None, feature_grad_mult: float = 1.0):
+        """(B, frames, conv_dim): the conv feature encoder's output for (B, T) audio, its gradient scaled by
+        `feature_grad_mult` (fairseq's; 0 freezes the convs). `lengths` (B,): a group norm over real samples."""
+        return scale_gradient(self.feature_extractor(input_values, lengths), feature_grad_mult)
+
+    def frame_mask(self, num_frames: int, attention_mask):
+        """(B, frames) bool, True on the frames of real samples; None without an attention mask."""
+        if attention_mask is None:
+            return None
+        return feature_vector_mask(self.config, num_frames, attention_mask, add_adapter=False)
+
+    def project(self, features, *, deterministic: bool = True, dropout_rng=None):
+        """(hidden (B, frames, hidden_size), extract_features): the feature projection of conv features."""
+        return self.feature_projection(features, deterministic=deterministic, dropout_rng=fold(dropout_rng, 0))
+
+    def contextualize(self, hidden, frame_mask=None, *, deterministic: bool = True, dropout_rng=None,
+                      output_hidden_states: bool = False):
+        """The transformer encoder over projected (and masked) features; `frame_mask` (B, frames) keys."""
+        return self.encoder(hidden, key_mask=frame_mask, deterministic=deterministic,
+                            dropout_rng=fold(dropout_rng, 1), output_hidden_states=output_hidden_states)
+
     def apply_time_mask(self, hidden, mask_time_indices):
+        """Frames where `mask_time_indices` (B, frames) is True replaced by the learned mask vector."""
         if self.masked_spec_embed is None:
             raise ValueError("mask_time_indices given, but the model has no masked_spec_embed: set "
                              "config.mask_time_prob or config.mask_feature_prob > 0")
@@ -102,13 +123,16 @@ class SpeechModel(PretrainedMixin, nnx.Module):
 
 
 class HubertModel(SpeechModel):
+    """HuBERT's encoder (transformers' HubertModel): 16 kHz audio in, frame features (50 Hz) out."""
     config_class = HubertConfig
 
 
 class WavLMModel(SpeechModel):
+    """WavLM's encoder (transformers' WavLMModel): gated relative position bias in the attention."""
     config_class = WavLMConfig
 
 
 class Wav2Vec2Model(SpeechModel):
+    """wav2vec 2.0 / XLS-R's encoder (transformers' Wav2Vec2Model), with the optional adapter."""
     config_class = Wav2Vec2Config
 

@@ -28,15 +28,12 @@ from flax import nnx
 from hubert_jax import families
 from hubert_jax.config import SpeechConfig
 from hubert_jax.convert.checkpoint_io import PRETRAINING_HEADS
-from hubert_jax.lengths import feature_vector_mask
 from hubert_jax.masking import span_mask
 from hubert_jax.models.frontend import init_front_end_as_fairseq
 from hubert_jax.models.layers import (
     Linear,
     ModelOptions,
-    fold,
     make_param,
-    scale_gradient,
     torch_linear_init,
     uniform,
 )
@@ -167,8 +164,7 @@ class HubertForPreTraining(PretrainedMixin, nnx.Module):
         if len(labels) != len(self.head.num_classes):
             raise ValueError(f"{len(labels)} label sets given, the heads have {len(self.head.num_classes)}")
         base = self.base_model
-        features = base.feature_extractor(input_values)
-        features = scale_gradient(features, feature_grad_mult)
+        features = base.conv_features(input_values, feature_grad_mult=feature_grad_mult)
         label_length = min(lab.shape[1] for lab in labels)
         index = frames_for_labels(self.config, self.head, features.shape[1], label_length)
         features = features[:, : len(index)]
@@ -177,12 +173,10 @@ class HubertForPreTraining(PretrainedMixin, nnx.Module):
         targets = tuple(jnp.asarray(lab)[:, index].astype(jnp.int32) for lab in labels)
         if self.head.label_offset:
             targets = tuple(jnp.where(t >= 0, t + self.head.label_offset, t) for t in targets)
-        if attention_mask is not None:
-            frame_mask = feature_vector_mask(self.config, num_frames, attention_mask, add_adapter=False)
-        else:
-            frame_mask = jnp.ones(features.shape[:2], bool)
+        key_mask = base.frame_mask(num_frames, attention_mask)
+        frame_mask = jnp.ones(features.shape[:2], bool) if key_mask is None else key_mask
 
-        hidden, _ = base.feature_projection(features, deterministic=deterministic, dropout_rng=fold(dropout_rng, 0))
+        hidden, _ = base.project(features, deterministic=deterministic, dropout_rng=dropout_rng)
         if mask_time_indices is None:
             if mask_rng is None:
                 raise ValueError("masked prediction needs mask_rng (or mask_time_indices)")
@@ -192,8 +186,7 @@ class HubertForPreTraining(PretrainedMixin, nnx.Module):
         else:
             mask_time_indices = jnp.asarray(mask_time_indices)[:, :num_frames]
         hidden = base.apply_time_mask(hidden, mask_time_indices)
-        encoded = base.encoder(hidden, key_mask=None if attention_mask is None else frame_mask,
-                               deterministic=deterministic, dropout_rng=fold(dropout_rng, 1))
+        encoded = base.contextualize(hidden, key_mask, deterministic=deterministic, dropout_rng=dropout_rng)
         projected = self.final_proj(encoded.last_hidden_state)
         sets = len(self.head.num_classes)
         chunks = jnp.split(projected, sets, axis=-1) if self.head.untie_final_proj else [projected] * sets

@@ -60,7 +60,6 @@ class GumbelVectorQuantizer(nnx.Module):
                 raise ValueError("the Gumbel quantizer needs a PRNG key when deterministic=False")
             gumbels = jax.random.gumbel(gumbel_rng, logits.shape, jnp.float32)
             soft = jax.nn.softmax((logits + gumbels) / temperature, axis=-1)
-            hard = jax.nn.one_hot(jnp.argmax(soft, -1), self.num_vars, dtype=jnp.float32)
             chosen = jax.nn.one_hot(jnp.argmax(soft, -1), self.num_vars, dtype=jnp.float32)
             probs = chosen - jax.lax.stop_gradient(soft) + soft  # straight-through
             perplexity = prob_perplexity

@@ -122,8 +122,14 @@ class _QuietDiskFull(logging.Filter):
 
 
 _QUIET = _QuietDiskFull()
-for _name in ("absl", "asyncio"):
-    logging.getLogger(_name).addFilter(_QUIET)
+
+
+def quiet_disk_full_logs() -> None:
+    """Install the filter on Orbax's (absl) and asyncio's loggers; Checkpoints does, once (importing this
+    module changes no logging)."""
+    for name in ("absl", "asyncio"):
+        if _QUIET not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_QUIET)
 
 
 def quiet_closed_loop_callbacks() -> None:
@@ -155,6 +161,7 @@ class Checkpoints:
         """`before_write()` runs before each save (the workdir lock's check: it raises if the run lost it)."""
         import orbax.checkpoint as ocp
 
+        quiet_disk_full_logs()
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self.damaged_directory = os.path.join(self.workdir, "checkpoints.damaged")

@@ -114,22 +114,6 @@ class Trainer:
         with jax.default_device(jax.local_devices(backend="cpu")[0]):
             return nnx.merge(self.graphdef, to_host(state["params"]), to_host(state["rest"]))
 
-    def loss_and_grads(self, state, batch):
-        """(loss, gradients) of the train step's forward pass (same keys), gradients on the parameters'
-        shardings: what the sharded-equals-single-device checks compare."""
-        if not hasattr(self, "_grads_jit"):
-            def fn(state, batch, frozen):
-                key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-                (loss, _), grads = jax.value_and_grad(self._forward, has_aux=True)(
-                    state["params"], state["rest"], batch, key, state["step"], False, frozen)
-                return loss, grads
-
-            replicated = NamedSharding(self.mesh, PartitionSpec())
-            self._grads_jit = jax.jit(fn, in_shardings=(self.state_shardings, self.batch_sharding,
-                                                        self.frozen_shardings),
-                                      out_shardings=(replicated, self.state_shardings["params"]))
-        return self._grads_jit(state, batch, self.frozen)
-
     def train_step(self, state, batch):
         return self._train_jit(state, batch, self.frozen)
 
