@@ -32,7 +32,7 @@ def test_demo_runs_every_stage_and_exports_a_loadable_model(tmp_path, capsys):
 
 
 def test_wavlm_demo_runs_every_stage_and_compares_speaker_identification(tmp_path, capsys):
-    summary = demo.main(["--family", "wavlm", "--workdir", str(tmp_path), "--steps1", "30", "--steps2", "10"])
+    summary = demo.main(["--family", "wavlm", "--workdir", str(tmp_path), "--steps1", "8", "--steps2", "4"])
     out = capsys.readouterr().out
     for stage in ("2. iteration 1: tiny WavLM", "4. iteration 2", "5. export", "6. speaker identification"):
         assert stage in out

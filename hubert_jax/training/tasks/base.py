@@ -76,7 +76,7 @@ class Task:
 
     def summarize(self, metrics: list[dict]) -> dict:
         """One validation figure per metric from the per-batch metrics."""
-        return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+        return batch_means(metrics, *metrics[0])
 
     def update_mask(self, params, step):
         return None
@@ -99,6 +99,11 @@ class Task:
 
         write_transformers_files(model, directory)
         write_model_files(model, directory)
+
+
+def batch_means(metrics: list[dict], *keys: str) -> dict:
+    """The mean over the evaluation's batches of each of `keys` (what the tasks' `summarize` report)."""
+    return {k: float(np.mean([m[k] for m in metrics])) for k in keys}
 
 
 def check_family(cfg, family: str, recipe: str) -> None:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from hubert_jax.data.targets import TextConfig, build_vocab, check_word_transcripts, encode_texts
 from hubert_jax.lengths import feat_extract_output_lengths
 from hubert_jax.training.tasks import register_task
+from hubert_jax.training.tasks.base import batch_means
 from hubert_jax.training.tasks.finetune import FineTuneTask, Targets
 
 
@@ -57,14 +58,12 @@ class CTCTask(FineTuneTask):
         return out.loss, metrics
 
     def summarize(self, metrics: list[dict]) -> dict:
-        import numpy as np
-
         refs, hyps = [], []
         for m in metrics:
             for pred, frames, labels in zip(m["predictions"], m["frames"], m["labels"]):
                 refs.append(self.tokenizer.decode(labels[labels >= 0], group_tokens=False))
                 hyps.append(self.tokenizer.decode(pred[: int(frames)]))
-        return {"loss": float(np.mean([m["loss"] for m in metrics])), **error_rates(refs, hyps)}
+        return {**batch_means(metrics, "loss"), **error_rates(refs, hyps)}
 
     def export(self, model, directory: str) -> None:
         super().export(model, directory)

@@ -26,7 +26,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from hubert_jax.data.manifest import read_manifest
@@ -35,7 +34,7 @@ from hubert_jax.data.targets import TargetAudio
 from hubert_jax.lengths import feat_extract_output_lengths
 from hubert_jax.masking import span_mask
 from hubert_jax.training.resolve import model_config
-from hubert_jax.training.tasks.base import Data, Task
+from hubert_jax.training.tasks.base import Data, Task, batch_means
 from hubert_jax.training.trainer import model_options
 
 META_FILE = "finetune.json"  # the vocabulary / classes and padded sizes of a run, in its workdir
@@ -219,7 +218,7 @@ class ClassesTask(FineTuneTask):
 
     def summarize(self, metrics: list[dict]) -> dict:
         """The mean loss and, over all batches, correct / count."""
-        return {"loss": float(np.mean([m["loss"] for m in metrics])),
+        return {**batch_means(metrics, "loss"),
                 "accuracy": sum(int(m["correct"]) for m in metrics) / max(sum(int(m["count"]) for m in metrics), 1)}
 
 

@@ -5,13 +5,12 @@ config's (a HuBERT preset, or a WavLM one: the criterion does not care)."""
 from __future__ import annotations
 
 import jax
-import numpy as np
 from flax import nnx
 
 from hubert_jax.models.pretraining_hubert import HubertForPreTraining, LossWeights, pretraining_loss
 from hubert_jax.training.resolve import head_config, model_config, with_init_from_heads
 from hubert_jax.training.tasks import register_task
-from hubert_jax.training.tasks.base import Task, crop_data
+from hubert_jax.training.tasks.base import Task, batch_means, crop_data
 from hubert_jax.training.trainer import model_options
 
 
@@ -52,14 +51,14 @@ class HubertTask(Task):
         def accuracy(correct: str, frames: str) -> float:
             return sum(int(m[correct]) for m in metrics) / max(sum(int(m[frames]) for m in metrics), 1)
 
-        out = {"loss": float(np.mean([m["loss"] for m in metrics]))}
+        out = batch_means(metrics, "loss")
         sets = [""] if self.num_label_sets == 1 else [f"_{i}" for i in range(self.num_label_sets)]
         out["accuracy_m"] = accuracy(f"correct_m{sets[0]}", "masked_frames")
         out["accuracy_u"] = accuracy(f"correct_u{sets[0]}", "unmasked_frames")
         if len(sets) > 1:
             for s in sets:
                 out[f"accuracy_m{s}"] = accuracy(f"correct_m{s}", "masked_frames")
-                out[f"loss_m{s}"] = float(np.mean([m[f"loss_m{s}"] for m in metrics]))
+                out.update(batch_means(metrics, f"loss_m{s}"))
         return out
 
     def load_initial(self, model, directory: str) -> None:

@@ -30,7 +30,7 @@ from hubert_jax.lengths import feat_extract_output_lengths, feature_vector_mask
 from hubert_jax.masking import sample_negatives, scored_frames, span_mask
 from hubert_jax.training.resolve import model_config
 from hubert_jax.training.tasks import register_task
-from hubert_jax.training.tasks.base import Task, check_family, crop_data
+from hubert_jax.training.tasks.base import Task, batch_means, check_family, crop_data
 from hubert_jax.training.trainer import model_options
 
 
@@ -123,11 +123,8 @@ class Wav2Vec2Task(Task):
                          dropout_rng=None if deterministic else dropout_key)
 
     def summarize(self, metrics: list[dict]) -> dict:
-        import numpy as np
-
         frames = max(sum(int(m["scored_frames"]) for m in metrics), 1)
-        out = {k: float(np.mean([m[k] for m in metrics])) for k in ("loss", "contrastive", "prob_perplexity",
-                                                                      "code_perplexity")}
+        out = batch_means(metrics, "loss", "contrastive", "prob_perplexity", "code_perplexity")
         out["accuracy"] = sum(int(m["correct"]) for m in metrics) / frames
         return out
 
