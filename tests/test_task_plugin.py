@@ -43,6 +43,7 @@ def register():
     class FrameEnergyTask(Task):
         sections = {"energy": dict(weight=1.0)}
         log_keys = ("loss", "energy_mse")
+        export_when_done = False  # its model is this file's own: no model directory for transformers to load
 
         def data(self, workdir):
             return crop_data(self.cfg, labels=False)

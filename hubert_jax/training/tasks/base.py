@@ -41,7 +41,9 @@ class Task:
     # pretraining_defaults() adds them, and another task's config that changes them is refused
     sections: dict[str, dict] = {}
     log_keys: tuple[str, ...] = ("loss",)  # the train metrics the console line shows (all are logged)
-    export_when_done = True  # a finished run writes its model directory, {workdir}/model
+    # a finished run writes its model directory, {workdir}/model, with `export` (the default needs a model with a
+    # transformers config: a task whose model is its own overrides `export` or sets this False)
+    export_when_done = True
     frozen = None
     frozen_shardings = None
 
