@@ -103,7 +103,7 @@ class MetricsHook(Hook):
     def after_step(self, info: StepInfo) -> None:
         self.audio_seconds += float(info.batch["attention_mask"].sum()) / SAMPLE_RATE * self.process_count
         self.pending.append((info.step, info.metrics))
-        if info.sync or len(self.pending) >= self.every:
+        if info.sync:  # this hook's own window (needs_metrics) or another hook's need
             # a run of non-finite steps raises here, before the step is logged or saved
             fetch(self.pending, self.window, self.max_nan_in_a_row, self.where)
         if self.due(info):
