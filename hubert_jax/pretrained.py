@@ -25,9 +25,8 @@ from flax import nnx
 
 from hubert_jax.config import SpeechConfig
 from hubert_jax import families
-from hubert_jax.convert import checkpoint_io as io
-from hubert_jax.convert.checkpoint_io import PRETRAINING_HEADS
-from hubert_jax.convert.state import (check_flat, flat_state, load_flat, model_to_flat, per_layer_names,
+from hubert_jax.weights import files as io
+from hubert_jax.weights.state import (check_flat, flat_state, load_flat, model_to_flat, per_layer_names,
                                       stack_layers, torch_to_flat, unstack_layers)
 
 logger = logging.getLogger(__name__)

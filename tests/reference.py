@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import hubert_jax
-from hubert_jax.convert.state import load_torch_state_dict
+from hubert_jax.weights.state import load_torch_state_dict
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
             conv_dim=(16, 16, 16), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 2), num_conv_pos_embeddings=8,

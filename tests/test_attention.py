@@ -146,7 +146,7 @@ def test_pallas_model_matches_xla_model_hidden_states_and_gradients(family):
     from flax import nnx
 
     import hubert_jax
-    from hubert_jax.convert.state import load_flat, model_to_flat
+    from hubert_jax.weights.state import load_flat, model_to_flat
     from tests.reference import TINY, TINY_BY_FAMILY, audio
 
     config = hubert_jax.config_class_for(family).from_dict({**TINY, **TINY_BY_FAMILY[family],

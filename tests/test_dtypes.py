@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 import hubert_jax
-from hubert_jax.convert.state import load_flat, model_to_flat
+from hubert_jax.weights.state import load_flat, model_to_flat
 from hubert_jax.models.layers import LayerNorm, ModelOptions
 from tests.reference import TINY, TINY_BY_FAMILY, audio
 

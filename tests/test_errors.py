@@ -91,7 +91,7 @@ def test_bad_options():
 
 
 def test_loading_mismatched_weights_reports_every_name(model):
-    from hubert_jax.convert.state import load_flat, model_to_flat
+    from hubert_jax.weights.state import load_flat, model_to_flat
 
     flat = dict(model_to_flat(model))
     flat["encoder.layer_norm.scale"] = np.ones((7,), np.float32)

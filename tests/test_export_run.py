@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import hubert_jax
-from hubert_jax.convert.state import model_to_flat
+from hubert_jax.weights.state import model_to_flat
 from hubert_jax.export.__main__ import main as export_main
 from hubert_jax.training.run import restore_latest, run
 from tests import tiny_config

@@ -13,7 +13,7 @@ import torch
 
 import hubert_jax
 from hubert_jax.convert.cli import main as convert_main
-from hubert_jax.convert.checkpoint_io import read_safetensors
+from hubert_jax.weights.files import read_safetensors
 from tests.reference import PREFIX, audio, max_diff, run_torch, torch_config
 
 TOL = 1e-4

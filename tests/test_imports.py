@@ -94,3 +94,19 @@ def test_the_package_imports_in_no_circle():
 def test_the_circle_check_finds_a_circle():
     # the check itself: a -> b -> c -> a, beside an acyclic d -> a
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_layers_point_down():
+    """Weights I/O sits below everything that loads or saves a model; the load/save core imports no model
+    class (the Auto classes are apart from it); the models know nothing of training or conversion."""
+    graph = _import_graph()
+    weights = [m for m in graph if m.startswith("hubert_jax.weights")]
+    assert len(weights) == 3
+    for module in weights:
+        assert all(m.startswith("hubert_jax.weights") for m in graph[module]), (module, graph[module])
+    for user in ("hubert_jax.pretrained", "hubert_jax.convert.original", "hubert_jax.export",
+                 "hubert_jax.models.pretraining_hubert"):
+        assert any(m.startswith("hubert_jax.weights.") for m in graph[user]), user
+    assert not any(m.startswith(("hubert_jax.models", "hubert_jax.auto")) for m in graph["hubert_jax.pretrained"])
+    for module in (m for m in graph if m.startswith("hubert_jax.models")):
+        assert not any(m.startswith(("hubert_jax.training", "hubert_jax.convert")) for m in graph[module]), module

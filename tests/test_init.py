@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 import hubert_jax
-from hubert_jax.convert.state import model_to_flat, torch_to_flat
+from hubert_jax.weights.state import model_to_flat, torch_to_flat
 
 MEDIUM = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192,
               conv_dim=(64, 64), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,

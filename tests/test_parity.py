@@ -153,7 +153,7 @@ def test_conv_pos_batch_norm_training_mode_uses_batch_statistics_and_updates_run
 
 
 def test_loaded_weights_do_not_share_memory_with_torch_or_numpy():
-    from hubert_jax.convert.state import load_flat, model_to_flat
+    from hubert_jax.weights.state import load_flat, model_to_flat
 
     tmodel, jmodel, _ = build_pair("hubert")
     before = np.asarray(jmodel.encoder.layer_norm.scale[...]).copy()

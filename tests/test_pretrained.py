@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import hubert_jax
-from hubert_jax.convert import checkpoint_io as io
+from hubert_jax.weights import files as io
 from hubert_jax.convert.cli import main as convert_main
 from hubert_jax.pretrained import write_directory
 from tests.reference import HEADS, PREFIX, audio, max_diff, run_torch, torch_config
@@ -130,8 +130,8 @@ def test_bf16_storage_roundtrip(tmp_path):
     model = hubert_jax.WavLMModel.from_pretrained(hf_dir, param_dtype=jnp.bfloat16)
     model.save_pretrained(tmp_path / "bf16")
     again = hubert_jax.WavLMModel.from_pretrained(tmp_path / "bf16", param_dtype=jnp.bfloat16)
-    a = hubert_jax.convert.state.model_to_flat(model)
-    b = hubert_jax.convert.state.model_to_flat(again)
+    a = hubert_jax.weights.state.model_to_flat(model)
+    b = hubert_jax.weights.state.model_to_flat(again)
     assert all(a[k].dtype == jnp.bfloat16 and np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -229,7 +229,7 @@ def test_transformers_v4_flax_msgpack_loads(tmp_path, head):
     # v4 Flax supported only the layer-norm extractor with the pre-LN encoder
     from flax.serialization import msgpack_serialize
 
-    from hubert_jax.convert.state import model_to_flat
+    from hubert_jax.weights.state import model_to_flat
 
     tmodel, hf_dir = _save_torch(tmp_path, "wav2vec2", head, feat_extract_norm="layer", do_stable_layer_norm=True,
                                  conv_bias=True)

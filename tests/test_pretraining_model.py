@@ -9,7 +9,7 @@ import torch
 from flax import nnx
 
 from hubert_jax.config import HubertConfig, preset
-from hubert_jax.convert.state import load_torch_state_dict
+from hubert_jax.weights.state import load_torch_state_dict
 from hubert_jax.masking import span_mask
 from hubert_jax.models.pretraining_hubert import (
     HeadConfig,
@@ -222,7 +222,7 @@ def test_save_and_from_pretrained_keep_the_heads_beside_the_encoder(tmp_path):
     beside it; FlaxAutoModelForPreTraining reads both back; a base-model loader reads the encoder alone."""
     import json
 
-    from hubert_jax.convert.checkpoint_io import read_safetensors
+    from hubert_jax.weights.files import read_safetensors
     from hubert_jax.auto import FlaxAutoModel, FlaxAutoModelForPreTraining
 
     config = preset("hubert-base").replace(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

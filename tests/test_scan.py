@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 import hubert_jax
-from hubert_jax.convert.state import model_to_flat, stack_layers, load_flat, unstack_layers
+from hubert_jax.weights.state import model_to_flat, stack_layers, load_flat, unstack_layers
 from tests.reference import TINY, TINY_BY_FAMILY, audio
 
 

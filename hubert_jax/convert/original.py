@@ -8,8 +8,8 @@ import logging
 from flax import nnx
 
 from hubert_jax.config import SpeechConfig
-from hubert_jax.convert import checkpoint_io as io
-from hubert_jax.convert.state import load_flat, torch_to_flat, torch_to_ours
+from hubert_jax.weights import files as io
+from hubert_jax.weights.state import load_flat, torch_to_flat, torch_to_ours
 from hubert_jax.pretrained import write_directory, write_model_files
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import shutil
 
 import numpy as np
 
-from hubert_jax.convert import checkpoint_io as io
-from hubert_jax.convert.state import flat_to_torch, model_to_flat
+from hubert_jax.weights import files as io
+from hubert_jax.weights.state import flat_to_torch, model_to_flat
 from hubert_jax.pretrained import write_config, write_directory
 
 

@@ -27,7 +27,7 @@ from flax import nnx
 
 from hubert_jax import families
 from hubert_jax.config import SpeechConfig
-from hubert_jax.convert.checkpoint_io import PRETRAINING_HEADS
+from hubert_jax.weights.files import PRETRAINING_HEADS
 from hubert_jax.masking import span_mask
 from hubert_jax.models.frontend import init_front_end_as_fairseq
 from hubert_jax.models.layers import (

@@ -52,7 +52,7 @@ def with_init_from_heads(cfg):
     if not cfg.model.init_from:
         return cfg
     from hubert_jax.models.pretraining_hubert import HeadConfig
-    from hubert_jax.convert.checkpoint_io import PRETRAINING_HEADS
+    from hubert_jax.weights.files import PRETRAINING_HEADS
 
     saved = (init_from_json(cfg.model) or {}).get("hubert_pretraining")
     if not saved or not os.path.isfile(os.path.join(cfg.model.init_from, PRETRAINING_HEADS)):
