@@ -120,3 +120,15 @@ def test_the_plugin_tasks_section_is_refused_under_another_task(energy_task):
 def test_a_second_task_under_a_taken_name_is_refused(energy_task):
     with pytest.raises(ValueError, match=f"task {NAME!r} is registered twice"):
         register()
+
+
+def test_a_task_whose_model_the_default_export_cannot_write_is_refused_before_its_first_step(energy_task, tmp_path):
+    from hubert_jax.training.run import run
+
+    energy_task.export_when_done = True  # as if the file had not said False: EnergyModel has no config
+    with pytest.raises(ValueError, match=rf"config.task='{NAME}': its model, EnergyModel, has no `config`.*"
+                                         r"export_when_done = False"):
+        run(_config(2), str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1"))
+    assert not os.path.exists(os.path.join(tmp_path, "metrics.jsonl"))
+

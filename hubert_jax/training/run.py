@@ -186,6 +186,9 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
 
     # ------------------------------------------------------------------ state: resume, init_from or fresh
     trainer = Trainer(task, mesh)
+    problem = task.export_problem(trainer.abstract_model) if task.export_when_done else None
+    if problem:  # now, not after the last step
+        raise ValueError(problem)
     checkpoints = Checkpoints(workdir, every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints,
                               config_json=config_json, before_write=lock.check if lock is not None else None)
     latest, state = checkpoints.restore_newest(trainer.abstract_state, trainer.state_shardings, iterator)

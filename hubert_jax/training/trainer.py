@@ -58,7 +58,7 @@ class Trainer:
         self.task, self.cfg, self.mesh, self.rules = task, task.cfg, mesh, rules
         self.tx = make_optimizer(self.cfg.optim, schedule_steps(self.cfg))
         self.schedule = make_schedule(self.cfg.optim.schedule, schedule_steps(self.cfg))
-        abstract = nnx.eval_shape(task.build)
+        abstract = self.abstract_model = nnx.eval_shape(task.build)
         self.graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
         task.setup(abstract, mesh, rules)
         self.frozen, self.frozen_shardings = task.frozen, task.frozen_shardings

@@ -13,7 +13,8 @@ A task is built from the run's config and says
 - `initial_params(params, frozen)`: a fresh run's starting parameters (None: the init's);
 - `load_initial(model, directory)`: --config.model.init_from into the (host) model;
 - `export(model, directory)`: the trained model's files into `directory`; `export_when_done`: whether the
-  run writes `{workdir}/model` when it reaches its last step.
+  run writes `{workdir}/model` when it reaches its last step; `export_problem(model)`: why `export` cannot
+  write this model (checked on the abstract model before the first step, not at the last).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class Task:
     sections: dict[str, dict] = {}
     log_keys: tuple[str, ...] = ("loss",)  # the train metrics the console line shows (all are logged)
     # a finished run writes its model directory, {workdir}/model, with `export` (the default needs a model with a
-    # transformers config: a task whose model is its own overrides `export` or sets this False)
+    # transformers config: a task whose model is its own overrides `export` or sets this False; the run refuses
+    # to start otherwise, see export_problem)
     export_when_done = True
     frozen = None
     frozen_shardings = None
@@ -101,6 +103,19 @@ class Task:
 
         write_transformers_files(model, directory)
         write_model_files(model, directory)
+
+    def export_problem(self, model) -> str | None:
+        """Why `export` cannot write `model` (abstract or not), or None. The default export needs the model's
+        `config` to be a transformers-style config (hubert_jax.config.SpeechConfig); an overridden `export`
+        answers for itself."""
+        from hubert_jax.config import SpeechConfig
+
+        if type(self).export is not Task.export or isinstance(getattr(model, "config", None), SpeechConfig):
+            return None
+        return (f"config.task={self.name!r}: its model, {type(model).__name__}, has no `config` (a "
+                f"hubert_jax.config.SpeechConfig), so the default export cannot write {{workdir}}/model at the end "
+                f"of the run: give the task an `export(model, directory)` of its own, or set its "
+                f"`export_when_done = False`")
 
 
 def batch_means(metrics: list[dict], *keys: str) -> dict:
