@@ -34,6 +34,15 @@ def user_message(error: BaseException) -> str | None:
     return None
 
 
+def prog_name(module_command: str) -> str:
+    """The name a command's usage line shows: the installed command's (`hubert-jax-export`) when it was run as
+    one, else how it is run from a clone (`python -m hubert_jax.export`)."""
+    import os
+
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return called if called.startswith("hubert-jax-") else module_command
+
+
 def run_command(prog: str, fn, argv: list[str] | None = None) -> int:
     """fn()'s exit status; a user error printed as one message (status 1) unless --debug is given (it is
     taken off `argv`, so that the command's own parser never sees it)."""

@@ -76,10 +76,11 @@ def _verify(model, torch_dir: str, no_verify: bool) -> None:
 
 def main(argv=None) -> int:
     from hubert_jax import pretrained
+    from hubert_jax.cli_errors import prog_name
     from hubert_jax.convert.original import convert_original_checkpoint
     from hubert_jax.export import copy_processor_files, write_transformers_files
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog_name("convert_pt_to_flax.py"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src")
     parser.add_argument("out")
     parser.add_argument("--to-pytorch", action="store_true", help="hubert-jax directory -> transformers directory")

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from hubert_jax.cli_errors import prog_name
 from hubert_jax.demos.common import DATA, demo_config, say
 
 SPLITS = ("train", "valid")
@@ -160,7 +161,7 @@ def speaker_probes(family_runs: dict, wd: str, steps: int, km: dict, clusters: i
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m hubert_jax.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog_name("python -m hubert_jax.demo"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=("hubert", "wavlm", "wav2vec2"), default="hubert",
                         help="HuBERT's masked prediction, WavLM's on utterance-mixed input (adds stage 6), or "

@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from hubert_jax.cli_errors import prog_name
+
 
 def export_run(workdir: str, out: str, *, step: int | None = None, overwrite: bool = False) -> str:
     """Write step `step` (default: the newest that verifies) of the run in `workdir` to `out`."""
@@ -26,7 +28,7 @@ def export_run(workdir: str, out: str, *, step: int | None = None, overwrite: bo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hubert_jax.export", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog_name("python -m hubert_jax.export"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdir", help="a training run's --workdir (config.json and checkpoints/)")
     parser.add_argument("out", help="the model directory to write")

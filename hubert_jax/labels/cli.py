@@ -32,6 +32,7 @@ from hubert_jax.data.manifest import (
     write_int_labels,
 )
 from hubert_jax.data.audio import resampled_counts, resampled_summary
+from hubert_jax.cli_errors import prog_name
 from hubert_jax.labels import provenance
 from hubert_jax.labels.features import (describe_rows, load_features, load_skipped, nonfinite_rows, save_features,
                                         split_utterances, write_skipped)
@@ -239,7 +240,7 @@ def cmd_tfds(args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hubert_jax.labels", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog_name("python -m hubert_jax.labels"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("mfcc", help="39-d Kaldi MFCC + deltas for every utterance of a manifest")
