@@ -20,9 +20,8 @@ def utterance_features(model, manifest: str) -> np.ndarray:
     from hubert_jax.inference import extract
 
     audio = [read_entry_audio(manifest, e, normalize=False) for e in read_manifest(manifest)]
-    layers = model.config.num_hidden_layers
-    per_layer = [np.stack([f.mean(0) for f in extract(model, audio, layer=i)]) for i in range(layers + 1)]
-    return np.stack(per_layer, axis=1)
+    every_layer = range(model.config.num_hidden_layers + 1)
+    return np.stack([f.mean(1) for f in extract(model, audio, layer=every_layer)])  # one forward pass
 
 
 def read_classes(path: str, count: int) -> list[str]:

@@ -24,13 +24,42 @@ def test_batched_features_equal_each_utterance_alone(family, norm):
     model = model_of(family, norm)
     rng = np.random.default_rng(0)
     waves = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(900, 6000, 9)]
-    for layer in (None, 1):
+    for layer in (None, 1, (0, 2)):
         batched = extract(model, waves, layer=layer, max_tokens=4 * 6000)
         assert len(batched) == len(waves)
         for wave, features in zip(waves, batched):
             out = model(jnp.asarray(wave)[None], output_hidden_states=True)
-            alone = out.last_hidden_state if layer is None else out.hidden_states[layer]
+            if isinstance(layer, tuple):  # several layers: stacked, from one forward pass
+                alone = jnp.stack([out.hidden_states[i] for i in layer], axis=1)
+            else:
+                alone = out.last_hidden_state if layer is None else out.hidden_states[layer]
             np.testing.assert_allclose(features, np.asarray(alone[0]), atol=1e-4)
+
+
+def test_a_call_computes_its_real_rows_rounded_up_to_a_power_of_two(monkeypatch):
+    """One file: one row, one forward pass (not the budget's max_tokens // length rows)."""
+    from hubert_jax import inference
+
+    model = model_of("hubert", "layer")
+    shapes = []
+    real = inference._forward
+
+    def recording(layers):
+        forward = real(layers)
+        return lambda m, x, mask: shapes.append(x.shape) or forward(m, x, mask)
+
+    monkeypatch.setattr(inference, "_forward", recording)
+    rng = np.random.default_rng(2)
+    extract(model, [rng.standard_normal(4000).astype(np.float32)], layer=1)
+    assert shapes == [(1, inference.grid_length(4000, 1.25))]
+    shapes.clear()
+    # five of one grid length, a budget of 8 rows: one call of 8 rows; twelve: 8, then 4
+    for count, calls in ((5, [8]), (12, [8, 4]), (3, [4])):
+        extract(model, [rng.standard_normal(4000).astype(np.float32) for _ in range(count)],
+                max_tokens=8 * inference.grid_length(4000, 1.25))
+        assert [rows for rows, _ in shapes] == calls, count
+        shapes.clear()
+    assert [inference.row_count(n, 16) for n in (1, 2, 3, 5, 9, 16, 17)] == [1, 2, 4, 8, 16, 16, 16]
 
 
 def test_padding_without_the_real_samples_rule_changes_group_norm_models():
@@ -56,6 +85,10 @@ def test_bad_input():
         extract(model, [np.zeros(1000), np.zeros(20)])
     with pytest.raises(ValueError, match="layer 7: the model has hidden states 0..3"):
         extract(model, [np.zeros(1000)], layer=7)
+    with pytest.raises(ValueError, match="layer 4: the model has hidden states 0..3"):
+        extract(model, [np.zeros(1000)], layer=(0, 4))
+    with pytest.raises(ValueError, match="give at least one layer"):
+        extract(model, [np.zeros(1000)], layer=())
 
 
 def test_stereo_integer_and_non_finite_waveforms_are_refused_by_index():
