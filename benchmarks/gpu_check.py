@@ -1,7 +1,7 @@
 """One accelerator check, one report: run it first whenever a GPU is at hand (at most ~8 minutes on one GPU).
 
     python benchmarks/gpu_check.py                 # on the GPU
-    python benchmarks/gpu_check.py --smoke         # anywhere (CI, on CPU): tiny sizes, every section runs
+    python benchmarks/gpu_check.py --smoke         # anywhere (CI, on CPU): tiny sizes (--models tiny), every section
 
 Sections, each timed, each reported even when another fails:
 1. fused attention against XLA: cuDNN (`attention_impl="cudnn"`) against `xla`, outputs and parameter
@@ -70,7 +70,7 @@ def attention_check(smoke: bool) -> None:
                 return jnp.mean(jnp.square(m(x, attention_mask=mask).last_hidden_state.astype(jnp.float32)))
 
             outs[impl] = np.asarray(model(x, attention_mask=mask).last_hidden_state, np.float32)
-            grads[impl] = [np.asarray(g, np.float32) for g in jax.tree.leaves(nnx.grad(loss)(model))]
+            grads[impl] = [np.asarray(g, np.float32) for g in jax.tree.leaves(nnx.jit(nnx.grad(loss))(model))]
         valid = np.asarray(mask).astype(bool)[:, :: 320][:, : outs["xla"].shape[1]]
         out_diff = float(np.abs(outs[fused] - outs["xla"])[valid].max())
         grad_diff = max(float(np.abs(a - b).max()) for a, b in zip(grads[fused], grads["xla"]))
@@ -146,10 +146,10 @@ def main(argv=None) -> int:
     sections = [
         ("1. fused attention against XLA", lambda: attention_check(args.smoke)),
         ("2. inference", lambda: inference.main(
-            ["--seconds", "0.5", "--repeats", "1", "--torch-impls", "eager"] if args.smoke else
+            ["--models", "tiny", "--seconds", "0.5", "--repeats", "1", "--torch-impls", "eager"] if args.smoke else
             ["--models", "base,large", "--batches", "1,8,32", "--dtype", "bfloat16", "--repeats", "5"])),
         ("3. training step", lambda: training.main(
-            ["--batch", "1", "--seconds", "0.5", "--repeats", "1"] if args.smoke else
+            ["--models", "tiny", "--batch", "1", "--seconds", "0.5", "--repeats", "1"] if args.smoke else
             ["--models", "base,large", "--dtype", "bfloat16", "--repeats", "3"])),
         ("4. one bucketed pretraining step per bucket", lambda: bucketed_steps(args.smoke)),
     ]

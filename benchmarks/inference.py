@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py                                   # CPU: base, batch 1 x 10 s
     python benchmarks/inference.py --models base,large --batches 1,8,32 --dtype bfloat16   # a GPU
+    python benchmarks/inference.py --models tiny --seconds 0.5 --repeats 1    # every path, in seconds (checks)
 
 Both sides are built from the same preset with random weights (speed does not depend on the values).
 hubert-jax runs twice: under the benchmark's own `jax.jit`, and as the direct call `model(x)` a user
@@ -25,10 +26,24 @@ import time
 from hubert_jax.lengths import SAMPLE_RATE
 
 FLOPS_PER_AUDIO_SECOND = {"base": (13.9e9, 0.092e9), "large": (35.8e9, 0.246e9)}
-PRESET = {"base": "hubert-base", "large": "hubert-large"}
+PRESET = {"base": "hubert-base", "large": "hubert-large", "tiny": "hubert-base"}
+# "tiny": hubert-base shrunk to seconds-fast sizes, for checking that a script runs (its speed means nothing)
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
+            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
 
 
-def gflop(model: str, batch: int, seconds: float) -> float:
+def model_config(name: str):
+    """The benchmark's model `name` (base, large, tiny) as a hubert-jax config."""
+    from hubert_jax.config import preset
+
+    config = preset(PRESET[name])
+    return config.replace(**TINY) if name == "tiny" else config
+
+
+def gflop(model: str, batch: int, seconds: float) -> float | None:
+    """Forward GFLOP of `batch` clips of `seconds` (None for the tiny check model: no MFU)."""
+    if model not in FLOPS_PER_AUDIO_SECOND:
+        return None
     a, b = FLOPS_PER_AUDIO_SECOND[model]
     return batch * seconds * (a + b * seconds) / 1e9
 
@@ -52,10 +67,9 @@ def jax_call(model_name: str, batch: int, seconds: float, dtype: str, attention_
     import numpy as np
     from flax import nnx
 
-    from hubert_jax.config import preset
     from hubert_jax.models import HubertModel
 
-    model = HubertModel(preset(PRESET[model_name]), rngs=nnx.Rngs(0), dtype=dtype, attention_impl=attention_impl)
+    model = HubertModel(model_config(model_name), rngs=nnx.Rngs(0), dtype=dtype, attention_impl=attention_impl)
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -72,9 +86,7 @@ def torch_call(model_name: str, batch: int, seconds: float, dtype: str, impl: st
     import torch
     import transformers
 
-    from hubert_jax.config import preset
-
-    config = transformers.HubertConfig(**{k: v for k, v in preset(PRESET[model_name]).to_dict().items()
+    config = transformers.HubertConfig(**{k: v for k, v in model_config(model_name).to_dict().items()
                                           if k not in ("architectures", "model_type", "transformers_version")})
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     config._attn_implementation = impl  # noqa: SLF001 (transformers reads it when building the layers)
@@ -145,7 +157,8 @@ def main(argv=None) -> int:
                     print(f"  torch {impl}: {e}", file=sys.stderr)
             t_torch = interleaved_medians(calls, args.repeats)
             t_jax, t_direct = t_torch.pop("jax"), t_torch.pop("direct")
-            mfu = (f"{gflop(name, batch, args.seconds) / t_jax / 1e3 / peak:.1%}" if peak else "n/a")
+            flop = gflop(name, batch, args.seconds)
+            mfu = f"{flop / t_jax / 1e3 / peak:.1%}" if peak and flop else "n/a"
             cells = [f"{audio / t_torch[i]:.1f}" if i in t_torch else "-" for i in impls]
             ratios = [f"{t_jax / t_torch[i]:.2f}" if i in t_torch else "-" for i in impls]
             print(f"| {name} | {batch} x {args.seconds:g} | {audio / t_jax:.1f} | {audio / t_direct:.1f} | "

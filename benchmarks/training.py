@@ -3,6 +3,7 @@ same loss, on the same device and dtype, one table.
 
     python benchmarks/training.py --batch 1 --seconds 4            # CPU: a short smoke-sized step
     python benchmarks/training.py --models base,large --dtype bfloat16   # a GPU: the recipes' batches
+    python benchmarks/training.py --models tiny --batch 1 --seconds 0.5 --repeats 1   # every path (checks)
 
 hubert-jax: the real train step of configs/hubert_base_iter1.py / configs/hubert_large.py (masked
 prediction, AdamW, clipping, non-finite guard) on one device. PyTorch: transformers' HubertModel with
@@ -21,16 +22,19 @@ import os
 import sys
 
 from hubert_jax.lengths import SAMPLE_RATE
-from inference import gflop, interleaved_medians, start_devices  # benchmarks/ is on the path when run as a script
+from inference import TINY, gflop, interleaved_medians, start_devices  # benchmarks/ is on the path as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = {"base": ("hubert_base_iter1", 5), "large": ("hubert_large", 3)}
+RECIPE = {"base": ("hubert_base_iter1", 5), "large": ("hubert_large", 3), "tiny": ("hubert_base_iter1", 1)}
 
 
 def recipe_config(model: str, batch: int, seconds: float, dtype: str, attention: str, remat: str):
     from hubert_jax.training.config import load_config
 
     cfg = load_config(os.path.join(ROOT, "configs", f"{RECIPE[model][0]}.py"))
+    if model == "tiny":  # the base recipe shrunk: checks that every path runs (inference.TINY)
+        cfg.model.overrides.update(TINY)
+        cfg.model.head.final_dim = 16
     cfg.data.batch_size = batch
     cfg.data.crop_samples = int(seconds * SAMPLE_RATE)
     cfg.model.dtype = dtype
@@ -148,8 +152,8 @@ def main(argv=None) -> int:
         calls = {"jax": jax_step(cfg, batch, samples), "torch": torch_step(cfg, batch, samples, args.dtype, device)}
         t = interleaved_medians(calls, args.repeats)
         audio = batch * samples / SAMPLE_RATE
-        train_gflop = 3 * gflop(name, batch, args.seconds)  # forward + backward
-        mfu = {k: f"{train_gflop / t[k] / 1e3 / peak:.1%}" if peak else "n/a" for k in t}
+        forward = gflop(name, batch, args.seconds)
+        mfu = {k: f"{3 * forward / t[k] / 1e3 / peak:.1%}" if peak and forward else "n/a" for k in t}  # fwd + bwd
         print(f"| {name} | {batch} x {args.seconds:g} | {audio / t['jax']:.1f} | {audio / t['torch']:.1f} | "
               f"{t['jax'] / t['torch']:.2f} | {mfu['jax']} | {mfu['torch']} |", flush=True)
     return 0

@@ -51,15 +51,12 @@ def linear_probe(train_x, train_y, valid_x, valid_y, *, steps: int = 600, lr: fl
         nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1).mean()
         return nll + weight_decay * jnp.sum(p["w"] ** 2)
 
-    @jax.jit
-    def step(p, s):
-        g = jax.grad(loss)(p)
-        updates, s = tx.update(g, s)
+    def step(_, carry):
+        p, s = carry
+        updates, s = tx.update(jax.grad(loss)(p), s)
         return optax.apply_updates(p, updates), s
 
-    state = tx.init(params)
-    for _ in range(steps):
-        params, state = step(params, state)
+    params, _ = jax.jit(lambda c: jax.lax.fori_loop(0, steps, step, c))((params, tx.init(params)))  # one call
     predicted = np.asarray(jnp.argmax(v @ params["w"] + params["b"], -1))
     return float(np.mean(predicted == valid_y))
 
