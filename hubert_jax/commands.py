@@ -15,30 +15,35 @@ from hubert_jax.cli_errors import run_command
 
 
 def train() -> None:
+    """hubert-jax-train: python train.py."""
     from hubert_jax.train import console_main
 
     console_main("hubert-jax-train")
 
 
 def convert() -> None:
+    """hubert-jax-convert: python convert_pt_to_flax.py."""
     from hubert_jax.convert.cli import main
 
     sys.exit(run_command("hubert-jax-convert", main))
 
 
 def labels() -> None:
+    """hubert-jax-labels: python -m hubert_jax.labels."""
     from hubert_jax.labels.cli import main
 
     sys.exit(run_command("hubert-jax-labels", main))
 
 
 def export() -> None:
+    """hubert-jax-export: python -m hubert_jax.export."""
     from hubert_jax.export.__main__ import main
 
     sys.exit(run_command("hubert-jax-export", main))
 
 
 def demo() -> None:
+    """hubert-jax-demo: python -m hubert_jax.demo."""
     from hubert_jax.demos.hubert import main
 
     sys.exit(run_command("hubert-jax-demo", lambda: main() and 0))

@@ -126,37 +126,45 @@ class SpeechConfig:
     # ------------------------------------------------------------------ derived
     @property
     def num_feat_extract_layers(self) -> int:
+        """Conv layers of the feature encoder (len(conv_dim))."""
         return len(self.conv_dim)
 
     @property
     def label2id(self) -> dict[str, int]:
+        """Class name -> id, the inverse of id2label."""
         return {v: k for k, v in self.id2label.items()}
 
     @property
     def head_dim(self) -> int:
+        """Features per attention head: hidden_size // num_attention_heads."""
         return self.hidden_size // self.num_attention_heads
 
     @property
     def inputs_to_logits_ratio(self) -> int:
+        """Samples per encoder frame: the product of the conv strides (320: 50 Hz at 16 kHz)."""
         return math.prod(self.conv_stride)
 
     @property
     def has_masked_spec_embed(self) -> bool:
-        # transformers creates the SpecAugment vector only when a mask probability is set
+        """Whether the model has SpecAugment's learned mask vector (transformers makes it only when a mask probability
+        is set)."""
         return self.mask_time_prob > 0.0 or self.mask_feature_prob > 0.0
 
     @property
     def uses_adapter(self) -> bool:
+        """Whether a wav2vec 2.0 adapter (strided convs after the encoder) is configured."""
         return bool(getattr(self, "add_adapter", False))
 
     @property
     def encoder_output_size(self) -> int:
+        """Features per frame of the model's output: the adapter's width when it has one, else hidden_size."""
         if self.uses_adapter:
             return getattr(self, "output_hidden_size", None) or self.hidden_size
         return self.hidden_size
 
     # --------------------------------------------------------------- validation
     def validate(self) -> None:
+        """Raise ValueError naming the field and what was expected when the fields cannot make a model."""
         def fail(field, expected):
             raise ValueError(f"{type(self).__name__}.{field} = {getattr(self, field)!r}: expected {expected}")
 
@@ -184,10 +192,13 @@ class SpeechConfig:
     # ---------------------------------------------------------------- json i/o
     @classmethod
     def field_names(cls) -> set[str]:
+        """The config's own fields (those transformers' config.json carries), without `extra`."""
         return {f.name for f in dataclasses.fields(cls)} - {"extra"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides) -> "SpeechConfig":
+        """The config of a config.json dict (its model_type's class when called on SpeechConfig); unknown keys are
+        kept in `extra` and written back."""
         data = {**data, **overrides}
         model_type = data.get("model_type", cls.model_type)
         if cls is SpeechConfig:
@@ -202,6 +213,7 @@ class SpeechConfig:
         return cls(**kwargs, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
+        """config.json's dict, transformers' derived keys (label2id, num_feat_extract_layers) included."""
         out = dict(self.extra)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -215,28 +227,34 @@ class SpeechConfig:
         return out
 
     def replace(self, **changes) -> "SpeechConfig":
+        """A copy with `changes` applied (validated like a fresh config)."""
         return type(self).from_dict(self.to_dict(), **changes)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "SpeechConfig":
+        """The config of a config.json file."""
         return cls.from_dict(read_json_object(path))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "SpeechConfig":
+        """The config.json of a model directory (or the file itself). A training workdir is refused with the export
+        command to run."""
         path = os.path.join(directory, CONFIG_NAME) if os.path.isdir(directory) else directory
         if not os.path.exists(path):
             raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
-        workdir = os.path.dirname(path)
-        if os.path.isdir(os.path.join(workdir, "checkpoints")) and "model_type" not in read_json_object(path):
+        data, workdir = read_json_object(path), os.path.dirname(path)
+        if "model_type" not in data and os.path.isdir(os.path.join(workdir, "checkpoints")):
             raise ValueError(f"{workdir} is a training run's workdir, not a model directory: export its model with "
                              f"`python -m hubert_jax.export {workdir} OUT [--step N]` and load OUT (a finished run "
                              f"has written one to {os.path.join(workdir, 'model')})")
-        return cls.from_json_file(path)
+        return cls.from_dict(data)
 
     def to_json_string(self) -> str:
+        """config.json's text: indented, keys sorted."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
+        """Write config.json into `directory` atomically; returns its path."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, CONFIG_NAME)
         tmp = path + ".tmp"
@@ -248,6 +266,7 @@ class SpeechConfig:
 
 @dataclasses.dataclass(eq=False)
 class HubertConfig(SpeechConfig):
+    """HuBERT's config (transformers' HubertConfig fields and defaults: hubert-base)."""
     model_type: ClassVar[str] = "hubert"
     base_model_prefix: ClassVar[str] = "hubert"
     hubert_front_end: ClassVar[bool] = True
@@ -326,6 +345,8 @@ class _Wav2Vec2LikeConfig(SpeechConfig):
 
 @dataclasses.dataclass(eq=False)
 class WavLMConfig(_Wav2Vec2LikeConfig):
+    """WavLM's config: HuBERT's fields plus the gated relative position bias (num_buckets, max_bucket_distance) and
+    the adapter's."""
     model_type: ClassVar[str] = "wavlm"
     base_model_prefix: ClassVar[str] = "wavlm"
     relative_position_bias: ClassVar[bool] = True
@@ -353,6 +374,7 @@ class WavLMConfig(_Wav2Vec2LikeConfig):
 
 @dataclasses.dataclass(eq=False)
 class Wav2Vec2Config(_Wav2Vec2LikeConfig):
+    """wav2vec 2.0 / XLS-R's config: the encoder's fields plus the quantizer, the contrastive loss and the adapter's."""
     model_type: ClassVar[str] = "wav2vec2"
     base_model_prefix: ClassVar[str] = "wav2vec2"
 

@@ -23,6 +23,8 @@ HEAD_KINDS = ("ForCTC", "ForSequenceClassification", "ForAudioFrameClassificatio
 
 @dataclasses.dataclass(frozen=True)
 class Family:
+    """One model family: everything that differs between HuBERT, WavLM and wav2vec 2.0 for loading, saving and
+    building, declared once."""
     model_type: str  # config.json's model_type
     config: str  # "module:Class" of its SpeechConfig subclass
     base_model: str  # "module:Class" of its SpeechModel subclass
@@ -68,14 +70,17 @@ def load(reference: str):
 
 
 def config_class(model_type: str):
+    """The family's SpeechConfig subclass (HubertConfig, ...)."""
     return load(family(model_type).config)
 
 
 def base_model_class(model_type: str):
+    """The family's base model (HubertModel, ...)."""
     return load(family(model_type).base_model)
 
 
 def pretraining_class(model_type: str):
+    """The family's pretraining model (HubertForPreTraining, Wav2Vec2ForPreTraining)."""
     return load(family(model_type).pretraining)
 
 

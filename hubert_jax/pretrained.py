@@ -39,6 +39,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the hub 
 
 
 def looks_like_hub_id(path: str) -> bool:
+    """Whether `path` reads as a Hugging Face Hub id (owner/name) rather than a local path."""
     return bool(_HUB_ID.match(path)) and not path.startswith((".", "~"))
 
 
@@ -161,6 +162,8 @@ def _read_heads(model, directory: str) -> dict:
 
 
 def load_weights_into(model, directory: str) -> None:
+    """Load a directory's weights (ours or transformers') into an existing model in place, its names and shapes
+    checked."""
     flat, allowed, source = checkpoint_flat(model, directory)
     load_flat(model, flat, allow_missing=allowed, source=source)
 

@@ -94,11 +94,13 @@ class FeatureExtractor:
     # ----------------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, directory: str) -> "FeatureExtractor":
+        """The feature extractor of a directory's preprocessor_config.json."""
         data = read_json_object(os.path.join(directory, PREPROCESSOR_CONFIG))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save_pretrained(self, directory: str) -> str:
+        """Write preprocessor_config.json (as transformers' Wav2Vec2FeatureExtractor); returns its path."""
         os.makedirs(directory, exist_ok=True)
         data = {**dataclasses.asdict(self), "feature_extractor_type": "Wav2Vec2FeatureExtractor"}
         path = os.path.join(directory, PREPROCESSOR_CONFIG)
@@ -127,10 +129,12 @@ class CTCTokenizer:
 
     @property
     def pad_token_id(self) -> int:
+        """The id of the pad token, which is also the CTC blank."""
         return self.vocab[self.pad_token]
 
     @property
     def special_tokens(self) -> set[str]:
+        """pad, unk, bos and eos."""
         return {self.pad_token, self.unk_token, self.bos_token, self.eos_token}
 
     def encode(self, text: str) -> list[int]:
@@ -141,6 +145,8 @@ class CTCTokenizer:
         return [self.vocab.get(ch, unk) for ch in text.replace(" ", self.word_delimiter_token)]
 
     def decode(self, ids: Sequence[int], *, group_tokens: bool = True, skip_special_tokens: bool = False) -> str:
+        """Text of one sequence of ids as transformers decodes it: repeats merged (group_tokens), blanks dropped, the
+        word delimiter made a space."""
         tokens = [self.id_to_token.get(int(i), self.unk_token) for i in ids]
         if skip_special_tokens:
             tokens = [t for t in tokens if t not in self.special_tokens or t == self.word_delimiter_token]
@@ -151,6 +157,7 @@ class CTCTokenizer:
         return text.lower() if self.do_lower_case else text
 
     def batch_decode(self, batch_ids, **kw) -> list[str]:
+        """decode() of each sequence of a batch."""
         return [self.decode(ids, **kw) for ids in batch_ids]
 
     def decode_logits(self, logits, lengths=None) -> list[str]:
@@ -163,6 +170,7 @@ class CTCTokenizer:
     # ----------------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, directory: str) -> "CTCTokenizer":
+        """The tokenizer of a directory's vocab.json and tokenizer_config.json."""
         vocab = read_json_object(os.path.join(directory, VOCAB_FILE))
         if not all(isinstance(v, int) for v in vocab.values()):
             raise ValueError(f"{os.path.join(directory, VOCAB_FILE)}: expected {{token: id}} with integer ids "
@@ -173,6 +181,8 @@ class CTCTokenizer:
         return cls(vocab=vocab, **{k: config[k] for k in fields if isinstance(config.get(k), (str, bool))})
 
     def save_pretrained(self, directory: str) -> list[str]:
+        """Write vocab.json, tokenizer_config.json and special_tokens_map.json as transformers does; returns their
+        paths."""
         os.makedirs(directory, exist_ok=True)
         files = {
             VOCAB_FILE: self.vocab,

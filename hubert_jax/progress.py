@@ -10,6 +10,8 @@ import time
 
 
 class Progress:
+    """A progress line for a long loop: tqdm on a terminal, else a plain line every `every` of the total (at most one
+    per `min_seconds`), with the rate and the time left."""
     def __init__(self, total: int, desc: str, *, unit: str = "it", enabled: bool = True, stream=None,
                  every: float = 0.05, min_seconds: float = 2.0):
         self.total, self.desc, self.unit = max(int(total), 0), desc, unit
@@ -24,6 +26,7 @@ class Progress:
             self.bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
+        """Count `n` more items done."""
         if not self.enabled:
             return
         self.count += n
@@ -47,6 +50,7 @@ class Progress:
         self.last_line = time.perf_counter()
 
     def close(self) -> None:
+        """End the bar (saying where it stopped if it ended before the total)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -68,6 +72,7 @@ def main_process() -> bool:
 
 
 def format_eta(seconds: float) -> str:
+    """Seconds as H:MM:SS."""
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"

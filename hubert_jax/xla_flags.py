@@ -31,6 +31,7 @@ def performance_flags(existing: str) -> str:
 
 
 def set_performance_flags(environ=os.environ) -> str:
+    """Add the performance flags to XLA_FLAGS (before JAX starts its backend); returns the new value."""
     environ["XLA_FLAGS"] = performance_flags(environ.get("XLA_FLAGS", ""))
     return environ["XLA_FLAGS"]
 

@@ -261,6 +261,7 @@ def _family(model_cfg: Mapping, state: Mapping, fmt: str) -> str:
 
 @dataclasses.dataclass
 class Converted:
+    """An original checkpoint in transformers' terms: config fields, state dict, heads, kind, and the CTC vocabulary."""
     fields: dict  # transformers config fields
     state: dict  # transformers state dict
     heads: dict  # HuBERT pretraining heads (fairseq names)

@@ -72,6 +72,7 @@ class FairseqDictionary:
 
     @classmethod
     def from_state(cls, state: dict, where: str) -> FairseqDictionary:
+        """The dictionary of a checkpoint's saved state (ValueError naming `where` when fields are missing)."""
         try:
             symbols = tuple(str(s) for s in state["symbols"])
             return cls(symbols=symbols, nspecial=int(state["nspecial"]), bos_index=int(state["bos_index"]),
@@ -85,6 +86,7 @@ class FairseqDictionary:
 
 
 def allowed(name: str) -> bool:
+    """Whether a pickled global may be rebuilt (an allow-list: nothing in a checkpoint runs code)."""
     return name in _ALLOWED or name in _BUILTINS or name.startswith(_ALLOWED_PREFIXES)
 
 

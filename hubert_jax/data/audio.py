@@ -60,10 +60,12 @@ def as_waveform(x, index: int) -> np.ndarray:
 
 
 def is_tfds(path: str) -> bool:
+    """Whether a manifest path names a tfds example (tfds://...)."""
     return path.startswith("tfds://")
 
 
 def tfds_example(path: str):
+    """(the open tfds split, the example index) of a tfds:// path."""
     from hubert_jax.data.tfds_source import open_split
 
     address, _, index = path.rpartition("#")

@@ -59,6 +59,7 @@ def grid_length(length: int, ratio: float, base: int = SAMPLE_RATE, multiple: in
 
 
 def check_buckets(buckets) -> tuple[int, ...]:
+    """data.buckets as increasing positive ints (ValueError otherwise)."""
     buckets = tuple(int(b) for b in buckets)
     if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
         raise ValueError(f"data.buckets={buckets}: expected increasing positive lengths in samples")

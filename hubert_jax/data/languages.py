@@ -58,6 +58,7 @@ class LanguageMix(Source):
         return self.sources[int(self.language[index])][int(self.utterance[index])]
 
     def item_buckets(self, buckets) -> list[int]:
+        """The bucket of each item, over every language's source."""
         per_source = [s.item_buckets(buckets) for s in self.sources]
         return [per_source[l][u] for l, u in zip(self.language, self.utterance)]
 

@@ -31,12 +31,15 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
+    """One manifest line: the audio file, its sample count and the line number."""
     path: str  # absolute path of the audio file
     num_samples: int
     line: int  # line number in the manifest (1-based), for error messages
 
 
 def read_manifest(path: str) -> list[Entry]:
+    """The entries of a fairseq manifest (root directory line, then relative path and samples per line); errors name
+    the file and line."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -65,6 +68,7 @@ def _read_rows(path: str, lines: list[str], locate) -> list[Entry]:
 
 
 def check_files_exist(manifest: str, entries: list[Entry]) -> None:
+    """FileNotFoundError listing (up to ten) manifest lines whose audio is missing."""
     missing = [e for e in entries if not _exists(e.path)]
     if missing:
         listed = ", ".join(f"line {e.line}: {e.path}" for e in missing[:10])

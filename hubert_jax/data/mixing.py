@@ -26,6 +26,7 @@ _STREAM = 0x6D6978  # keeps the mixing draws apart from the crops' (same seed an
 
 @dataclasses.dataclass(frozen=True)
 class MixConfig:
+    """WavLM's utterance mixing: how often, how long a segment, at what energy ratio, and noise files."""
     prob: float = 0.2  # share of the utterances that are mixed
     max_share: float = 0.5  # the added segment is shorter than this share of the primary's samples
     energy_db: tuple[float, float] = (-5.0, 5.0)  # primary / secondary-utterance energy, dB, uniform
@@ -71,6 +72,7 @@ class Noise:
                              f"read as audio: {', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}")
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One noise file's audio, picked by `rng`."""
         from hubert_jax.data.manifest import read_entry_audio
 
         return read_entry_audio(self.manifest, self.entries[int(rng.integers(len(self.entries)))], normalize=False)
@@ -85,6 +87,8 @@ class Mixer:
         self.noise = Noise(config.noise_manifest) if config.noise_manifest else None
 
     def mix(self, example: dict, row: int, rows: int, rng: np.random.Generator, partner) -> dict:
+        """The example with another utterance of the batch (or noise) added to part of it, as WavLM's denoising
+        pretraining does; `mixed` says whether it was."""
         cfg = self.config
         chosen = rng.random() < cfg.prob
         if not chosen or (rows < 2 and self.noise is None):

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """One split's input: the manifest, its label files and rate, crop and minimum lengths, buckets and normalisation."""
     manifest: str = ""
     labels: tuple[str, ...] = ()  # one .km file per label set, lines in manifest order
     label_rate: float = 50.0  # labels per second (100: MFCC, 50: model features)
@@ -56,9 +57,11 @@ class DataConfig:
 
     @property
     def label_length(self) -> int:
+        """Labels of a full crop."""
         return self.labels_for(self.crop_samples)
 
     def labels_for(self, samples: int) -> int:
+        """Labels of `samples` of audio at the label rate."""
         return int(round(samples * self.label_rate / SAMPLE_RATE))
 
 
@@ -294,6 +297,8 @@ def bucket_batch_sizes(config: DataConfig, *, data_shards: int, process_count: i
 
 def bucketed_batches(source, config: DataConfig, *, seed: int, process_index: int, process_count: int,
                      shuffle: bool, repeat: bool, transform, data_shards: int, mixer=None) -> BucketedBatches:
+    """The batches of a bucketed split: each utterance in the bucket its length picks, each bucket's batch size set by
+    max_tokens, the order drawn from the seed."""
     sizes = bucket_batch_sizes(config, data_shards=data_shards, process_count=process_count)
     plan = BatchPlan(source.item_buckets(config.buckets), sizes, seed=seed, shuffle=shuffle, repeat=repeat)
     return BucketedBatches(source, plan, config.buckets, transform, process_index=process_index,

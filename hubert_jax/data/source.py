@@ -13,6 +13,8 @@ from __future__ import annotations
 
 
 class Source:
+    """A random-access training source: its length, its examples by index, its items' lengths for bucketing, and the
+    transform that makes a batch row."""
     transform = None  # None: the pretraining crop; else transform(example, rng, size=None) -> a batch row
 
     def __len__(self) -> int:

@@ -35,11 +35,13 @@ CTC_IGNORE = -100  # transformers' label padding (CTC and frame labels)
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
+    """How transcripts are normalised before tokenising."""
     uppercase: bool = True
     remove: str = ".,?!;:\""  # characters dropped before tokenising
     unknown: str = "unk"  # a character outside the vocabulary: "unk" (-> <unk>) or "error"
 
     def normalize(self, text: str) -> str:
+        """The text upper-cased, stripped of the `remove` characters, with single spaces."""
         if self.uppercase:
             text = text.upper()
         if self.remove:

@@ -34,11 +34,13 @@ _TEXT_CLASS = "tensorflow_datasets.core.features.text_feature.Text"
 
 
 def default_data_dir() -> str:
+    """Where tfds keeps datasets when no data_dir is given ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Address:
+    """A tfds:// address: dataset name, split, optional config, version and data_dir."""
     name: str
     split: str
     config: str | None = None
@@ -47,6 +49,7 @@ class Address:
 
     @classmethod
     def parse(cls, text: str, data_dir: str | None = None) -> Address:
+        """The address of tfds://NAME[/CONFIG][:VERSION]/SPLIT[?data_dir=DIR] (ValueError naming the text otherwise)."""
         text, _, query = text.partition("?")
         m = _ADDRESS.match(text)
         if m is None:
@@ -156,6 +159,7 @@ class TfdsSplit:
         return self._source
 
     def example(self, index: int):
+        """The tf.train.Example features of example `index` (IndexError naming the address when out of range)."""
         from tensorflow_datasets.proto import tf_example_pb2
 
         if not 0 <= index < self._length:
@@ -168,6 +172,7 @@ class TfdsSplit:
         return self._audio(self.example(index))
 
     def text(self, index: int) -> str | None:
+        """The transcript of example `index` (None when the dataset has none)."""
         return self._text(self.example(index))
 
     def _audio(self, example) -> tuple[np.ndarray, int]:
@@ -192,6 +197,7 @@ class TfdsSplit:
 
 @functools.lru_cache(maxsize=16)
 def open_split(address: str) -> TfdsSplit:
+    """The split of a tfds:// address, opened once per process (cached)."""
     return TfdsSplit(Address.parse(address))
 
 

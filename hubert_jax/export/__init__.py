@@ -38,6 +38,7 @@ PROCESSOR_FILES = ("preprocessor_config.json", "vocab.json", "tokenizer_config.j
 
 
 def copy_processor_files(src: str, dst: str) -> list[str]:
+    """Copy the processor files (feature extractor, tokenizer) present in `src` to `dst`; returns their names."""
     copied = []
     for name in PROCESSOR_FILES:
         if os.path.isfile(os.path.join(src, name)):

@@ -92,6 +92,7 @@ def load_features(prefix: str, nshard: int = 0):
 
 
 def split_utterances(feats: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    """Per-utterance arrays of concatenated frames, given each utterance's frame count."""
     return np.split(np.asarray(feats), np.cumsum(lengths)[:-1]) if lengths else []
 
 

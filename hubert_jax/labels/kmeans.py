@@ -19,6 +19,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class KMeansConfig:
+    """Mini-batch k-means settings: scikit-learn's names, fairseq learn_kmeans.py's defaults."""
     n_clusters: int
     batch_size: int = 10000
     max_iter: int = 100  # passes over the data, as scikit-learn counts them
@@ -246,12 +247,14 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
 
 
 def save_centroids(path: str, centers: np.ndarray) -> None:
+    """Write centroids (clusters, dim) as float32 .npy atomically."""
     tmp = f"{path}.tmp.npy"
     np.save(tmp, np.asarray(centers, np.float32))
     os.replace(tmp, path)  # never a half-written file under the real name
 
 
 def load_centroids(path: str) -> np.ndarray:
+    """Centroids saved by save_centroids (ValueError naming the file otherwise)."""
     try:
         centers = np.load(path)
     except (OSError, ValueError) as e:

@@ -21,6 +21,7 @@ from hubert_jax.lengths import SAMPLE_RATE
 
 @dataclasses.dataclass(frozen=True)
 class MfccOptions:
+    """Kaldi compute-mfcc-feats options (torchaudio.compliance.kaldi's defaults, as fairseq's dump uses)."""
     sample_rate: int = SAMPLE_RATE
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
@@ -34,14 +35,17 @@ class MfccOptions:
 
     @property
     def window_size(self) -> int:
+        """Samples per frame."""
         return int(self.sample_rate * self.frame_length_ms / 1000)
 
     @property
     def window_shift(self) -> int:
+        """Samples between frames."""
         return int(self.sample_rate * self.frame_shift_ms / 1000)
 
     @property
     def fft_size(self) -> int:
+        """The FFT length: the window rounded up to a power of two."""
         return 1 << (self.window_size - 1).bit_length()
 
 
@@ -83,6 +87,7 @@ def dct_lifter(opts: MfccOptions) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def povey_window(size: int) -> np.ndarray:
+    """Kaldi's Povey window: a Hann window to the power 0.85."""
     return (0.5 - 0.5 * np.cos(2 * math.pi * np.arange(size) / (size - 1))) ** 0.85
 
 

@@ -22,10 +22,12 @@ class StaleOutput(ValueError):
 
 
 def path_of(prefix: str) -> str:
+    """The provenance file of an output prefix."""
     return prefix + SUFFIX
 
 
 def read(prefix: str) -> dict | None:
+    """The recorded provenance of an output prefix, or None."""
     try:
         with open(path_of(prefix), encoding="utf-8") as f:
             return json.load(f)
@@ -36,6 +38,7 @@ def read(prefix: str) -> dict | None:
 
 
 def write(prefix: str, made: dict) -> None:
+    """Record how an output was made (atomically)."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     tmp = f"{path_of(prefix)}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -44,6 +47,7 @@ def write(prefix: str, made: dict) -> None:
 
 
 def differences(recorded: dict, wanted: dict) -> list[str]:
+    """What differs between a recorded provenance and the wanted one, one line per key."""
     return [f"{k}: on disk {recorded.get(k)!r}, now {wanted.get(k)!r}" for k in sorted(set(recorded) | set(wanted))
             if recorded.get(k) != wanted.get(k)]
 
@@ -68,6 +72,7 @@ def claim(prefix: str, made: dict, existing: list[str]) -> None:
 
 
 def file_sha256(path: str) -> str:
+    """A file's SHA-256, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -11,6 +11,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class LabelQuality:
+    """How well frame labels match phones (HuBERT paper, section 4.3)."""
     phone_purity: float  # E_z[max_y p(y|z)]: how phonetically pure each cluster is
     cluster_purity: float  # E_y[max_z p(z|y)]: how concentrated each phone is on one cluster
     pnmi: float  # I(y; z) / H(y): the share of phone information the clusters carry
@@ -37,6 +38,7 @@ def joint_counts(phones: Sequence[np.ndarray], clusters: Sequence[np.ndarray]) -
 
 
 def label_quality(counts: np.ndarray) -> LabelQuality:
+    """Purities and PNMI of a (phones, clusters) co-occurrence count matrix."""
     p = counts / counts.sum()
     py, pz = p.sum(1), p.sum(0)
     phone_purity = float(p.max(0).sum())  # sum_z p(z) max_y p(y|z) = sum_z max_y p(y, z)

@@ -175,6 +175,8 @@ def pallas_attention(q, k, v, *, bias=None, key_mask=None):
 
 def attention(q, k, v, *, impl: str, bias=None, key_mask=None, dropout_rate: float = 0.0, dropout_key=None,
               deterministic: bool = True, precision=None):
+    """Scaled dot-product attention of q, k, v (B, T, heads, head_dim) with an optional additive bias (B or 1, heads,
+    T, T) and key mask (B, T), through the kernel `impl` resolves to (xla, cudnn, pallas)."""
     with_dropout = (not deterministic) and dropout_rate > 0.0
     kernel = resolve_impl(impl, dtype=q.dtype, head_dim=q.shape[-1], with_dropout=with_dropout)
     if kernel == "cudnn":

@@ -23,6 +23,8 @@ from hubert_jax.models.model import HubertModel, make_options
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
+    """DistilHuBERT's prediction heads: the teacher layers they predict, their sizes and the loss weights (s3prl's
+    names)."""
     pred_layers: tuple[int, ...] = (4, 8, 12)  # teacher hidden_states indices (fairseq output_layer)
     teacher_dim: int = 768
     inter_dim: int = -1  # s3prl out_layer_inter_dim; -1: the student's hidden size
@@ -49,6 +51,7 @@ class SplitLinear(nnx.Module):
 
 
 class DistilHubertStudent(nnx.Module):
+    """The DistilHuBERT student: a small HuBERT encoder and one prediction head per teacher layer."""
     def __init__(self, config: HubertConfig, distill: DistillConfig, *, rngs: nnx.Rngs | None = None,
                  opts: ModelOptions | None = None, **option_kw):
         opts = make_options(opts, **option_kw)

@@ -51,6 +51,8 @@ def compute_position_bias(embed: Embedding, length: int, num_buckets: int, max_d
 
 # ----------------------------------------------------------------------------- blocks
 class Attention(nnx.Module):
+    """Multi-head self-attention (transformers' k/q/v/out_proj), with WavLM's gated relative position bias when the
+    layer has one."""
     def __init__(self, config, *, has_relative_position_bias: bool, opts: ModelOptions, rngs: nnx.Rngs):
         d, h = config.hidden_size, config.num_attention_heads
         self.num_heads, self.head_dim = h, d // h
@@ -94,6 +96,7 @@ class Attention(nnx.Module):
 
 
 class FeedForward(nnx.Module):
+    """The transformer layer's feed-forward block: intermediate_dense, activation, output_dense (with dropouts)."""
     def __init__(self, config, *, opts: ModelOptions, rngs: nnx.Rngs):
         std = config.initializer_range
         self.intermediate_dense = Linear(config.hidden_size, config.intermediate_size, axes=("embed", "mlp"),
@@ -170,6 +173,7 @@ def _remat(fn, policy: str):
 
 
 class EncoderOutput(NamedTuple):
+    """The encoder's output: last_hidden_state (B, frames, hidden), and every layer's when asked."""
     last_hidden_state: jax.Array
     hidden_states: tuple | None
 
@@ -268,6 +272,7 @@ class Encoder(nnx.Module):
 
 # ----------------------------------------------------------------------------- wav2vec2 adapter
 class AdapterLayer(nnx.Module):
+    """One wav2vec 2.0 adapter layer: a strided conv to twice the width, then a GLU."""
     def __init__(self, config, *, opts: ModelOptions, rngs: nnx.Rngs):
         c, k = config.output_hidden_size, config.adapter_kernel_size
         bound = math.sqrt(1 / (c * k))

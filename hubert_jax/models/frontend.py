@@ -43,6 +43,7 @@ class FeatureEncoderLayer(nnx.Module):
 
 
 class FeatureEncoder(nnx.Module):
+    """The conv feature encoder: waveform (B, samples) -> features (B, frames, conv_dim[-1])."""
     def __init__(self, config, *, opts: ModelOptions, rngs: nnx.Rngs):
         self.conv_layers = nnx.List([FeatureEncoderLayer(config, i, opts=opts, rngs=rngs)
                                      for i in range(config.num_feat_extract_layers)])
@@ -113,6 +114,8 @@ class WeightNormConv1d(nnx.Module):
         self.bias = make_param(rngs, zeros, (channels,), ("embed",), opts.param_dtype)
 
     def kernel(self):
+        """The weight-normed kernel g * v / ||v|| (norm over all but the kernel axis, as torch's weight_norm dim=2),
+        float32."""
         v = self.weight_v[...].astype(jnp.float32)
         norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2), keepdims=True))
         return self.weight_g[...].astype(jnp.float32) * v / norm

@@ -76,6 +76,8 @@ def _cross_entropy(logits, labels):
 
 
 class ForCTC(_Head):
+    """A CTC head (transformers' *ForCTC): dropout and lm_head on the last hidden state -> logits (B, frames,
+    vocab_size)."""
     def _build_head(self, config, opts, rngs):
         if config.vocab_size is None:
             raise ValueError("config.vocab_size is None: a CTC head needs the vocabulary size")
@@ -120,6 +122,8 @@ class ForCTC(_Head):
 
 
 class ForSequenceClassification(_Head):
+    """One label per utterance (transformers' *ForSequenceClassification): projector, mean over real frames,
+    classifier."""
     def _build_head(self, config, opts, rngs):
         self._no_adapter(config, "sequence classification")
         self._weighted_layers(config, opts, rngs)
@@ -148,6 +152,7 @@ class ForSequenceClassification(_Head):
 
 
 class ForAudioFrameClassification(_Head):
+    """One label per frame (transformers' *ForAudioFrameClassification)."""
     def _build_head(self, config, opts, rngs):
         self._no_adapter(config, "audio frame classification")
         self._weighted_layers(config, opts, rngs)
@@ -206,6 +211,8 @@ class AMSoftmaxLoss(nnx.Module):
 
 
 class ForXVector(_Head):
+    """Speaker embeddings (transformers' *ForXVector): TDNN layers, statistics pooling, the embedding and an
+    AM-softmax classifier."""
     def _build_head(self, config, opts, rngs):
         self._weighted_layers(config, opts, rngs)
         std = config.initializer_range
@@ -219,7 +226,8 @@ class ForXVector(_Head):
         self.objective = AMSoftmaxLoss(config.xvector_output_dim, config.num_labels, opts=opts, rngs=rngs)
 
     def tdnn_output_lengths(self, lengths):
-        # transformers' formula ignores dilation; kept so padded batches pool the same frames
+        """Frames left after the TDNN layers (transformers' formula, which ignores dilation; kept so padded batches
+        pool the same frames)."""
         for kernel in self.config.tdnn_kernel:
             lengths = lengths - kernel + 1
         return lengths

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 
 class PretrainedMixin:
+    """from_pretrained / save_pretrained on a model class (hubert_jax.pretrained does the work)."""
+
     @classmethod
     def from_pretrained(cls, path_or_id, **kwargs):
         """Load config.json and weights (hubert-jax, or transformers PyTorch converted on the fly)."""

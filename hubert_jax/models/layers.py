@@ -45,14 +45,17 @@ class ModelOptions:
 
 # ----------------------------------------------------------------------------- initialisers
 def normal(std: float) -> Initializer:
+    """Initializer: normal with standard deviation `std`, drawn in float32."""
     return lambda key, shape, dtype: (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
 
 def uniform(low: float, high: float) -> Initializer:
+    """Initializer: uniform on [low, high), drawn in float32."""
     return lambda key, shape, dtype: jax.random.uniform(key, shape, jnp.float32, low, high).astype(dtype)
 
 
 def constant(value: float) -> Initializer:
+    """Initializer: every entry `value`."""
     return lambda key, shape, dtype: jnp.full(shape, value, dtype)
 
 
@@ -80,6 +83,7 @@ def make_param(rngs: nnx.Rngs, init: Initializer, shape, axes, dtype) -> nnx.Par
 
 # ----------------------------------------------------------------------------- layers
 class Linear(nnx.Module):
+    """torch.nn.Linear's layer with Flax names (kernel (in, out), bias) and logical axes on both."""
     def __init__(self, in_features: int, out_features: int, *, axes: tuple, opts: ModelOptions,
                  rngs: nnx.Rngs, use_bias: bool = True, kernel_init: Initializer | None = None,
                  bias_init: Initializer = zeros, std: float = 0.02):
@@ -270,6 +274,7 @@ class BatchNorm1d(nnx.Module):
 
 
 class Embedding(nnx.Module):
+    """An embedding table (num_embeddings, features) with logical axes."""
     def __init__(self, num_embeddings: int, features: int, *, axes: tuple, opts: ModelOptions, rngs: nnx.Rngs,
                  std: float = 0.02):
         self.dtype, self.param_dtype = opts.dtype, opts.param_dtype
@@ -298,6 +303,7 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 def activation(name: str, field: str = "hidden_act") -> Callable[[Array], Array]:
+    """The activation function named by a config field (gelu, relu, ...)."""
     try:
         return _ACTIVATIONS[name]
     except KeyError:

@@ -9,6 +9,8 @@ import flax.struct
 
 @flax.struct.dataclass
 class ModelOutput:
+    """A base model's output: last_hidden_state (B, frames, hidden); extract_features, the conv features (B, frames,
+    conv_dim[-1]); hidden_states when asked."""
     last_hidden_state: Any
     extract_features: Any = None
     hidden_states: tuple | None = None  # L+1 entries: the input to layer 0, then each layer's output
@@ -17,6 +19,7 @@ class ModelOutput:
 
 @flax.struct.dataclass
 class CTCOutput:
+    """A CTC head's output: logits (B, frames, vocab), the loss when labels are given."""
     logits: Any
     loss: Any = None
     hidden_states: tuple | None = None
@@ -24,6 +27,7 @@ class CTCOutput:
 
 @flax.struct.dataclass
 class SequenceClassifierOutput:
+    """A sequence-classification head's output: logits (B, classes)."""
     logits: Any
     loss: Any = None
     hidden_states: tuple | None = None
@@ -31,6 +35,7 @@ class SequenceClassifierOutput:
 
 @flax.struct.dataclass
 class TokenClassifierOutput:
+    """A frame-classification head's output: logits (B, frames, classes)."""
     logits: Any
     loss: Any = None
     hidden_states: tuple | None = None
@@ -38,6 +43,7 @@ class TokenClassifierOutput:
 
 @flax.struct.dataclass
 class XVectorOutput:
+    """An x-vector head's output: logits (B, classes) and the utterance embeddings (B, xvector_output_dim)."""
     logits: Any
     embeddings: Any
     loss: Any = None
@@ -46,6 +52,8 @@ class XVectorOutput:
 
 @flax.struct.dataclass
 class PreTrainingOutput:
+    """Wav2Vec2ForPreTraining's output: projected context and quantized states (B, frames, proj_codevector_dim), the
+    codevector perplexity, and the losses when computed."""
     projected_states: Any
     projected_quantized_states: Any
     codevector_perplexity: Any

@@ -66,6 +66,7 @@ class HeadConfig:
                              f"{self.num_classes}")
 
     def to_dict(self) -> dict:
+        """config.json's hubert_pretraining section."""
         out = dataclasses.asdict(self)
         out["num_classes"] = list(self.num_classes)
         out["num_label_embeddings"] = sum(self.num_classes)
@@ -73,6 +74,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadConfig:
+        """The head config of config.json's hubert_pretraining section (checked against num_label_embeddings)."""
         d = dict(d)
         total = d.pop("num_label_embeddings", None)
         if "num_classes" not in d and total is not None:
@@ -89,6 +91,8 @@ class HeadConfig:
 
 @flax.struct.dataclass
 class PretrainingOutput:
+    """HubertForPreTraining's output: per label set the logits and targets at the feature rate, the masks, and the
+    feature penalty."""
     logits: tuple  # per label set: (B, F, K_i) cosine logits / logit_temp, float32
     targets: tuple  # per label set: (B, F) int32 labels at the feature rate, -1 where none
     mask: Any  # (B, F) bool, frames replaced by mask_emb
@@ -152,6 +156,7 @@ class HubertForPreTraining(PretrainedMixin, nnx.Module):
         return type(self.base_model).__name__
 
     def config_additions(self) -> dict:
+        """What config.json carries besides the base model's fields: the hubert_pretraining section."""
         return {"hubert_pretraining": self.head.to_dict()}
 
     def __call__(self, input_values, labels, attention_mask=None, *, mask_rng=None, mask_time_indices=None,
@@ -201,6 +206,7 @@ class HubertForPreTraining(PretrainedMixin, nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
+    """fairseq's hubert criterion weights: masked and unmasked prediction, and the feature penalty."""
     masked: float = 1.0  # fairseq pred_masked_weight
     unmasked: float = 0.0  # pred_nomask_weight
     features_pen: float = 10.0  # loss_weights[0]

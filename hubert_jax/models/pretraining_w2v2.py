@@ -30,6 +30,8 @@ def _perplexity(probs, mask):
 
 
 class GumbelVectorQuantizer(nnx.Module):
+    """wav2vec 2.0's quantizer: groups of codevectors picked with a Gumbel softmax (hard in the forward pass, soft in
+    the gradient)."""
     def __init__(self, config, *, opts: ModelOptions, rngs: nnx.Rngs):
         if config.codevector_dim % config.num_codevector_groups != 0:
             raise ValueError(f"config.codevector_dim ({config.codevector_dim}) must be divisible by "
@@ -77,6 +79,8 @@ def _cosine(a, b, eps=1e-8):
 
 
 class Wav2Vec2ForPreTraining(PretrainedMixin, nnx.Module):
+    """wav2vec 2.0 / XLS-R pretraining: the base model, the quantizer and the two projections of the contrastive loss
+    (transformers' Wav2Vec2ForPreTraining names)."""
     model_type = "wav2vec2"
 
     def __init__(self, config, *, rngs: nnx.Rngs | None = None, opts: ModelOptions | None = None, **opt_kw):

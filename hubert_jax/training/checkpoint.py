@@ -37,11 +37,13 @@ logger = logging.getLogger(__name__)
 
 
 def flatten(tree) -> dict:
+    """A pytree as {key path string: leaf}."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
 
 def unflatten(template, flat: dict):
+    """The inverse of flatten on `template`'s structure."""
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
     return jax.tree_util.tree_unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
 
@@ -156,6 +158,9 @@ def _short(error: BaseException) -> str:
 
 
 class Checkpoints:
+    """A run's checkpoints in {workdir}/checkpoints (Orbax): the train state, the data iterator, config.json, the
+    metrics and a digest of every array; saved asynchronously every `every` steps, `keep` kept, restored from
+    the newest step that verifies."""
     def __init__(self, workdir: str, *, every: int, keep: int, config_json: str, async_save: bool = True,
                  before_write=None):
         """`before_write()` runs before each save (the workdir lock's check: it raises if the run lost it)."""
@@ -179,6 +184,7 @@ class Checkpoints:
                            "config": ocp.JsonCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
+        """The newest saved step, or None."""
         return self.manager.latest_step()
 
     def due(self, step: int) -> bool:
@@ -226,6 +232,8 @@ class Checkpoints:
                 self.manager.delete(step)
 
     def save(self, step: int, state, iterator, *, force: bool = False) -> bool:
+        """Save `step` if it is due (or `force`): the state, the iterator's position and the digests. Returns whether
+        a save started."""
         import grain.checkpoint
         import orbax.checkpoint as ocp
 
@@ -391,6 +399,7 @@ class Checkpoints:
         return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
+        """Block until the pending asynchronous save is written."""
         self.manager.wait_until_finished()
 
     def finish(self) -> None:
@@ -399,6 +408,7 @@ class Checkpoints:
         self._prune()
 
     def close(self) -> None:
+        """Finish pending saves and close the manager."""
         self.manager.close()
 
     def remove_unfinished(self) -> list[str]:
@@ -415,6 +425,8 @@ def array_bytes(state) -> int:
 
 
 def disk_full_message(checkpoints: Checkpoints, step: int, needed: int | None, free: int | None = None) -> str:
+    """The one-line explanation of a save that ran out of space: what it needed, what is free, and which checkpoints
+    are intact."""
     free = shutil.disk_usage(checkpoints.directory).free if free is None else free
     latest = [s for s in checkpoints.manager.all_steps() if s != step]
     return (f"no space left on device for checkpoint step {step} in {checkpoints.directory}: it needs about "

@@ -52,6 +52,8 @@ def workdir_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def pretraining_defaults() -> ml_collections.ConfigDict:
+    """Every config field with its default: the common sections, and each registered task's own (ml_collections
+    ConfigDict; configs/*.py start from it)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     # what is trained (hubert_jax/training/tasks/): "hubert": masked prediction; "wavlm": WavLM's denoising

@@ -48,6 +48,7 @@ def reference_points(reference: dict, split: str, metric: str, update: int) -> l
 
 @dataclasses.dataclass
 class Point:
+    """One comparison of a learning curve: our value and fairseq's seeds' at an update, with the band it must lie in."""
     split: str
     metric: str
     update: int
@@ -58,6 +59,7 @@ class Point:
 
     @property
     def inside(self) -> bool:
+        """Whether our value lies in the band."""
         return self.low <= self.ours <= self.high
 
 
@@ -72,6 +74,7 @@ def takeoff(rows: list[dict], metric: str, threshold: float) -> int | None:
 
 
 def band(values: list[float], floor: float) -> tuple[float, float]:
+    """fairseq's seeds' range widened by half of itself on each side, at least `floor`."""
     lo, hi = min(values), max(values)
     widen = max((hi - lo) / 2, floor)
     return lo - widen, hi + widen

@@ -43,21 +43,28 @@ class StepInfo:
 
 
 class Hook:
+    """Something the loop calls after each step and once at the end: metrics, checkpoints, evaluation, export. A hook
+    says when it needs the step's metrics on the host (needs_metrics), so the loop fetches them only then."""
     every = 0  # the step period of its work (0: only when the run stops)
 
     def due(self, info: StepInfo) -> bool:
+        """Whether this step is one of the hook's (every `every` steps, and the last)."""
         return bool(self.every) and info.step % self.every == 0 or info.step == info.end
 
     def needs_metrics(self, info: StepInfo) -> bool:
+        """Whether the hook reads this step's metrics on the host (the loop then fetches the pending ones)."""
         return False
 
     def after_step(self, info: StepInfo) -> None:
+        """The hook's work after a train step."""
         pass
 
     def finish(self, info: StepInfo) -> None:
+        """The hook's work when the loop ends (last step or preemption)."""
         pass
 
     def close(self) -> None:
+        """Release what the hook holds (files, threads), whether or not the loop ended well."""
         pass
 
 
@@ -139,6 +146,7 @@ class CheckpointHook(Hook):
         self.checkpoints.finish()
 
     def where(self) -> str:
+        """Where the newest checkpoint is, for messages about a stopped run."""
         return f"The last checkpoint in {self.checkpoints.directory} is from step {self.checkpoints.latest_step()}"
 
 

@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 class MetricLog:
+    """The run's metrics: one JSON line per train window or validation in metrics.jsonl, TensorBoard scalars, and the
+    console line (process 0 only)."""
     def __init__(self, workdir: str, total_steps: int, *, tensorboard: bool = True, enabled: bool = True,
                  stream=None, keys: tuple[str, ...] = ("loss",)):
         """`keys`: the train metrics the console line shows, in order (every metric goes to the files)."""
@@ -39,6 +41,7 @@ class MetricLog:
                 logger.warning("tensorboardX is not installed: no TensorBoard logs (pip install tensorboardX)")
 
     def write(self, step: int, split: str, values: dict) -> None:
+        """Record `values` of `split` (train or valid) at `step`."""
         if not self.enabled:
             return
         values = {k: float(v) for k, v in values.items()}
@@ -70,11 +73,13 @@ class MetricLog:
         return f"[{bar}] {step}/{self.total} {shown}  {rate:.3g} steps/s, {left} left ({elapsed:.0f} s)"
 
     def message(self, text: str) -> None:
+        """A line on the console."""
         if self.enabled:
             self.stream.write(text + "\n")
             self.stream.flush()
 
     def close(self) -> None:
+        """Close metrics.jsonl and the TensorBoard writer."""
         if self.jsonl is not None:
             self.jsonl.close()
         if self.tb is not None:

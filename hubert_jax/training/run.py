@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class RunResult:
+    """What run() returns: where the run stopped and why, its last figures and its final state."""
     step: int
     preempted: bool
     train: dict  # the last logged train window's figures
@@ -122,11 +123,13 @@ class Preemption:
               flush=True)
 
     def requested(self, step: int) -> bool:
+        """Whether the run should save and stop at `step` (a signal here, or on another host of a multi-host run)."""
         if self.multi_host and self.checkpoints.reached_preemption(step):
             self.flag = True
         return self.flag
 
     def close(self) -> None:
+        """Put back the signal handlers that were there before the run."""
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous[0])
             signal.signal(signal.SIGINT, self.previous[1])

@@ -27,6 +27,7 @@ from hubert_jax.training.optim import make_optimizer, make_schedule, schedule_st
 
 
 def model_options(model_cfg) -> ModelOptions:
+    """The ModelOptions (dtypes, scan, remat, attention) of config.model."""
     return ModelOptions(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers,
                         remat_policy=model_cfg.remat_policy, remat_conv=model_cfg.get("remat_conv", False),
                         attention_impl=model_cfg.attention_impl)
@@ -44,6 +45,7 @@ def pure_map(state: nnx.State, fn) -> dict:
 
 
 def param_count(params) -> int:
+    """Number of parameters in a pytree of arrays."""
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
@@ -94,6 +96,7 @@ class Trainer:
         return self.with_params(state, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
     def summarize(self, metrics: list[dict]) -> dict:
+        """The task's validation figures from the eval steps' metrics."""
         return self.task.summarize(metrics)
 
     def global_batch(self, batch: dict) -> dict:
@@ -115,9 +118,11 @@ class Trainer:
             return nnx.merge(self.graphdef, to_host(state["params"]), to_host(state["rest"]))
 
     def train_step(self, state, batch):
+        """(new state, metrics) of one train step on a global batch (the state is donated)."""
         return self._train_jit(state, batch, self.frozen)
 
     def eval_step(self, state, batch, key):
+        """The metrics of one evaluation step (deterministic, dropout off)."""
         return self._eval_jit(state, batch, key, self.frozen)
 
     # ------------------------------------------------------------------ state

@@ -84,6 +84,7 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 def describe(holder: dict) -> str:
+    """Who holds a lock, from its file's contents: host, pid, start time and command."""
     if not holder:
         return "an unreadable lock file"
     return (f"host {holder.get('host')}, pid {holder.get('pid')}, started {holder.get('started')}"
@@ -91,6 +92,7 @@ def describe(holder: dict) -> str:
 
 
 class WorkdirLock:
+    """One run per workdir: a lock file made with O_EXCL, refreshed by a heartbeat thread and taken over when stale."""
     def __init__(self, workdir: str, *, heartbeat_s: float = 30.0, stale_after_s: float = 300.0,
                  name: str = LOCK_NAME, what: str | None = None, option: str = "--workdir"):
         """`name`: the lock file in `workdir`; `what` (default: the workdir) and `option` name, in a refusal,
@@ -223,6 +225,7 @@ class WorkdirLock:
             os.remove(guard)
 
     def held(self) -> bool:
+        """Whether the lock file is still this run's."""
         current = _read(self.path)
         return bool(current) and current.get("token") == self.token
 
@@ -251,6 +254,7 @@ class WorkdirLock:
                            f"{self.stale_after_s:.0f} s?")
 
     def release(self) -> None:
+        """Stop the heartbeat and remove the lock file if it is still this run's."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

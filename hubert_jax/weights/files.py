@@ -24,6 +24,7 @@ DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """A safetensors file as numpy arrays (ValueError naming the file when it is not one)."""
     from safetensors.numpy import load_file
 
     try:

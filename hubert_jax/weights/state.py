@@ -188,8 +188,10 @@ def load_flat(model: nnx.Module, flat: Mapping[str, np.ndarray], *, allow_missin
 
 
 def model_to_flat(model: nnx.Module) -> dict[str, np.ndarray]:
+    """A model's variables as {transformers-style name: numpy array}."""
     return {name: np.asarray(var.get_value()) for name, var in flat_state(model).items()}
 
 
 def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, object]) -> None:
+    """Load a transformers state dict into `model` in place (names and shapes checked)."""
     load_flat(model, torch_to_flat(state_dict, model), source="state dict")

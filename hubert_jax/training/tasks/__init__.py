@@ -33,6 +33,7 @@ def registered() -> dict[str, type]:
 
 
 def task_class(name: str):
+    """The registered task class of config.task `name` (ValueError naming the known ones)."""
     tasks = registered()
     if name not in tasks:
         raise ValueError(f"config.task: unknown task {name!r} (known: {', '.join(tasks)})")

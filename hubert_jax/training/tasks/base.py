@@ -29,6 +29,7 @@ from hubert_jax.data.pipeline import DataConfig, LabeledAudio
 
 @dataclasses.dataclass
 class Data:
+    """What a task's data() gives the run: the train source and its DataConfig, and the valid ones if any."""
     train: object  # a random-access source (hubert_jax/data/pipeline.py, data/targets.py)
     train_config: DataConfig
     valid: object | None = None
@@ -37,6 +38,8 @@ class Data:
 
 
 class Task:
+    """A training objective: its config sections, data, model, loss and export (the interface is in this module's
+    docstring). Subclasses register with @register_task."""
     name = ""  # config.task, set by @register_task (hubert_jax/training/tasks/__init__.py)
     # the config sections this task (and its subclasses) reads beyond the common ones, with their defaults:
     # pretraining_defaults() adds them, and another task's config that changes them is refused
@@ -62,6 +65,7 @@ class Task:
 
     # ------------------------------------------------------------------ data
     def data(self, workdir: str | None) -> Data:
+        """The train (and valid) sources of the run; `workdir` is where the task may record what its model depends on."""
         raise NotImplementedError
 
     def open_workdir(self, workdir: str) -> None:
@@ -69,6 +73,7 @@ class Task:
 
     # ------------------------------------------------------------------ model and steps
     def build(self):
+        """The model this task trains (called abstractly first, under nnx.eval_shape)."""
         raise NotImplementedError
 
     def setup(self, abstract, mesh, rules) -> None:
@@ -83,9 +88,11 @@ class Task:
         return batch_means(metrics, *metrics[0])
 
     def update_mask(self, params, step):
+        """Which parameters this step trains, as a pytree of booleans like params (None: all)."""
         return None
 
     def initial_params(self, params, frozen):
+        """A fresh run's starting parameters (None: the model's initialisation)."""
         return None
 
     # ------------------------------------------------------------------ weights in and out
@@ -176,6 +183,7 @@ def crop_data(cfg, *, labels: bool) -> Data:
 
 
 def language_mix(cfg, config: DataConfig, manifests: tuple[str, ...], *, labels: bool):
+    """The multi-language source of data.languages (XLS-R's sampling with alpha) for `manifests`."""
     import logging
 
     from hubert_jax.data.languages import LanguageMix

@@ -12,6 +12,7 @@ from hubert_jax.training.tasks.finetune import ClassesTask, Targets
 
 @register_task("classify")
 class ClassifyTask(ClassesTask):
+    """One label per utterance (speaker, language, intent): *ForSequenceClassification with cross-entropy."""
     head_kind = "ForSequenceClassification"
     target_files = "labels (one per line)"
 

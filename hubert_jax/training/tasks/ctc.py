@@ -15,6 +15,8 @@ from hubert_jax.training.tasks.finetune import FineTuneTask, Targets
 
 @register_task("ctc")
 class CTCTask(FineTuneTask):
+    """CTC fine-tuning on transcripts (transformers' *ForCTC): a character vocabulary (from the train transcripts or text.vocab), greedy
+    decoding and CER / WER in validation."""
     head_kind = "ForCTC"
     target_files = "transcripts (.wrd)"
 

@@ -17,6 +17,7 @@ from hubert_jax.training.trainer import model_options, pure_map
 
 
 def load_teacher(cfg):
+    """The teacher base model of config.distill.teacher (a hubert-jax or transformers directory)."""
     from hubert_jax.models import HubertModel
     from hubert_jax.auto import FlaxAutoModel
 
@@ -30,6 +31,7 @@ def load_teacher(cfg):
 
 @register_task("distill")
 class DistillTask(Task):
+    """DistilHuBERT: a small student predicts chosen teacher layers (L1 and cosine loss, s3prl's recipe)."""
     # the teacher's directory, the teacher layers the heads predict
     sections = {"distill": dict(teacher="", pred_layers=(4, 8, 12), inter_dim=-1, cosine_weight=1.0,
                                 feat_pen_weight=0.0, init_from_teacher=True)}

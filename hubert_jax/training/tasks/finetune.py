@@ -59,6 +59,8 @@ class Targets:
 
 
 class FineTuneTask(Task):
+    """What the fine-tuning tasks share: a head on a pretrained encoder (init_from), frozen parts, SpecAugment, the
+    targets' meta in the workdir."""
     sections = {
         "finetune": dict(
             freeze_feature_encoder=True,  # transformers' freeze_feature_encoder()
@@ -239,5 +241,6 @@ def _write_meta(workdir: str, meta: dict) -> None:
 
 
 def read_meta(workdir: str) -> dict:
+    """The targets' meta (vocabulary or classes) a fine-tuning run recorded in its workdir."""
     with open(os.path.join(workdir, META_FILE), encoding="utf-8") as f:
         return json.load(f)

@@ -17,6 +17,7 @@ from hubert_jax.training.tasks.finetune import ClassesTask, Targets
 
 @register_task("frames")
 class FramesTask(ClassesTask):
+    """One label per frame: *ForAudioFrameClassification, cross-entropy on the real frames."""
     head_kind = "ForAudioFrameClassification"
     target_files = "labels (one per line)"
     reads_target_lines = False

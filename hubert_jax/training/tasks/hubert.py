@@ -16,6 +16,8 @@ from hubert_jax.training.trainer import model_options
 
 @register_task("hubert")
 class HubertTask(Task):
+    """HuBERT masked prediction of frame labels (fairseq's hubert criterion): HubertForPreTraining on crops with .km
+    labels."""
     log_keys = ("loss", "accuracy_m", "accuracy_u")
 
     def __init__(self, cfg):

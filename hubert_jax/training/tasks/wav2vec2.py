@@ -62,6 +62,8 @@ def check_distractors(cfg) -> None:
 
 @register_task("wav2vec2")
 class Wav2Vec2Task(Task):
+    """wav2vec 2.0 / XLS-R contrastive pretraining with the diversity loss and Gumbel temperature annealing (fairseq's
+    wav2vec criterion)."""
     # the Gumbel temperature's start, floor and per-update decay (fairseq base: 2 -> 0.5 by x0.999995);
     # distractors, logit temperature and the diversity weight are the model config's (num_negatives,
     # contrastive_logits_temperature, diversity_loss_weight), the feature penalty config.loss.features_pen

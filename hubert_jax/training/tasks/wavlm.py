@@ -17,6 +17,7 @@ from hubert_jax.training.tasks.hubert import HubertTask
 
 
 def mix_config(cfg) -> MixConfig:
+    """config.mix as a MixConfig."""
     fields = dict(cfg.mix)
     for name in ("energy_db", "noise_db"):
         fields[name] = tuple(float(v) for v in fields[name])
@@ -25,6 +26,8 @@ def mix_config(cfg) -> MixConfig:
 
 @register_task("wavlm")
 class WavLMTask(HubertTask):
+    """WavLM's denoising masked prediction: HuBERT's task on utterance-mixed inputs, predicting the primary
+    utterance's labels."""
     # utterance mixing (hubert_jax/data/mixing.py): the share of utterances mixed, the longest segment as a share
     # of the primary, the primary / secondary energy ratio range (dB), and optional noise files (a manifest) with
     # the share of mixed utterances that get noise and its ratio range
