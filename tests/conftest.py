@@ -11,6 +11,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 # The longest tests start first (measured: `pytest -n 2 --durations=0`, CI's 2 cores), so that the two workers
 # end together instead of one running a ten-minute test alone at the end. Order only: every test runs.
+# pyproject.toml's --maxschedchunk=1 makes pytest-xdist hand out tests one at a time, in this order (its
+# default gives each worker a block of consecutive tests first: every long test would go to the first worker).
 SLOW_FIRST = (
     "tests/test_curves.py::test_wav2vec2_learns_as_fairseq",
     "tests/test_curves.py::test_hubert_learns_as_fairseq",
