@@ -254,7 +254,7 @@ def test_an_unreachable_coordinator_times_out_with_a_clear_message(tmp_path):
     # and through train.py: a clean error and exit, not a hang or a C++ abort
     out = subprocess.run(_train_cmd(tmp_path, "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
                                     "--process_id", "1", "--init_timeout", "2"),
-                         env=_env(1), capture_output=True, text=True, timeout=120)
+                         env=_env(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith(f"train.py: the coordinator 127.0.0.1:{port} did not answer within 2 s"), out.stderr[-2000:]
