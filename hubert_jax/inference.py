@@ -53,14 +53,16 @@ def row_count(members: int, budget: int) -> int:
 
 
 def extract(model, waveforms, *, layer: int | Sequence[int] | None = None, max_tokens: int = 64 * SAMPLE_RATE,
-            ratio: float = 1.25) -> list[np.ndarray]:
+            ratio: float = 1.25, full_rows: bool = False) -> list[np.ndarray]:
     """Each waveform's features, float32, in input order: `last_hidden_state` (layer None) or
     `hidden_states[layer]` (the input of layer 0 for 0, else layer `layer`'s output), (frames, hidden) each;
     several layers at once (a sequence of them, one forward pass): (len(layer), frames, hidden) each.
 
     `max_tokens`: samples per call at most (rows <= max_tokens // padded length, at least 1; a call's rows are
     its utterances' count rounded up to a power of two, `row_count`); `ratio`: the spacing of the grid of
-    padded lengths (`buckets.grid_length`)."""
+    padded lengths (`buckets.grid_length`); `full_rows`: every call of a length has the budget's rows, so the
+    same utterance gets bit-identical features whatever else is in the call (XLA's float results can differ
+    in the last bit between batch sizes): what a sharded dump needs to equal a one-host dump."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "feature_extractor"):
         raise TypeError(f"extract takes a base model (HubertModel, WavLMModel, Wav2Vec2Model), got "
@@ -89,7 +91,7 @@ def extract(model, waveforms, *, layer: int | Sequence[int] | None = None, max_t
         budget = max(1, max_tokens // size)
         for start in range(0, len(members), budget):
             batch = members[start: start + budget]
-            rows = row_count(len(batch), budget)
+            rows = budget if full_rows else row_count(len(batch), budget)
             x = np.zeros((rows, size), np.float32)
             mask = np.zeros((rows, size), np.int32)
             mask[len(batch):] = 1  # filler rows keep the shape; they are silent and discarded

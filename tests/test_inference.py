@@ -60,6 +60,10 @@ def test_a_call_computes_its_real_rows_rounded_up_to_a_power_of_two(monkeypatch)
         assert [rows for rows, _ in shapes] == calls, count
         shapes.clear()
     assert [inference.row_count(n, 16) for n in (1, 2, 3, 5, 9, 16, 17)] == [1, 2, 4, 8, 16, 16, 16]
+    # full_rows (what labels dump uses): the budget's rows in every call, so shards equal one host bit for bit
+    extract(model, [rng.standard_normal(4000).astype(np.float32) for _ in range(3)], full_rows=True,
+            max_tokens=8 * inference.grid_length(4000, 1.25))
+    assert [rows for rows, _ in shapes] == [8]
 
 
 def test_padding_without_the_real_samples_rule_changes_group_norm_models():

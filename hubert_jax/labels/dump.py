@@ -32,7 +32,8 @@ def shard_range(total: int, world: int, rank: int) -> tuple[int, int]:
 def _chunk_features(model, layer: int, audio: list, max_tokens: int) -> list:
     from hubert_jax.inference import extract
 
-    return extract(model, audio, layer=layer, max_tokens=max_tokens)
+    # full rows: a shard's features equal the one-host dump's bit for bit (tests/test_dump.py)
+    return extract(model, audio, layer=layer, max_tokens=max_tokens, full_rows=True)
 
 
 def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank: int = 0, world: int = 1,
