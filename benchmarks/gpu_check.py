@@ -82,7 +82,7 @@ def bucketed_steps(smoke: bool) -> None:
     import jax
     import numpy as np
 
-    from inference import gflop
+    from inference import TINY, gflop
 
     from hubert_jax.data.buckets import batch_sizes
     from hubert_jax.sharding import mesh_from_config
@@ -93,9 +93,7 @@ def bucketed_steps(smoke: bool) -> None:
     cfg = load_config(os.path.join(ROOT, "configs", "hubert_base_iter1.py"))
     per_gpu = cfg.data.max_tokens // 32  # fairseq: 1.4M samples per GPU
     if smoke:
-        cfg.model.overrides.update(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                        intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=8,
-                                        num_conv_pos_embedding_groups=4))
+        cfg.model.overrides.update(TINY)  # the benchmarks' tiny model (benchmarks/inference.py)
         cfg.model.head.update(dict(final_dim=16))
         cfg.data.buckets, per_gpu = (SAMPLE_RATE, 2 * SAMPLE_RATE), 64000
     else:
