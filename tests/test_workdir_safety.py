@@ -266,6 +266,33 @@ def test_digests_do_not_depend_on_the_sharding():
         assert array_digests({"x": changed}) != array_digests({"x": x})
 
 
+def test_host_digests_equal_the_jitted_digests_for_every_dtype():
+    """On the CPU backend the digests are taken in NumPy (no compile per state); on accelerators and in
+    multi-process runs by the jitted pass. Both must give the same bits, or a checkpoint saved on one would not
+    verify on the other (tests/fixtures/pre_tasks_run's digests were written by the jitted pass)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from hubert_jax.training import integrity
+
+    rng = np.random.default_rng(0)
+    arrays = {"f32": rng.standard_normal((3, 5, 7)).astype(np.float32), "f16": rng.standard_normal(17).astype(np.float16),
+              "bf16": np.asarray(jnp.asarray(rng.standard_normal((4, 9)), jnp.bfloat16)),
+              "i32": np.arange(-5, 6, dtype=np.int32), "u32": np.array(7, np.uint32), "bool": rng.random(6) > 0.5,
+              "u8": rng.integers(0, 255, (5, 3)).astype(np.uint8), "empty": np.zeros((0, 4), np.float32),
+              "long": rng.standard_normal(70_001).astype(np.float32)}
+    jitted = jax.device_get(integrity._digests({k: jnp.asarray(v) for k, v in arrays.items()}))
+    for name, x in arrays.items():
+        assert list(integrity._host_digest(x)) == list(np.asarray(jitted[name])), name
+    assert integrity._on_host({k: jnp.asarray(v) for k, v in arrays.items()})
+    with jax.enable_x64(True):  # 8-byte types: two words each, in lax.bitcast_convert_type's order
+        wide = {"f64": rng.standard_normal((3, 4)), "i64": np.arange(9, dtype=np.int64) * 2**40}
+        jitted = jax.device_get(integrity._digests({k: jnp.asarray(v) for k, v in wide.items()}))
+        for name, x in wide.items():
+            assert list(integrity._host_digest(x)) == list(np.asarray(jitted[name])), name
+
+
 # ---------------------------------------------------------------------------------------------- config.json
 def test_a_refused_resume_leaves_config_json_and_every_start_is_kept(tmp_path):
     run(tiny_config.get_config(), str(tmp_path), stop_after=3)

@@ -1,7 +1,8 @@
 """Digests that let a checkpoint prove it is the state that was saved.
 
 `array_digests` runs where the arrays live (one jitted pass over the device memory, no copy to the
-host): each element's bits, mixed with its position by a murmur3-style finaliser, summed modulo 2**32
+host; on the CPU backend of a single process, where device memory is host memory, the same integer
+arithmetic in NumPy, which needs no compilation for each state's shapes): each element's bits, mixed with its position by a murmur3-style finaliser, summed modulo 2**32
 in two independent lanes, give a 64-bit digest per array. A sum does not depend on the order it is
 taken in, so the digest is the same on any mesh and any sharding (a run restored on another topology
 verifies as well), and any change of one element, or two elements swapped, changes it. Integer
@@ -42,20 +43,39 @@ def _position(shape) -> jax.Array:
     return index
 
 
-def _mix(h: jax.Array, c2: int, c3: int) -> jax.Array:
+def _mix(h, c2: int, c3: int, xp=jnp):
+    """murmur3's finaliser on uint32 words (`xp`: jax.numpy or numpy, whose uint32 arithmetic wraps alike)."""
     h = h ^ (h >> 16)
-    h = h * jnp.uint32(c2)
+    h = h * xp.uint32(c2)
     h = h ^ (h >> 13)
-    h = h * jnp.uint32(c3)
+    h = h * xp.uint32(c3)
     return h ^ (h >> 16)
+
+
+def _lanes(words, position, xp=jnp):
+    return [xp.sum(_mix(words ^ (position * xp.uint32(c1)) ^ xp.uint32(c2), c2, c3, xp), dtype=xp.uint32)
+            for c1, c2, c3 in _LANES]
 
 
 def _digest(x: jax.Array) -> jax.Array:
     words = _words(x)
-    position = _position(words.shape)
-    lanes = [jnp.sum(_mix(words ^ (position * jnp.uint32(c1)) ^ jnp.uint32(c2), c2, c3), dtype=jnp.uint32)
-             for c1, c2, c3 in _LANES]
-    return jnp.stack(lanes)
+    return jnp.stack(_lanes(words, _position(words.shape)))
+
+
+def _host_digest(x: np.ndarray) -> np.ndarray:
+    """`_digest` in NumPy: the same words, positions and lanes, so the same 64 bits."""
+    x = np.ascontiguousarray(x)
+    if x.dtype == np.bool_:
+        words = x.astype(np.uint32)
+    elif x.dtype.itemsize == 4:
+        words = x.view(np.uint32)
+    elif x.dtype.itemsize < 4:
+        words = x.view({1: np.uint8, 2: np.uint16}[x.dtype.itemsize]).astype(np.uint32)
+    else:  # (..., 2) for 8-byte types, as lax.bitcast_convert_type splits them
+        words = x.reshape(x.shape + (1,)).view(np.uint32)
+    position = (np.arange(words.size, dtype=np.uint64) % 2**32).astype(np.uint32).reshape(words.shape)
+    with np.errstate(over="ignore"):
+        return np.stack(_lanes(words, position, np))
 
 
 @jax.jit
@@ -63,10 +83,19 @@ def _digests(flat: dict) -> dict:
     return {k: _digest(v) for k, v in flat.items()}
 
 
+def _on_host(arrays: dict) -> bool:
+    """Whether every array is in this process's host memory: NumPy, or jax arrays on the CPU backend that this
+    process holds whole (a multi-process run's arrays are not, and take the jitted path)."""
+    return all(not isinstance(v, jax.Array) or (v.is_fully_addressable and all(
+        d.platform == "cpu" for d in v.sharding.device_set)) for v in arrays.values())
+
+
 def array_digests(flat: dict) -> dict[str, str]:
-    """{path: 64-bit hex digest} of a flat {path: array} dict, computed on the arrays' devices."""
-    arrays = {k: jnp.asarray(v) for k, v in flat.items()}
-    out = jax.device_get(_digests(arrays))
+    """{path: 64-bit hex digest} of a flat {path: array} dict, computed where the arrays live."""
+    if _on_host(flat):
+        out = {k: _host_digest(np.asarray(v)) for k, v in flat.items()}
+    else:
+        out = jax.device_get(_digests({k: jnp.asarray(v) for k, v in flat.items()}))
     return {k: "".join(f"{int(w):08x}" for w in np.asarray(v)) for k, v in sorted(out.items())}
 
 
