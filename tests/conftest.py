@@ -11,8 +11,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 # The longest tests start first (measured: `pytest -n 2 --durations=0`, CI's 2 cores), so that the two workers
 # end together instead of one running a ten-minute test alone at the end. Order only: every test runs.
-# pyproject.toml's --maxschedchunk=1 makes pytest-xdist hand out tests one at a time, in this order (its
-# default gives each worker a block of consecutive tests first: every long test would go to the first worker).
+# pyproject.toml's `--dist loadgroup --no-loadscope-reorder` makes pytest-xdist hand out tests (or a marked
+# xdist_group, as one unit) a few at a time, in this order.
 SLOW_FIRST = (
     "tests/test_curves.py::test_wav2vec2_learns_as_fairseq",
     "tests/test_curves.py::test_hubert_learns_as_fairseq",
@@ -21,6 +21,9 @@ SLOW_FIRST = (
     "tests/test_benchmarks.py::",
     "tests/test_buckets.py::test_two_processes_train_like_one_with_buckets",
     "tests/test_scale.py::test_two_processes_train_like_one_process_with_the_same_global_batch",
+    "tests/test_scale.py::test_sharded_step_equals_the_single_device_step",  # a group of 3, with its fixture
+    "tests/test_wavlm.py::test_wavlm_trains_through_the_loop_and_logs_the_mixed_share",
+    "tests/test_wav2vec2.py::test_a_wav2vec2_run_logs_its_figures_and_resumes_exactly",
     "tests/test_recipe_configs.py::test_two_real_steps_with_a_shrunk_model",
 )
 

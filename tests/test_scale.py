@@ -116,6 +116,7 @@ def single_device():
     return loss, grads, jax.device_get(state["params"])
 
 
+@pytest.mark.xdist_group("single_device")  # one worker runs them: the module fixture is computed once
 @pytest.mark.parametrize("name", list(MESHES))
 def test_sharded_step_equals_the_single_device_step(single_device, name):
     trainer, state, loss, grads = _two_steps(mesh_from_config(MESHES[name]))

@@ -196,6 +196,7 @@ def wav2vec2_run(tmp_path_factory):
     return run(_tiny_wav2vec2(6, str(workdir / "languages")), str(workdir / "run")), workdir
 
 
+@pytest.mark.xdist_group("wav2vec2_run")  # one worker runs the fixture's users: it trains once
 def test_a_wav2vec2_run_logs_its_figures_and_resumes_exactly(wav2vec2_run, tmp_path):
     result, workdir = wav2vec2_run
     assert result.step == 6 and result.skipped_steps == 0
@@ -214,6 +215,7 @@ def test_a_wav2vec2_run_logs_its_figures_and_resumes_exactly(wav2vec2_run, tmp_p
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.xdist_group("wav2vec2_run")
 def test_the_export_loads_in_transformers_with_its_quantizer_and_fine_tunes_with_ctc(wav2vec2_run, tmp_path):
     import torch
     import transformers

@@ -162,6 +162,7 @@ def wavlm_run(tmp_path_factory):
     return run(cfg, str(workdir / "run")), workdir
 
 
+@pytest.mark.xdist_group("wavlm_run")  # one worker runs the fixture's users: it trains once
 def test_wavlm_trains_through_the_loop_and_logs_the_mixed_share(wavlm_run):
     result, workdir = wavlm_run
     assert result.step == 4 and result.skipped_steps == 0 and np.isfinite(result.valid["loss"])
@@ -172,6 +173,7 @@ def test_wavlm_trains_through_the_loop_and_logs_the_mixed_share(wavlm_run):
     assert json.load(open(workdir / "run" / "config.json"))["task"] == "wavlm"
 
 
+@pytest.mark.xdist_group("wavlm_run")
 def test_the_export_loads_in_transformers_wavlm_and_converts_back(wavlm_run, tmp_path):
     import torch
     import transformers
