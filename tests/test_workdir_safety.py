@@ -266,7 +266,7 @@ def test_digests_do_not_depend_on_the_sharding():
         assert array_digests({"x": changed}) != array_digests({"x": x})
 
 
-def test_host_digests_equal_the_jitted_digests_for_every_dtype():
+def test_host_digests_equal_the_jitted_digests_for_every_dtype(monkeypatch):
     """On the CPU backend the digests are taken in NumPy (no compile per state); on accelerators and in
     multi-process runs by the jitted pass. Both must give the same bits, or a checkpoint saved on one would not
     verify on the other (tests/fixtures/pre_tasks_run's digests were written by the jitted pass)."""
@@ -285,7 +285,11 @@ def test_host_digests_equal_the_jitted_digests_for_every_dtype():
     jitted = jax.device_get(integrity._digests({k: jnp.asarray(v) for k, v in arrays.items()}))
     for name, x in arrays.items():
         assert list(integrity._host_digest(x)) == list(np.asarray(jitted[name])), name
-    assert integrity._on_host({k: jnp.asarray(v) for k, v in arrays.items()})
+    on_device = {k: jnp.asarray(v) for k, v in arrays.items()}
+    assert integrity._on_host(on_device)
+    host = integrity.array_digests(on_device)
+    monkeypatch.setattr(integrity, "HOST_DIGEST_BYTES", 1000)  # a state over the size: the jitted pass
+    assert not integrity._on_host(on_device) and integrity.array_digests(on_device) == host
     with jax.enable_x64(True):  # 8-byte types: two words each, in lax.bitcast_convert_type's order
         wide = {"f64": rng.standard_normal((3, 4)), "i64": np.arange(9, dtype=np.int64) * 2**40}
         jitted = jax.device_get(integrity._digests({k: jnp.asarray(v) for k, v in wide.items()}))

@@ -1,9 +1,9 @@
 """Digests that let a checkpoint prove it is the state that was saved.
 
 `array_digests` runs where the arrays live (one jitted pass over the device memory, no copy to the
-host; on the CPU backend of a single process, where device memory is host memory, the same integer
-arithmetic in NumPy, which needs no compilation for each state's shapes): each element's bits, mixed with its position by a murmur3-style finaliser, summed modulo 2**32
-in two independent lanes, give a 64-bit digest per array. A sum does not depend on the order it is
+host; for a small state on the CPU backend of a single process, where device memory is host memory, the
+same integer arithmetic in NumPy, which needs no compilation for each state's shapes): each element's
+bits, mixed with its position by a murmur3-style finaliser, summed modulo 2**32 in two independent lanes, give a 64-bit digest per array. A sum does not depend on the order it is
 taken in, so the digest is the same on any mesh and any sharding (a run restored on another topology
 verifies as well), and any change of one element, or two elements swapped, changes it. Integer
 arithmetic, so it is exact on every backend. `iterator_digest` is a SHA-256 of the data iterator's state.
@@ -73,7 +73,9 @@ def _host_digest(x: np.ndarray) -> np.ndarray:
         words = x.view({1: np.uint8, 2: np.uint16}[x.dtype.itemsize]).astype(np.uint32)
     else:  # (..., 2) for 8-byte types, as lax.bitcast_convert_type splits them
         words = x.reshape(x.shape + (1,)).view(np.uint32)
-    position = (np.arange(words.size, dtype=np.uint64) % 2**32).astype(np.uint32).reshape(words.shape)
+    size = words.size
+    position = (np.arange(size, dtype=np.uint32) if size <= 2**32 else
+                (np.arange(size, dtype=np.uint64) % 2**32).astype(np.uint32)).reshape(words.shape)
     with np.errstate(over="ignore"):
         return np.stack(_lanes(words, position, np))
 
@@ -83,10 +85,17 @@ def _digests(flat: dict) -> dict:
     return {k: _digest(v) for k, v in flat.items()}
 
 
+# Up to this many bytes in all, on the host, NumPy hashes a state faster than XLA compiles the jitted pass for
+# its shapes (1.5-3 s on 2 CPU cores for a tiny model); beyond, the compiled pass (multi-threaded, fused) wins.
+HOST_DIGEST_BYTES = 64 << 20
+
+
 def _on_host(arrays: dict) -> bool:
-    """Whether every array is in this process's host memory: NumPy, or jax arrays on the CPU backend that this
-    process holds whole (a multi-process run's arrays are not, and take the jitted path)."""
-    return all(not isinstance(v, jax.Array) or (v.is_fully_addressable and all(
+    """Whether every array is in this process's host memory (NumPy, or jax arrays on the CPU backend that this
+    process holds whole: a multi-process run's arrays are not) and the state is small (`HOST_DIGEST_BYTES`)."""
+    small = sum(np.asarray(v).nbytes if not isinstance(v, jax.Array) else v.nbytes
+                for v in arrays.values()) <= HOST_DIGEST_BYTES
+    return small and all(not isinstance(v, jax.Array) or (v.is_fully_addressable and all(
         d.platform == "cpu" for d in v.sharding.device_set)) for v in arrays.values())
 
 
