@@ -1,5 +1,6 @@
 """Unit-label stages of the HuBERT recipe, one subcommand each:
 
+    python -m hubert_jax.labels manifest /data/audio --out work/manifest --valid-percent 0.01
     python -m hubert_jax.labels mfcc    --manifest data/demo/train.tsv --out work/mfcc/train
     python -m hubert_jax.labels kmeans  --feats work/mfcc/train --clusters 100 --out work/km100.npy
     python -m hubert_jax.labels label   --feats work/mfcc/train --centroids work/km100.npy --out work/train.km
@@ -239,10 +240,47 @@ def cmd_tfds(args) -> None:
     print(f"{args.out}.tsv: {count} examples of {address} in {time.perf_counter() - start:.1f} s")
 
 
+def cmd_manifest(args) -> None:
+    from hubert_jax.data.scan import audio_files, check_root, write_manifests
+
+    extensions = tuple(e.strip() for e in args.ext.split(",") if e.strip())
+    if not extensions:
+        raise ValueError(f"--ext={args.ext!r}: give at least one extension (e.g. flac,wav)")
+    check_root(args.root)
+    total = sum(1 for _ in audio_files(args.root, extensions))  # a listing only: the bar's total
+    if total == 0:
+        raise FileNotFoundError(f"{args.root}: no .{', .'.join(extensions)} files under it (--ext chooses the "
+                                f"extensions)")
+    bar = Progress(total, "manifest", unit="file")
+    start = time.perf_counter()
+
+    def report(path: str, why: str) -> None:
+        print(f"{path}: {why}; left out", file=sys.stderr)
+
+    summary = write_manifests(args.root, args.out, extensions=extensions, valid_fraction=args.valid_percent,
+                              seed=args.seed, threads=args.threads, report=report, progress=bar.update)
+    bar.close()
+    for split, path in summary.paths.items():
+        print(f"{path}: {summary.files[split]} files, {summary.hours(split):.2f} h at {SAMPLE_RATE} Hz")
+    elapsed = time.perf_counter() - start
+    print(f"{total} files read in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.0f} files/s)"
+          + (f"; {len(summary.unreadable)} left out (listed above)" if summary.unreadable else ""))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=prog_name("python -m hubert_jax.labels"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("manifest", help="a fairseq manifest (train.tsv, valid.tsv) from a folder of audio files")
+    p.add_argument("root", help="the folder holding the audio (searched recursively; the manifests' root line)")
+    p.add_argument("--out", required=True, help="output folder: {out}/train.tsv and {out}/valid.tsv (as fairseq's "
+                                                "wav2vec_manifest.py --dest)")
+    p.add_argument("--ext", default="flac,wav", help="audio file extensions, comma-separated")
+    p.add_argument("--valid-percent", type=float, default=0.01,
+                   help="fraction of the files for valid.tsv, in [0, 1) (fairseq's default 0.01; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="chooses the valid files (with each file's path)")
+    p.add_argument("--threads", type=int, default=16, help="header reads at once")
+    p.set_defaults(func=cmd_manifest, local=True)
     p = sub.add_parser("mfcc", help="39-d Kaldi MFCC + deltas for every utterance of a manifest")
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="output prefix: {out}.npy and {out}.len")
@@ -293,9 +331,13 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     p.add_argument("--out", required=True, help="output prefix: {out}.tsv and {out}.wrd")
     p.set_defaults(func=cmd_tfds)
-    for p in sub.choices.values():
-        _distributed_arguments(p)
+    for name, p in sub.choices.items():
+        if name != "manifest":  # one host lists the folder
+            _distributed_arguments(p)
     args = parser.parse_args(argv)
+    if getattr(args, "local", False):
+        args.func(args)
+        return 0
     from hubert_jax import distributed
 
     distributed.initialize(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
