@@ -18,18 +18,20 @@ def test_mfcc_kmeans_label_quality_on_the_demo_corpus(tmp_path, capsys):
     assert main(["mfcc", "--manifest", manifest, "--out", str(tmp_path / "valid")]) == 0
     feats, lengths = load_features(str(tmp_path / "valid"))
     assert feats.shape[1] == 39 and len(lengths) == len(read_manifest(manifest))
-    assert main(["kmeans", "--feats", str(tmp_path / "valid"), "--clusters", "20", "--out", str(tmp_path / "c.npy"),
+    # outputs into folders that do not exist yet: made before the work, not an error after it
+    centroids = str(tmp_path / "km" / "c.npy")
+    assert main(["kmeans", "--feats", str(tmp_path / "valid"), "--clusters", "20", "--out", centroids,
                  "--batch-size", "2000", "--max-iter", "10", "--n-init", "3", "--data-parallel"]) == 0
-    assert main(["label", "--feats", str(tmp_path / "valid"), "--centroids", str(tmp_path / "c.npy"),
-                 "--out", str(tmp_path / "valid.km")]) == 0
-    km = read_int_labels(str(tmp_path / "valid.km"), lengths)
+    assert main(["label", "--feats", str(tmp_path / "valid"), "--centroids", centroids,
+                 "--out", str(tmp_path / "labels" / "valid.km")]) == 0
+    km = read_int_labels(str(tmp_path / "labels" / "valid.km"), lengths)
     assert all(k.max() < 20 for k in km)
     # each stage reports its progress with the time left; not a terminal here: plain lines, no redraws
     err = capsys.readouterr().err
     for stage in ("mfcc: 100%", "k-means: ", "label: 100%"):
         assert stage in err, err[-2000:]
     assert "\r" not in err and "<" in err.split("mfcc: 100%")[1].splitlines()[0]
-    assert main(["quality", "--km", str(tmp_path / "valid.km"), "--phones", os.path.join(DEMO, "valid.phn"),
+    assert main(["quality", "--km", str(tmp_path / "labels" / "valid.km"), "--phones", os.path.join(DEMO, "valid.phn"),
                  "--manifest", manifest]) == 0
     pnmi = float(capsys.readouterr().out.split("PNMI")[1].split()[0])
     assert pnmi > 0.3  # chance is ~0; 20 MFCC clusters on the demo corpus measured 0.4-0.5

@@ -72,6 +72,15 @@ def cmd_mfcc(args) -> None:
           f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")
 
 
+def _output_folder(path: str) -> None:
+    """Make the folder an output file goes into (an error naming it if it cannot be made)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"{path}: cannot make its folder {folder} ({e.strerror or e})") from None
+
+
 def _manifest_record(manifest: str) -> dict:
     return {"manifest": os.path.abspath(manifest), "manifest_sha256": provenance.file_sha256(manifest)}
 
@@ -100,6 +109,7 @@ def cmd_kmeans(args) -> None:
     from hubert_jax.labels.kmeans import KMeansConfig, fit, inertia, save_centroids
 
     feats, lengths = load_features(args.feats, args.nshard)
+    _output_folder(args.out)  # before the fit: a folder that cannot be made fails now, not after it
     rng = np.random.default_rng(args.seed)
     take = max(args.clusters, int(len(feats) * args.percent)) if args.percent < 1 else len(feats)
     rows = np.sort(rng.choice(len(feats), take, replace=False)) if take < len(feats) else None
@@ -142,6 +152,7 @@ def cmd_label(args) -> None:
 
     feats, lengths = load_features(args.feats, args.nshard)
     centers = load_centroids(args.centroids)
+    _output_folder(args.out)
     if centers.shape[1] != feats.shape[1]:
         raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
                          f"in {args.feats}.npy")
