@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from hubert_jax.data.manifest import read_int_labels, read_manifest
+from hubert_jax.data.manifest import read_entry_audio, read_int_labels, read_manifest
 from hubert_jax.labels.cli import main
-from hubert_jax.labels.features import load_features
+from hubert_jax.labels.features import load_features, load_skipped
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo")
 
@@ -71,6 +71,39 @@ def test_unusable_audio_is_skipped_with_a_count_or_stops_with_strict(tmp_path, c
     assert lengths[3:] == [0, 0, 0] and all(n > 0 for n in lengths[:3])  # manifest order kept
     with pytest.raises(ValueError, match="short.flac: 100 samples"):
         main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "g"), "--strict"])
+
+
+def test_mfcc_streams_in_manifest_order_across_skipped_rows_and_a_failed_run_changes_nothing(tmp_path, capsys):
+    """Features are written as they come (batches of --batch), an unusable row anywhere gets 0 frames in its
+    place, and the file equals np.save of the whole; a run that stops leaves the last output as it was."""
+    import soundfile as sf
+
+    from hubert_jax.labels.mfcc import mfcc_with_deltas
+
+    src = read_manifest(os.path.join(DEMO, "valid.tsv"))[:3]
+    for e in src:
+        shutil.copy(e.path, tmp_path / os.path.basename(e.path))
+    names = [os.path.basename(e.path) for e in src]
+    rows = [f"{names[0]}\t{src[0].num_samples}", "broken.flac\t16000", f"{names[1]}\t{src[1].num_samples}",
+            "short.flac\t100", f"{names[2]}\t{src[2].num_samples}"]
+    (tmp_path / "m.tsv").write_text("\n".join(["."] + rows) + "\n")
+    (tmp_path / "broken.flac").write_bytes(b"not audio")
+    sf.write(tmp_path / "short.flac", np.zeros(100, np.float32), 16000)
+    assert main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "f"), "--batch", "2"]) == 0
+    feats, lengths = load_features(str(tmp_path / "f"))
+    alone = mfcc_with_deltas([read_entry_audio(str(tmp_path / "m.tsv"), e, normalize=False)
+                              for e in read_manifest(str(tmp_path / "m.tsv")) if e.path.endswith(tuple(names))])
+    assert lengths[1] == lengths[3] == 0 and [lengths[i] for i in (0, 2, 4)] == [len(a) for a in alone]
+    np.testing.assert_array_equal(feats, np.concatenate(alone))
+    assert sorted(load_skipped(str(tmp_path / "f"))) == [1, 3]
+    np.save(tmp_path / "whole.npy", np.concatenate(alone))
+    assert (tmp_path / "f.npy").read_bytes() == (tmp_path / "whole.npy").read_bytes()
+    before = {p: (tmp_path / p).read_bytes() for p in ("f.npy", "f.len", "f.skipped")}
+    with pytest.raises(ValueError, match="broken.flac"):
+        main(["mfcc", "--manifest", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "f"), "--strict"])
+    assert {p: (tmp_path / p).read_bytes() for p in before} == before
+    assert sorted(os.listdir(tmp_path)) == sorted(names + ["broken.flac", "short.flac", "m.tsv", "whole.npy"]
+                                                  + list(before) + ["f.made.json"])
 
 
 def test_label_files_checked_against_the_manifest(tmp_path):

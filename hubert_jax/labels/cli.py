@@ -35,7 +35,7 @@ from hubert_jax.data.manifest import (
 from hubert_jax.data.audio import resampled_counts, resampled_summary
 from hubert_jax.cli_errors import prog_name
 from hubert_jax.labels import provenance
-from hubert_jax.labels.features import (describe_rows, load_features, load_skipped, nonfinite_rows, save_features,
+from hubert_jax.labels.features import (FeatureWriter, describe_rows, load_features, load_skipped, nonfinite_rows,
                                         split_utterances, write_skipped)
 from hubert_jax.labels.mfcc import mfcc_with_deltas
 from hubert_jax.progress import Progress, main_process
@@ -47,26 +47,36 @@ def cmd_mfcc(args) -> None:
     check_files_exist(args.manifest, entries)
     resampled_before = resampled_counts()
     stream, skipped = iter_audio(entries, strict=args.strict, manifest=args.manifest)
-    features, batch, seconds, start = [], [], 0.0, time.perf_counter()
-    done = {e.line: None for e in entries}  # keyed by manifest line: a file may be listed twice
+    batch, seconds, start = [], 0.0, time.perf_counter()
     bar = Progress(len(entries), "mfcc", unit="utt", enabled=main_process())
-    for entry, audio in stream:
-        bar.update()
-        batch.append((entry, audio))
-        seconds += len(audio) / SAMPLE_RATE
-        if len(batch) == args.batch:
-            for (e, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
-                done[e.line] = f
-            batch = []
-    for (e, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
-        done[e.line] = f
+    with FeatureWriter(args.out, 39) as out:  # written as they come: memory holds one batch, not the corpus
+
+        def write(batch):  # the batch's features, after the unusable rows before each of its utterances
+            for (index, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
+                while out.count < index:  # iter_audio yields in manifest order; a gap is a skipped row
+                    out.add(np.zeros((0, 39)), skipped=skipped[out.count])
+                out.add(f)
+
+        index = 0
+        for entry, audio in stream:
+            while entries[index] is not entry:  # the rows iter_audio skipped before this one
+                index += 1
+            bar.update(index + 1 - bar.count)
+            batch.append((index, audio))
+            seconds += len(audio) / SAMPLE_RATE
+            if len(batch) == args.batch:
+                write(batch)
+                batch = []
+        write(batch)
+        while out.count < len(entries):
+            out.add(np.zeros((0, 39)), skipped=skipped[out.count])
+        bar.update(len(entries) - bar.count)
+        frames = out.rows
     bar.close()
     elapsed = time.perf_counter() - start
-    features = [done[e.line] if done[e.line] is not None else np.zeros((0, 39), np.float32) for e in entries]
-    save_features(args.out, features, dims=39, skipped=skipped)
     provenance.write(args.out, {**_manifest_record(args.manifest), "stage": "mfcc", "features": "kaldi mfcc + deltas"})
     resampled = resampled_summary(resampled_before)
-    print(f"{args.out}.npy: {sum(len(f) for f in features)} frames of 39-d MFCC from {len(entries) - len(skipped)} "
+    print(f"{args.out}.npy: {frames} frames of 39-d MFCC from {len(entries) - len(skipped)} "
           f"files ({len(skipped)} skipped{f', listed in {args.out}.skipped' if skipped else ''}"
           f"{f'; {resampled}' if resampled else ''}); {seconds:.0f} s of audio in {elapsed:.1f} s = "
           f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")

@@ -3,7 +3,8 @@
 Work is split like fairseq's `nshard`/`rank`: host `rank` of `world` takes a contiguous slice of the
 manifest, so concatenating the shards in rank order restores manifest order. Features are written in
 chunks of utterances (`{prefix}.chunk{i}.npy/.len`), each atomically; a rerun skips the chunks already
-on disk, so an interrupted dump resumes. The finished shard is `{prefix}.npy` + `{prefix}.len`.
+on disk, so an interrupted dump resumes. The finished shard is `{prefix}.npy` + `{prefix}.len`, joined
+from the chunks one at a time.
 
 Shapes: each chunk's utterances go through `hubert_jax.inference.extract`, padded up to a few bucket
 lengths and batched by `max_tokens` samples; the features equal each utterance run alone (fairseq's
@@ -17,8 +18,8 @@ import os
 
 import numpy as np
 
-from hubert_jax.data.manifest import Entry, iter_audio
-from hubert_jax.labels.features import concat_skipped, load_features, save_features, split_utterances
+from hubert_jax.data.manifest import Entry, iter_audio, read_skipped
+from hubert_jax.labels.features import FeatureWriter, load_features, save_features, split_utterances
 from hubert_jax.lengths import SAMPLE_RATE
 
 
@@ -100,9 +101,14 @@ def _complete(prefix: str, utterances: int) -> bool:
 
 
 def _merge(prefix: str, num_chunks: int, dims: int) -> None:
-    parts = [load_features(f"{prefix}.chunk{i:05d}") for i in range(num_chunks)]
-    skipped = concat_skipped([(f"{prefix}.chunk{i:05d}", len(lengths)) for i, (_, lengths) in enumerate(parts)])
-    save_features(prefix, [u for feats, lengths in parts for u in split_utterances(feats, lengths)], dims,
-                  skipped=skipped)
+    """The chunks joined into the shard, one chunk read at a time (memory: a chunk, not the shard)."""
+    with FeatureWriter(prefix, dims) as out:
+        for i in range(num_chunks):
+            chunk = f"{prefix}.chunk{i:05d}"
+            feats, lengths = load_features(chunk)
+            skipped = read_skipped(f"{chunk}.skipped")
+            for index, utterance in enumerate(split_utterances(feats, lengths)):
+                out.add(utterance, skipped=skipped.get(index))
+            del feats  # the memory map: closed before the next chunk opens
     for path in glob.glob(f"{glob.escape(prefix)}.chunk*"):
         os.remove(path)

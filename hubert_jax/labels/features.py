@@ -12,17 +12,68 @@ import numpy as np
 from hubert_jax.data.manifest import read_skipped, write_skipped
 
 
+_HEADER_BYTES = 128  # the .npy header, padded to a size that holds any shape: written before the rows are known
+
+
+def _npy_header(rows: int, dims: int) -> bytes:
+    """A version-1.0 .npy header of float32 (rows, dims), padded to `_HEADER_BYTES` (a multiple of 64)."""
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dims}), }}"  # as np.save writes it
+    size = _HEADER_BYTES - 10  # after the magic string, the version and the header's length
+    return b"\x93NUMPY\x01\x00" + size.to_bytes(2, "little") + text.ljust(size - 1).encode("latin-1") + b"\n"
+
+
+class FeatureWriter:
+    """Writes `{prefix}.npy/.len/.skipped` as utterances come (memory: one utterance, not the corpus). The
+    rows go to `{prefix}.tmp.npy` after a header reserved for any size; `close` writes the real header and
+    renames, the `.len` file last, so its presence marks a complete write. An unusable utterance is added
+    with 0 frames and its reason."""
+
+    def __init__(self, prefix: str, dims: int):
+        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        self.prefix, self.dims, self.rows, self.count = prefix, dims, 0, 0
+        self.skipped: dict[int, str] = {}
+        self._npy = open(f"{prefix}.tmp.npy", "wb")
+        self._npy.write(_npy_header(0, dims))
+        self._len = open(f"{prefix}.len.tmp", "w")
+
+    def add(self, features: np.ndarray, *, skipped: str | None = None) -> None:
+        """The next utterance's (frames, dims) features; `skipped`: why it has none."""
+        features = np.ascontiguousarray(features, np.float32).reshape(-1, self.dims)
+        if skipped is not None:
+            self.skipped[self.count] = skipped
+        self._npy.write(features.tobytes())
+        self._len.write(f"{len(features)}\n")
+        self.rows += len(features)
+        self.count += 1
+
+    def close(self) -> None:
+        self._npy.seek(0)
+        self._npy.write(_npy_header(self.rows, self.dims))
+        self._npy.close()
+        self._len.close()
+        write_skipped(f"{self.prefix}.skipped", self.skipped)
+        os.replace(f"{self.prefix}.tmp.npy", f"{self.prefix}.npy")
+        os.replace(f"{self.prefix}.len.tmp", f"{self.prefix}.len")
+
+    def abandon(self) -> None:
+        """Close and remove the temporary files (nothing under the real names changes)."""
+        for f, path in ((self._npy, f"{self.prefix}.tmp.npy"), (self._len, f"{self.prefix}.len.tmp")):
+            f.close()
+            if os.path.exists(path):
+                os.remove(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        self.abandon() if kind is not None else self.close()
+
+
 def save_features(prefix: str, features: list[np.ndarray], dims: int, skipped: dict[int, str] | None = None) -> None:
-    """Write atomically; the `.len` file goes last, so its presence marks a complete write."""
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    stacked = np.concatenate([np.asarray(f, np.float32).reshape(-1, dims) for f in features]) if features \
-        else np.zeros((0, dims), np.float32)
-    write_skipped(f"{prefix}.skipped", skipped or {})
-    np.save(f"{prefix}.tmp.npy", stacked)
-    with open(f"{prefix}.len.tmp", "w") as f:
-        f.writelines(f"{len(x)}\n" for x in features)
-    os.replace(f"{prefix}.tmp.npy", f"{prefix}.npy")
-    os.replace(f"{prefix}.len.tmp", f"{prefix}.len")
+    """Write a list of utterances' features (FeatureWriter: atomically, the `.len` file last)."""
+    with FeatureWriter(prefix, dims) as out:
+        for index, x in enumerate(features):
+            out.add(x, skipped=(skipped or {}).get(index))
 
 
 class Rows:
