@@ -106,6 +106,29 @@ def test_mfcc_streams_in_manifest_order_across_skipped_rows_and_a_failed_run_cha
                                                   + list(before) + ["f.made.json"])
 
 
+def test_mfcc_shards_by_rank_and_world_join_to_the_one_host_features(tmp_path):
+    """Three hosts' `mfcc --rank R --world 3` shards, read back by `--nshard 3`, equal one host's features,
+    with the skipped rows' reasons at their places in the whole manifest; `label` gives the same .km."""
+    src = _copy_manifest(tmp_path, ["broken.flac\t16000"])
+    (tmp_path / "broken.flac").write_bytes(b"not audio")
+    manifest = str(tmp_path / "m.tsv")
+    assert main(["mfcc", "--manifest", manifest, "--out", str(tmp_path / "one")]) == 0
+    for rank in range(3):
+        assert main(["mfcc", "--manifest", manifest, "--out", str(tmp_path / "sh"), "--rank", str(rank),
+                     "--world", "3"]) == 0
+    one, one_lengths = load_features(str(tmp_path / "one"))
+    sharded, lengths = load_features(str(tmp_path / "sh"), 3)
+    assert lengths == one_lengths and len(lengths) == len(src) + 1
+    np.testing.assert_array_equal(np.asarray(sharded), one)
+    assert load_skipped(str(tmp_path / "sh"), 3) == load_skipped(str(tmp_path / "one")) and 3 in load_skipped(
+        str(tmp_path / "one"))
+    np.save(tmp_path / "c.npy", np.asarray(one[::50]))
+    for feats, nshard in (("one", "0"), ("sh", "3")):
+        assert main(["label", "--feats", str(tmp_path / feats), "--nshard", nshard, "--centroids",
+                     str(tmp_path / "c.npy"), "--out", str(tmp_path / f"{feats}.km")]) == 0
+    assert (tmp_path / "sh.km").read_text() == (tmp_path / "one.km").read_text()
+
+
 def test_label_files_checked_against_the_manifest(tmp_path):
     manifest = os.path.join(DEMO, "valid.tsv")
     lines = open(os.path.join(DEMO, "valid.phn")).read().splitlines()

@@ -1,7 +1,7 @@
 """Unit-label stages of the HuBERT recipe, one subcommand each:
 
     python -m hubert_jax.labels manifest /data/audio --out work/manifest --valid-percent 0.01
-    python -m hubert_jax.labels mfcc    --manifest data/demo/train.tsv --out work/mfcc/train
+    python -m hubert_jax.labels mfcc    --manifest data/demo/train.tsv --out work/mfcc/train [--rank R --world W]
     python -m hubert_jax.labels kmeans  --feats work/mfcc/train --clusters 100 --out work/km100.npy
     python -m hubert_jax.labels label   --feats work/mfcc/train --centroids work/km100.npy --out work/train.km
     python -m hubert_jax.labels dump    --manifest data/demo/train.tsv --preset hubert-base --layer 6 \
@@ -43,13 +43,25 @@ from hubert_jax.lengths import SAMPLE_RATE
 
 
 def cmd_mfcc(args) -> None:
+    """MFCC of the manifest, or of host `rank`'s contiguous slice into `{out}_{rank}_{world}` (as dump's shards,
+    read back in manifest order by `kmeans` / `label --nshard world`)."""
+    import jax
+
+    from hubert_jax.labels.dump import shard_range
+
     entries = read_manifest(args.manifest)
+    world = jax.process_count() if args.world is None else args.world
+    rank = jax.process_index() if args.rank is None else args.rank
+    sharded = args.rank is not None or args.world is not None or world > 1
+    first, last = shard_range(len(entries), world, rank)
+    entries = entries[first:last]
+    prefix = f"{args.out}_{rank}_{world}" if sharded else args.out
     check_files_exist(args.manifest, entries)
     resampled_before = resampled_counts()
     stream, skipped = iter_audio(entries, strict=args.strict, manifest=args.manifest)
     batch, seconds, start = [], 0.0, time.perf_counter()
     bar = Progress(len(entries), "mfcc", unit="utt", enabled=main_process())
-    with FeatureWriter(args.out, 39) as out:  # written as they come: memory holds one batch, not the corpus
+    with FeatureWriter(prefix, 39) as out:  # written as they come: memory holds one batch, not the corpus
 
         def write(batch):  # the batch's features, after the unusable rows before each of its utterances
             for (index, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
@@ -74,10 +86,11 @@ def cmd_mfcc(args) -> None:
         frames = out.rows
     bar.close()
     elapsed = time.perf_counter() - start
-    provenance.write(args.out, {**_manifest_record(args.manifest), "stage": "mfcc", "features": "kaldi mfcc + deltas"})
+    provenance.write(prefix, {**_manifest_record(args.manifest), "stage": "mfcc", "features": "kaldi mfcc + deltas",
+                              **({"rank": rank, "world": world, "utterances": len(entries)} if sharded else {})})
     resampled = resampled_summary(resampled_before)
-    print(f"{args.out}.npy: {frames} frames of 39-d MFCC from {len(entries) - len(skipped)} "
-          f"files ({len(skipped)} skipped{f', listed in {args.out}.skipped' if skipped else ''}"
+    print(f"{prefix}.npy: {frames} frames of 39-d MFCC from {len(entries) - len(skipped)} "
+          f"files ({len(skipped)} skipped{f', listed in {prefix}.skipped' if skipped else ''}"
           f"{f'; {resampled}' if resampled else ''}); {seconds:.0f} s of audio in {elapsed:.1f} s = "
           f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")
 
@@ -307,6 +320,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output prefix: {out}.npy and {out}.len")
     p.add_argument("--batch", type=int, default=32, help="utterances per vectorised batch")
     p.add_argument("--strict", action="store_true", help="stop at the first unusable audio file")
+    p.add_argument("--rank", type=int, help="this host's shard, written to {out}_{rank}_{world} (default: "
+                                            "jax.process_index(); one process without --rank/--world: {out})")
+    p.add_argument("--world", type=int, help="number of shards (default: jax.process_count())")
     p.set_defaults(func=cmd_mfcc)
     p = sub.add_parser("dump", help="layer-L features of a hubert-jax model, sharded by rank/world, resumable")
     p.add_argument("--manifest", required=True)
