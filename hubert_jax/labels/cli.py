@@ -36,7 +36,7 @@ from hubert_jax.data.audio import resampled_counts, resampled_summary
 from hubert_jax.cli_errors import prog_name
 from hubert_jax.labels import provenance
 from hubert_jax.labels.features import (FeatureWriter, describe_rows, load_features, load_skipped, nonfinite_rows,
-                                        split_utterances, write_skipped)
+                                        write_skipped)
 from hubert_jax.labels.mfcc import mfcc_with_deltas
 from hubert_jax.progress import Progress, main_process
 from hubert_jax.lengths import SAMPLE_RATE
@@ -166,12 +166,15 @@ def cmd_kmeans(args) -> None:
 
 
 def cmd_label(args) -> None:
-    """One .km line per utterance. With several hosts each labels a contiguous share of the utterances
-    into `{out}.part{rank}-of-{world}`, and process 0 joins the parts in order."""
+    """One .km line per utterance, written as the utterances are labelled (memory: one chunk of frames, not
+    the corpus' labels). With several hosts each labels a contiguous share of the utterances into
+    `{out}.part{rank}-of-{world}`, and process 0 joins the parts in order."""
+    import shutil
+
     import jax
 
     from hubert_jax.labels.dump import shard_range
-    from hubert_jax.labels.kmeans import NonFiniteFeatures, load_centroids, predict
+    from hubert_jax.labels.kmeans import NonFiniteFeatures, label_utterances, load_centroids
 
     feats, lengths = load_features(args.feats, args.nshard)
     centers = load_centroids(args.centroids)
@@ -181,35 +184,31 @@ def cmd_label(args) -> None:
                          f"in {args.feats}.npy")
     made = {"stage": "label", "feats": os.path.abspath(args.feats), "feats_made": _records(args.feats, args.nshard),
             "centroids": os.path.abspath(args.centroids), "centroids_sha256": provenance.file_sha256(args.centroids)}
-    if jax.process_count() == 1:
-        with Progress(len(feats), "label", unit="frame", enabled=main_process()) as bar:
-            try:
-                labels = predict(feats, centers, progress=bar)
-            except NonFiniteFeatures as e:
-                raise ValueError(
-                    f"label: {args.feats}: {describe_rows(e.rows, lengths, _audio_paths(args.feats, args.nshard))} "
-                    f"are NaN or infinite and have no nearest centroid; fix or drop those utterances") from None
-        provenance.write(args.out, made)
-        write_int_labels(args.out, split_utterances(labels, lengths))
-        write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
-        print(f"{args.out}: {len(lengths)} utterances, {len(labels)} frames")
-        return
-    from jax.experimental import multihost_utils
-
     rank, world = jax.process_index(), jax.process_count()
     first, last = shard_range(len(lengths), world, rank)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    with Progress(int(offsets[last] - offsets[first]), "label", unit="frame", enabled=rank == 0) as bar:
-        labels = predict(feats, centers, start=int(offsets[first]), stop=int(offsets[last]), progress=bar)
-    part = f"{args.out}.part{rank}-of-{world}"
-    write_int_labels(part, split_utterances(labels, lengths[first:last]))
+    part = args.out if world == 1 else f"{args.out}.part{rank}-of-{world}"
+    with Progress(int(offsets[last] - offsets[first]), "label", unit="frame", enabled=main_process()) as bar:
+        try:
+            write_int_labels(part, label_utterances(feats, lengths, centers, first=first, last=last, progress=bar))
+        except NonFiniteFeatures as e:
+            raise ValueError(
+                f"label: {args.feats}: {describe_rows(e.rows, lengths, _audio_paths(args.feats, args.nshard))} "
+                f"are NaN or infinite and have no nearest centroid; fix or drop those utterances") from None
+    if world == 1:
+        provenance.write(args.out, made)
+        write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
+        print(f"{args.out}: {len(lengths)} utterances, {int(offsets[-1])} frames")
+        return
+    from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(f"label parts {args.out}")
     if rank == 0:
         parts = [f"{args.out}.part{r}-of-{world}" for r in range(world)]
-        with open(f"{args.out}.tmp", "w", encoding="utf-8") as out:
+        with open(f"{args.out}.tmp", "wb") as out:
             for path in parts:
-                with open(path, encoding="utf-8") as f:
-                    out.write(f.read())
+                with open(path, "rb") as f:
+                    shutil.copyfileobj(f, out)  # a buffer at a time, not the part
         os.replace(f"{args.out}.tmp", args.out)
         write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
         provenance.write(args.out, made)

@@ -177,10 +177,31 @@ def predict(features, centers, *, chunk: int = 65536, start: int = 0, stop: int 
         finite = np.isfinite(rows).all(axis=1)
         if not finite.all():
             raise NonFiniteFeatures(s + np.flatnonzero(~finite))
-        out.append(np.asarray(assign(jnp.asarray(rows, jnp.float32), centers)[0]))
+        # rows padded to a power of two (at most `chunk`): calls of any size reuse a few compiled shapes
+        padded = np.zeros((min(chunk, 1 << max(0, len(rows) - 1).bit_length()), rows.shape[1]), np.float32)
+        padded[: len(rows)] = rows
+        out.append(np.asarray(assign(jnp.asarray(padded), centers)[0])[: len(rows)])
         if progress is not None:
             progress.update(len(rows))
     return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+
+def label_utterances(features, lengths: list[int], centers, *, first: int = 0, last: int | None = None,
+                     chunk: int = 65536, progress=None):
+    """Each utterance's labels (int32, one array per utterance) for utterances [first, last), in order,
+    predicted a group of whole utterances (about `chunk` frames) at a time, so that only one group's labels
+    are held. NonFiniteFeatures names the bad rows over all of `features`."""
+    last = len(lengths) if last is None else last
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    u = first
+    while u < last:
+        v = u + 1
+        while v < last and offsets[v + 1] - offsets[u] <= chunk:
+            v += 1
+        labels = predict(features, centers, chunk=chunk, start=int(offsets[u]), stop=int(offsets[v]),
+                         progress=progress)
+        yield from np.split(labels, np.cumsum(lengths[u:v])[:-1])
+        u = v
 
 
 def _replicate(tree, mesh):
