@@ -4,6 +4,8 @@
     python -m hubert_jax.labels mfcc    --manifest data/demo/train.tsv --out work/mfcc/train [--rank R --world W]
     python -m hubert_jax.labels kmeans  --feats work/mfcc/train --clusters 100 --out work/km100.npy
     python -m hubert_jax.labels label   --feats work/mfcc/train --centroids work/km100.npy --out work/train.km
+    python -m hubert_jax.labels label   --model work/it1 --layer 6 --manifest data/demo/train.tsv \
+                                        --centroids work/km500.npy --out work/train.km --rank 0 --world 1
     python -m hubert_jax.labels dump    --manifest data/demo/train.tsv --preset hubert-base --layer 6 \
                                         --out work/l6/train --rank 0 --world 1
     python -m hubert_jax.labels quality --km work/train.km --phones data/demo/train.phn --manifest data/demo/train.tsv
@@ -176,6 +178,11 @@ def cmd_label(args) -> None:
     from hubert_jax.labels.dump import shard_range
     from hubert_jax.labels.kmeans import NonFiniteFeatures, label_utterances, load_centroids
 
+    if (args.feats is None) == (args.model is None):
+        raise SystemExit("label: give exactly one of --feats PREFIX (dumped features) or --model DIR (features "
+                         "computed on the fly, with --layer and --manifest)")
+    if args.model is not None:
+        return _label_from_model(args)
     feats, lengths = load_features(args.feats, args.nshard)
     centers = load_centroids(args.centroids)
     _output_folder(args.out)
@@ -218,23 +225,61 @@ def cmd_label(args) -> None:
     multihost_utils.sync_global_devices(f"label done {args.out}")
 
 
-def cmd_dump(args) -> None:
+def _label_from_model(args) -> None:
     import jax
 
-    from hubert_jax.config import preset
-    from hubert_jax.labels.dump import dump_features
+    from hubert_jax.auto import FlaxAutoModel
+    from hubert_jax.labels.dump import shard_range
+    from hubert_jax.labels.kmeans import load_centroids
+    from hubert_jax.labels.model_labels import label_with_model, part_path
+
+    for flag in ("layer", "manifest"):
+        if getattr(args, flag) is None:
+            raise SystemExit(f"label --model: give --{flag} as well")
+    model = FlaxAutoModel.from_pretrained(args.model)
+    centers = load_centroids(args.centroids)
+    entries = read_manifest(args.manifest)
+    check_files_exist(args.manifest, entries)
+    rank = jax.process_index() if args.rank is None else args.rank
+    world = jax.process_count() if args.world is None else args.world
+    _output_folder(args.out)
+    first, last = shard_range(len(entries), world, rank)
+    start = time.perf_counter()
+    with Progress(last - first, f"label layer {args.layer}", unit="utt", enabled=main_process()) as bar:
+        stats = label_with_model(model, entries, args.out, layer=args.layer, centers=centers, rank=rank, world=world,
+                                 chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
+                                 progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | {
+                                     "model": os.path.abspath(args.model),
+                                     "centroids_sha256": provenance.file_sha256(args.centroids)})
+    elapsed = time.perf_counter() - start
+    print(f"{part_path(args.out, rank, world)}: layer {args.layer} labels of {stats['utterances']} utterances, "
+          f"{stats['computed']} of {stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "
+          f"{stats['audio_seconds']:.0f} s of audio in {elapsed:.1f} s"
+          + (f"; joined every host's part into {args.out}" if stats["joined"] and world > 1 else ""))
+
+
+def _model(args):
+    """--model DIR (trained) or --preset NAME (random weights, seeded by --seed)."""
     from hubert_jax import families
     from hubert_jax.auto import FlaxAutoModel
+    from hubert_jax.config import preset
 
     if (args.model is None) == (args.preset is None):
         raise SystemExit("dump: give exactly one of --model DIR (trained) or --preset NAME (random weights)")
     if args.model is not None:
-        model = FlaxAutoModel.from_pretrained(args.model)
-    else:
-        from flax import nnx
+        return FlaxAutoModel.from_pretrained(args.model)
+    from flax import nnx
 
-        config = preset(args.preset)
-        model = families.base_model_class(config.model_type)(config, rngs=nnx.Rngs(args.seed))
+    config = preset(args.preset)
+    return families.base_model_class(config.model_type)(config, rngs=nnx.Rngs(args.seed))
+
+
+def cmd_dump(args) -> None:
+    import jax
+
+    from hubert_jax.labels.dump import dump_features
+
+    model = _model(args)
     entries = read_manifest(args.manifest)
     check_files_exist(args.manifest, entries)
     rank = jax.process_index() if args.rank is None else args.rank
@@ -350,11 +395,22 @@ def main(argv=None) -> int:
                    help="shard every batch over all devices (always on with several hosts)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_kmeans)
-    p = sub.add_parser("label", help="write a fairseq .km file: nearest centroid per frame")
-    p.add_argument("--feats", required=True)
+    p = sub.add_parser("label", help="write a fairseq .km file: nearest centroid per frame, of dumped features "
+                                     "(--feats) or of a model's layer computed on the fly (--model, no dump)")
+    p.add_argument("--feats", help="dumped features (mfcc / dump)")
     p.add_argument("--nshard", type=int, default=0, help="read the dump shards {feats}_{rank}_{nshard}")
     p.add_argument("--centroids", required=True)
     p.add_argument("--out", required=True)
+    g = p.add_argument_group("from a model, without a dump (sharded by rank/world, resumable)")
+    g.add_argument("--model", help="a hubert-jax or transformers model directory")
+    g.add_argument("--layer", type=int, help="hidden_states index (fairseq output_layer)")
+    g.add_argument("--manifest")
+    g.add_argument("--rank", type=int, help="this host's part, {out}.part{rank}-of-{world} (default: "
+                                            "jax.process_index()); the last host done joins them into {out}")
+    g.add_argument("--world", type=int, help="number of parts (default: jax.process_count())")
+    g.add_argument("--chunk-size", type=int, default=64, help="utterances per resumable chunk")
+    g.add_argument("--max-tokens", type=int, default=64 * SAMPLE_RATE, help="samples per model call")
+    g.add_argument("--strict", action="store_true")
     p.set_defaults(func=cmd_label)
     p = sub.add_parser("quality", help="phone purity, cluster purity and PNMI of a .km file")
     p.add_argument("--km", required=True)

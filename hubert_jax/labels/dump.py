@@ -45,28 +45,51 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
     else made the output (the model's name, the manifest's digest; provenance.py), recorded beside it with
     the model's weights digest, the layer and the slicing; chunks or a shard already on disk are reused
     only when they were made the same way (else StaleOutput names what differs)."""
+    dims = model.config.hidden_size
+
+    def save(path, chunk, features, skipped):
+        save_features(path, [features.get(e.line, np.zeros((0, dims), np.float32)) for e in chunk], dims,
+                      skipped=skipped)
+
+    return run_in_chunks(model, entries, prefix, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
+                         max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest,
+                         made={**(made or {}), "stage": "dump"}, save=save, saved=(".npy", ".len"),
+                         merge=lambda count: _merge(prefix, count, dims),
+                         complete=lambda utterances: _complete(prefix, utterances))
+
+
+def run_in_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens, strict, progress, manifest,
+                  made, save, saved, merge, complete) -> dict:
+    """The model's hidden_states[layer] over this rank's slice of `entries`, `chunk_size` utterances at a
+    time: `save(path, chunk, {manifest line: features}, {index in chunk: why skipped})` writes chunk i under
+    `{prefix}.chunk{i:05d}` (done when every `path + s` of `saved` exists: a rerun skips it), then
+    `merge(chunks)` joins them; `complete(utterances)` says the joined output is already there. One writer
+    per prefix (a lock beside it); `made` (with the model's weights digest, the layer and the slicing) is
+    recorded, and outputs made otherwise are refused (provenance.StaleOutput)."""
     from hubert_jax.training.workdir_lock import WorkdirLock
 
     if not 0 <= layer <= model.config.num_hidden_layers:
         raise ValueError(f"layer {layer}: the model has hidden states 0..{model.config.num_hidden_layers}")
     directory, name = os.path.split(os.path.abspath(prefix))
-    # one writer per shard: a second dump on the same --out is refused naming the first
+    # one writer per shard: a second run on the same --out is refused naming the first
     with WorkdirLock(directory, name=f"{name}.lock", what=f"{prefix} (its chunks and shard)", option="--out"):
-        return _dump(model, entries, prefix, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
-                     max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest, made=made)
+        return _run_chunks(model, entries, prefix, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
+                           max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest, made=made,
+                           save=save, saved=saved, merge=merge, complete=complete)
 
 
-def _dump(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens, strict, progress, manifest, made):
+def _run_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens, strict, progress, manifest,
+                made, save, saved, merge, complete):
     from hubert_jax.labels import provenance
 
     start, end = shard_range(len(entries), world, rank)
     mine = entries[start:end]
     existing = sorted(glob.glob(f"{glob.escape(prefix)}.chunk*")) + [
-        prefix + s for s in (".npy", ".len") if os.path.exists(prefix + s)]
-    provenance.claim(prefix, {**(made or {}), "stage": "dump", "weights": provenance.weights_digest(model),
+        prefix + s for s in saved if os.path.exists(prefix + s)]
+    provenance.claim(prefix, {**made, "weights": provenance.weights_digest(model),
                               "model_type": model.config.model_type, "layer": layer, "rank": rank, "world": world,
                               "utterances": len(mine), "chunk_size": chunk_size}, existing)
-    if _complete(prefix, len(mine)):
+    if complete(len(mine)):
         return {"utterances": len(mine), "chunks": 0, "computed": 0, "skipped": 0, "audio_seconds": 0.0}
     os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
     chunks = [mine[i: i + chunk_size] for i in range(0, len(mine), chunk_size)]
@@ -75,7 +98,7 @@ def _dump(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens,
         path = f"{prefix}.chunk{index:05d}"
         if progress is not None:
             progress.update(len(chunk))
-        if os.path.exists(path + ".npy") and os.path.exists(path + ".len"):
+        if all(os.path.exists(path + s) for s in saved):
             continue  # done before an interruption
         stream, skipped = iter_audio(chunk, strict=strict, manifest=manifest)
         read = list(stream)
@@ -84,11 +107,9 @@ def _dump(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens,
                            _chunk_features(model, layer, [audio for _, audio in read], max_tokens)))
         seconds += sum(len(audio) for _, audio in read) / SAMPLE_RATE
         skipped_files += list(skipped.values())
-        dims = model.config.hidden_size
-        save_features(path, [by_line.get(e.line, np.zeros((0, dims), np.float32)) for e in chunk], dims,
-                      skipped=skipped)
+        save(path, chunk, by_line, skipped)
         computed += 1
-    _merge(prefix, len(chunks), model.config.hidden_size)
+    merge(len(chunks))
     return {"utterances": len(mine), "chunks": len(chunks), "computed": computed, "skipped": len(skipped_files),
             "audio_seconds": seconds}
 

@@ -1,0 +1,99 @@
+"""`labels label --model DIR --layer L`: labels straight from a model's layer, no feature dump; equal to
+`dump` then `label --feats`, sharded over hosts (the last host done joins the parts), resumable."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import hubert_jax
+from hubert_jax.data.manifest import read_manifest, read_skipped
+from hubert_jax.labels import dump as dump_module
+from hubert_jax.labels.cli import main
+from hubert_jax.labels.features import load_features
+from tests.reference import TINY
+
+DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model directory, a manifest of 7 demo files and one unreadable file, the dumped way's labels
+    (dump + k-means centroids from its features + label --feats)."""
+    root = tmp_path_factory.mktemp("model_labels")
+    hubert_jax.HubertModel(hubert_jax.HubertConfig.from_dict(TINY), rngs=nnx.Rngs(0)).save_pretrained(
+        str(root / "model"))
+    entries = read_manifest(os.path.join(DEMO, "valid.tsv"))[:7]
+    for e in entries:
+        shutil.copy(e.path, root / os.path.basename(e.path))
+    rows = [f"{os.path.basename(e.path)}\t{e.num_samples}" for e in entries]
+    rows.insert(3, "broken.flac\t16000")
+    (root / "broken.flac").write_bytes(b"not audio")
+    (root / "m.tsv").write_text("\n".join(["."] + rows) + "\n")
+    # calls of at most 6 s of audio (a few rows; the default budget is 64 s a call): the same for both ways
+    common = ["--model", str(root / "model"), "--layer", "2", "--manifest", str(root / "m.tsv"), "--max-tokens",
+              "96000"]
+    assert main(["dump", *common, "--out", str(root / "feats"), "--rank", "0", "--world", "1"]) == 0
+    feats, _ = load_features(str(root / "feats_0_1"))
+    np.save(root / "c.npy", np.asarray(feats[::37][:12]))
+    assert main(["label", "--feats", str(root / "feats_0_1"), "--centroids", str(root / "c.npy"),
+                 "--out", str(root / "dumped.km")]) == 0
+    return root, common + ["--centroids", str(root / "c.npy"), "--chunk-size", "3"]
+
+
+def test_labels_from_the_model_equal_the_dumped_way_and_write_no_features(setup, tmp_path):
+    root, args = setup
+    assert main(["label", *args, "--out", str(tmp_path / "direct.km")]) == 0
+    assert (tmp_path / "direct.km").read_text() == (root / "dumped.km").read_text()
+    lines = (tmp_path / "direct.km").read_text().splitlines()
+    assert len(lines) == 8 and lines[3] == ""  # the unreadable file: an empty line, and why
+    assert list(read_skipped(str(tmp_path / "direct.km.skipped"))) == [3]
+    assert read_skipped(str(tmp_path / "direct.km.skipped")) == read_skipped(str(root / "dumped.km.skipped"))
+    assert sorted(os.listdir(tmp_path)) == ["direct.km", "direct.km.made.json", "direct.km.skipped"]  # no features
+
+
+def test_two_hosts_write_parts_and_the_last_one_done_joins_them(setup, tmp_path):
+    root, args = setup
+    out = str(tmp_path / "two.km")
+    assert main(["label", *args, "--out", out, "--rank", "1", "--world", "2"]) == 0
+    assert not os.path.exists(out) and os.path.exists(f"{out}.part1-of-2")  # rank 0 is not done yet
+    assert main(["label", *args, "--out", out, "--rank", "0", "--world", "2"]) == 0
+    assert open(out).read() == (root / "dumped.km").read_text()
+    assert read_skipped(f"{out}.skipped") == read_skipped(str(root / "dumped.km.skipped"))
+
+
+def test_an_interrupted_run_resumes_from_its_chunks(setup, tmp_path, monkeypatch):
+    root, args = setup
+    real, calls = dump_module._chunk_features, {"n": 0}
+
+    def crash_on_second_chunk(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("preempted")
+        return real(*a, **k)
+
+    monkeypatch.setattr(dump_module, "_chunk_features", crash_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        main(["label", *args, "--out", str(tmp_path / "run.km")])
+    assert sorted(p for p in os.listdir(tmp_path) if ".chunk" in p) == ["run.km.chunk00000.km"]
+    monkeypatch.setattr(dump_module, "_chunk_features", real)
+    calls["n"] = 0
+    monkeypatch.setattr(dump_module, "_chunk_features", lambda *a, **k: calls.__setitem__("n", calls["n"] + 1)
+                        or real(*a, **k))
+    assert main(["label", *args, "--out", str(tmp_path / "run.km")]) == 0
+    assert calls["n"] == 2  # chunks 2 and 3 of 3: the first was reused
+    assert (tmp_path / "run.km").read_text() == (root / "dumped.km").read_text()
+
+
+def test_bad_arguments(setup, tmp_path):
+    root, args = setup
+    with pytest.raises(SystemExit, match="give exactly one of --feats PREFIX"):
+        main(["label", "--centroids", str(root / "c.npy"), "--out", str(tmp_path / "x.km")])
+    with pytest.raises(SystemExit, match="label --model: give --layer as well"):
+        main(["label", "--model", str(root / "model"), "--manifest", str(root / "m.tsv"), "--centroids",
+              str(root / "c.npy"), "--out", str(tmp_path / "x.km")])
+    np.save(tmp_path / "wide.npy", np.zeros((4, 7), np.float32))
+    with pytest.raises(ValueError, match=r"centroids of shape \(4, 7\) for a model of hidden size 32"):
+        main(["label", *args, "--centroids", str(tmp_path / "wide.npy"), "--out", str(tmp_path / "x.km")])
