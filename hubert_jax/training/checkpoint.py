@@ -157,13 +157,27 @@ def quiet_closed_loop_callbacks() -> None:
 MIN_SLICE_BYTES = 1 << 20
 
 
+_registered = []
+
+
 def whole_small_arrays() -> None:
-    """Register Orbax's jax.Array handler with `MIN_SLICE_BYTES` as its replica-parallel threshold."""
+    """Register Orbax's jax.Array handler with `MIN_SLICE_BYTES` as its replica-parallel threshold (once per
+    process, without Orbax's console warning that a handler is replaced)."""
+    if _registered:
+        return
     import jax
     import orbax.checkpoint as ocp
 
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES), override=True)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES),
+            override=True)
+    finally:
+        absl.setLevel(level)
+    _registered.append(True)
 
 
 def _short(error: BaseException) -> str:
