@@ -13,6 +13,7 @@ from hubert_jax.data.manifest import read_manifest, read_skipped
 from hubert_jax.labels import dump as dump_module
 from hubert_jax.labels.cli import main
 from hubert_jax.labels.features import load_features
+from hubert_jax.labels.provenance import StaleOutput
 from tests.reference import TINY
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo")
@@ -52,6 +53,15 @@ def test_labels_from_the_model_equal_the_dumped_way_and_write_no_features(setup,
     assert list(read_skipped(str(tmp_path / "direct.km.skipped"))) == [3]
     assert read_skipped(str(tmp_path / "direct.km.skipped")) == read_skipped(str(root / "dumped.km.skipped"))
     assert sorted(os.listdir(tmp_path)) == ["direct.km", "direct.km.made.json", "direct.km.skipped"]  # no features
+
+
+def test_a_finished_output_made_by_another_layer_is_refused_not_reused(setup, tmp_path):
+    root, args = setup
+    assert main(["label", *args, "--out", str(tmp_path / "x.km")]) == 0
+    other = [a if a != "2" else "1" for a in args]  # --layer 1
+    with pytest.raises(StaleOutput, match=r"(?s)made by other inputs or settings.*layer: on disk 2, now 1"):
+        main(["label", *other, "--out", str(tmp_path / "x.km")])
+    assert (tmp_path / "x.km").read_text() == (root / "dumped.km").read_text()
 
 
 def test_two_hosts_write_parts_and_the_last_one_done_joins_them(setup, tmp_path):

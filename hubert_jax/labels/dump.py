@@ -54,16 +54,16 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
     return run_in_chunks(model, entries, prefix, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
                          max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest,
                          made={**(made or {}), "stage": "dump"}, save=save, saved=(".npy", ".len"),
-                         merge=lambda count: _merge(prefix, count, dims),
+                         outputs=(prefix + ".npy", prefix + ".len"), merge=lambda count: _merge(prefix, count, dims),
                          complete=lambda utterances: _complete(prefix, utterances))
 
 
 def run_in_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens, strict, progress, manifest,
-                  made, save, saved, merge, complete) -> dict:
+                  made, save, saved, outputs, merge, complete) -> dict:
     """The model's hidden_states[layer] over this rank's slice of `entries`, `chunk_size` utterances at a
     time: `save(path, chunk, {manifest line: features}, {index in chunk: why skipped})` writes chunk i under
     `{prefix}.chunk{i:05d}` (done when every `path + s` of `saved` exists: a rerun skips it), then
-    `merge(chunks)` joins them; `complete(utterances)` says the joined output is already there. One writer
+    `merge(chunks)` joins them into the files `outputs`; `complete(utterances)` says they are already there. One writer
     per prefix (a lock beside it); `made` (with the model's weights digest, the layer and the slicing) is
     recorded, and outputs made otherwise are refused (provenance.StaleOutput)."""
     from hubert_jax.training.workdir_lock import WorkdirLock
@@ -75,17 +75,16 @@ def run_in_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max
     with WorkdirLock(directory, name=f"{name}.lock", what=f"{prefix} (its chunks and shard)", option="--out"):
         return _run_chunks(model, entries, prefix, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
                            max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest, made=made,
-                           save=save, saved=saved, merge=merge, complete=complete)
+                           save=save, saved=saved, outputs=outputs, merge=merge, complete=complete)
 
 
 def _run_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens, strict, progress, manifest,
-                made, save, saved, merge, complete):
+                made, save, saved, outputs, merge, complete):
     from hubert_jax.labels import provenance
 
     start, end = shard_range(len(entries), world, rank)
     mine = entries[start:end]
-    existing = sorted(glob.glob(f"{glob.escape(prefix)}.chunk*")) + [
-        prefix + s for s in saved if os.path.exists(prefix + s)]
+    existing = sorted(glob.glob(f"{glob.escape(prefix)}.chunk*")) + [p for p in outputs if os.path.exists(p)]
     provenance.claim(prefix, {**made, "weights": provenance.weights_digest(model),
                               "model_type": model.config.model_type, "layer": layer, "rank": rank, "world": world,
                               "utterances": len(mine), "chunk_size": chunk_size}, existing)

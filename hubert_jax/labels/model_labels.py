@@ -81,7 +81,8 @@ def label_with_model(model, entries: list[Entry], out: str, *, layer: int, cente
 
     stats = run_in_chunks(model, entries, part, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
                           max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest,
-                          made={**(made or {}), "stage": "label from model"}, save=save, saved=(".km",), merge=merge,
+                          made={**(made or {}), "stage": "label from model"}, save=save, saved=(".km",),
+                          outputs=(part,), merge=merge,
                           complete=lambda utterances: os.path.exists(part) and _line_count(part) == utterances)
     stats["joined"] = world == 1
     parts = [(part_path(out, r, world), sizes[r]) for r in range(world)]
