@@ -171,12 +171,11 @@ def cmd_label(args) -> None:
     """One .km line per utterance, written as the utterances are labelled (memory: one chunk of frames, not
     the corpus' labels). With several hosts each labels a contiguous share of the utterances into
     `{out}.part{rank}-of-{world}`, and process 0 joins the parts in order."""
-    import shutil
-
     import jax
 
     from hubert_jax.labels.dump import shard_range
     from hubert_jax.labels.kmeans import NonFiniteFeatures, label_utterances, load_centroids
+    from hubert_jax.labels.model_labels import concatenate
 
     if (args.feats is None) == (args.model is None):
         raise SystemExit("label: give exactly one of --feats PREFIX (dumped features) or --model DIR (features "
@@ -212,11 +211,7 @@ def cmd_label(args) -> None:
     multihost_utils.sync_global_devices(f"label parts {args.out}")
     if rank == 0:
         parts = [f"{args.out}.part{r}-of-{world}" for r in range(world)]
-        with open(f"{args.out}.tmp", "wb") as out:
-            for path in parts:
-                with open(path, "rb") as f:
-                    shutil.copyfileobj(f, out)  # a buffer at a time, not the part
-        os.replace(f"{args.out}.tmp", args.out)
+        concatenate(parts, args.out)
         write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
         provenance.write(args.out, made)
         for path in parts:

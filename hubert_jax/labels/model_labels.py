@@ -36,16 +36,21 @@ def _line_count(path: str) -> int:
         return sum(1 for _ in f)
 
 
-def _join(paths: list[tuple[str, int]], out: str) -> None:
-    """The label files `paths` ((path, utterances) in order) joined into `out` with their `.skipped` records,
-    a buffer at a time, written under a temporary name and renamed (both joins of a race write the same)."""
+def concatenate(paths: list[str], out: str) -> None:
+    """The files `paths` joined in order into `out`, a buffer at a time, under a temporary name then renamed
+    (two processes joining the same parts at once write the same bytes)."""
     tmp = f"{out}.{os.getpid()}.tmp"
     with open(tmp, "wb") as joined:
-        for path, _ in paths:
+        for path in paths:
             with open(path, "rb") as f:
                 shutil.copyfileobj(f, joined)
-    write_skipped(f"{out}.skipped", concat_skipped(paths))
     os.replace(tmp, out)
+
+
+def _join(paths: list[tuple[str, int]], out: str) -> None:
+    """The label files `paths` ((path, utterances) in order) joined into `out`, with their `.skipped` records."""
+    write_skipped(f"{out}.skipped", concat_skipped(paths))
+    concatenate([path for path, _ in paths], out)
 
 
 def label_with_model(model, entries: list[Entry], out: str, *, layer: int, centers: np.ndarray, rank: int = 0,

@@ -3,10 +3,11 @@
 `array_digests` runs where the arrays live (one jitted pass over the device memory, no copy to the
 host; for a small state on the CPU backend of a single process, where device memory is host memory, the
 same integer arithmetic in NumPy, which needs no compilation for each state's shapes): each element's
-bits, mixed with its position by a murmur3-style finaliser, summed modulo 2**32 in two independent lanes, give a 64-bit digest per array. A sum does not depend on the order it is
-taken in, so the digest is the same on any mesh and any sharding (a run restored on another topology
-verifies as well), and any change of one element, or two elements swapped, changes it. Integer
-arithmetic, so it is exact on every backend. `iterator_digest` is a SHA-256 of the data iterator's state.
+bits, mixed with its position by a murmur3-style finaliser, summed modulo 2**32 in two independent lanes,
+give a 64-bit digest per array. A sum does not depend on the order it is taken in, so the digest is the
+same on any mesh and any sharding (a run restored on another topology verifies as well), and any change
+of one element, or two elements swapped, changes it. Integer arithmetic, so it is exact on every backend.
+`iterator_digest` is a SHA-256 of the data iterator's state.
 """
 
 from __future__ import annotations
