@@ -16,6 +16,7 @@ Multi-host: run the same command on every host. TPU pods, SLURM and Open MPI job
 otherwise add --coordinator_address HOST:PORT --num_processes N --process_id I (hubert_jax/distributed.py).
 """
 
+import errno
 import logging
 import os
 import sys
@@ -48,6 +49,17 @@ def quiet_console() -> None:
     absl_logging.get_absl_handler().addFilter(_ConsoleFilter())
 
 
+class _WorkdirLog(logging.FileHandler):
+    """run.log. On a full disk its lines are dropped, not each printed to the console as a "--- Logging error ---"
+    traceback: the run names the full disk itself, in one line (checkpoint.DiskFull)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return
+        super().handleError(record)
+
+
 def log_to_workdir(workdir: str, process_index: int) -> str | None:
     """Every log record into {workdir}/run.log (run-{process}.log beyond process 0; the file is made at its
     first line)."""
@@ -55,7 +67,7 @@ def log_to_workdir(workdir: str, process_index: int) -> str | None:
         return None
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "run.log" if process_index == 0 else f"run-{process_index}.log")
-    handler = logging.FileHandler(path, delay=True, encoding="utf-8")
+    handler = _WorkdirLog(path, delay=True, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return path

@@ -384,6 +384,27 @@ def test_a_save_that_runs_out_of_space_midway_is_cleaned_up_and_named_in_one_lin
     assert not os.path.exists(disk / "run" / "run.lock")
 
 
+def test_run_log_on_a_full_disk_drops_its_lines_without_a_traceback(small_disk, capsys):
+    # the flake of the test above: run.log's own write hit ENOSPC, and logging printed "--- Logging error ---"
+    from hubert_jax.train import log_to_workdir
+
+    disk = small_disk(64)
+    path = log_to_workdir(str(disk / "run"), 0)
+    with open(disk / "filler", "wb", buffering=0) as filler:
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                filler.write(b"x" * 4096)
+    handler = logging.getLogger().handlers[-1]
+    try:
+        logging.getLogger("orbax_like").warning("a line %s", "x" * 8192)
+        handler.flush()
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert handler.baseFilename == path
+    assert "Logging error" not in capsys.readouterr().err
+
+
 def test_every_process_of_a_multi_host_run_stops_when_the_workdir_is_taken(tmp_path):
     from tests.test_scale import _env, _free_port, _train_cmd
 
