@@ -24,11 +24,11 @@ def test_batched_features_equal_each_utterance_alone(family, norm):
     model = model_of(family, norm)
     rng = np.random.default_rng(0)
     waves = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(900, 6000, 9)]
+    outputs = [model(jnp.asarray(wave)[None], output_hidden_states=True) for wave in waves]  # each alone, once
     for layer in (None, 1, (0, 2)):
         batched = extract(model, waves, layer=layer, max_tokens=4 * 6000)
         assert len(batched) == len(waves)
-        for wave, features in zip(waves, batched):
-            out = model(jnp.asarray(wave)[None], output_hidden_states=True)
+        for out, features in zip(outputs, batched):
             if isinstance(layer, tuple):  # several layers: stacked, from one forward pass
                 alone = jnp.stack([out.hidden_states[i] for i in layer], axis=1)
             else:
