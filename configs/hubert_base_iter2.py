@@ -1,11 +1,11 @@
 """fairseq HuBERT base, iteration 2: k-means 500 on layer 6 of the iteration-1 model (50 Hz), 400k steps.
 
-    python -m hubert_jax.labels dump --model /ckpt/hubert_base_iter1/export --layer 6 \
-        --manifest /data/librispeech/train.tsv --out /data/feats/l6/train --rank R --world W
-    python -m hubert_jax.labels kmeans --feats /data/feats/l6/train --nshard W --clusters 500 --percent 0.1 \
+    python -m hubert_jax.labels dump --model /ckpt/hubert_base_iter1/export --layer 6 --percent 0.1 \
+        --manifest /data/librispeech/train.tsv --out /data/feats/l6_sample/train --rank R --world W
+    python -m hubert_jax.labels kmeans --feats /data/feats/l6_sample/train --nshard W --clusters 500 \
         --out /data/labels/km500.npy
-    python -m hubert_jax.labels label --feats /data/feats/l6/train --nshard W --centroids /data/labels/km500.npy \
-        --out /data/labels/l6_km500/train.km
+    python -m hubert_jax.labels label --model /ckpt/hubert_base_iter1/export --layer 6 --manifest /data/librispeech/train.tsv \
+        --centroids /data/labels/km500.npy --out /data/labels/l6_km500/train.km --rank R --world W
     python train.py --config configs/hubert_base_iter2.py --workdir /ckpt/hubert_base_iter2 \
         --config.data.train.manifest=/data/librispeech/train.tsv \
         --config.data.train.labels='("/data/labels/l6_km500/train.km",)' \

@@ -1,12 +1,12 @@
 """WavLM Base+ (arXiv 2110.13900): denoising masked prediction on a 12 x 768 WavLM encoder (gated relative
 position bias, 320 buckets, max distance 800), utterance mixing as in hubert_jax/data/mixing.py.
 
-    python -m hubert_jax.labels dump --model /ckpt/hubert_base_iter1/export --layer 6 \
-        --manifest /data/train.tsv --out /data/feats/l6/train --rank R --world W
-    python -m hubert_jax.labels kmeans --feats /data/feats/l6/train --nshard W --clusters 500 --percent 0.1 \
+    python -m hubert_jax.labels dump --model /ckpt/hubert_base_iter1/export --layer 6 --percent 0.1 \
+        --manifest /data/train.tsv --out /data/feats/l6_sample/train --rank R --world W
+    python -m hubert_jax.labels kmeans --feats /data/feats/l6_sample/train --nshard W --clusters 500 \
         --out /data/labels/km500.npy
-    python -m hubert_jax.labels label --feats /data/feats/l6/train --nshard W --centroids /data/labels/km500.npy \
-        --out /data/labels/l6_km500/train.km
+    python -m hubert_jax.labels label --model /ckpt/hubert_base_iter1/export --layer 6 --manifest /data/train.tsv \
+        --centroids /data/labels/km500.npy --out /data/labels/l6_km500/train.km --rank R --world W
     python train.py --config configs/wavlm_base_plus.py --workdir /ckpt/wavlm_base_plus \
         --config.data.train.manifest=/data/train.tsv \
         --config.data.train.labels='("/data/labels/l6_km500/train.km",)' \

@@ -107,3 +107,32 @@ def test_bad_arguments(setup, tmp_path):
     np.save(tmp_path / "wide.npy", np.zeros((4, 7), np.float32))
     with pytest.raises(ValueError, match=r"centroids of shape \(4, 7\) for a model of hidden size 32"):
         main(["label", *args, "--centroids", str(tmp_path / "wide.npy"), "--out", str(tmp_path / "x.km")])
+
+
+def test_kmeans_on_a_sample_dump_equals_kmeans_on_the_same_utterances_of_the_full_dump(setup, tmp_path):
+    """No full dump for k-means: `dump --percent` computes only the sampled utterances' features, and k-means on
+    them gives the centroids that `kmeans --percent` (the same utterances, drawn from the same seed) gives on the
+    full dump."""
+    from hubert_jax.labels.sample import frame_rows, sample_utterances
+
+    root, args = setup
+    common = args[:args.index("--centroids")]
+    assert main(["dump", *common, "--out", str(tmp_path / "sample"), "--rank", "0", "--world", "1",
+                 "--percent", "0.5", "--sample-seed", "3", "--chunk-size", "2"]) == 0
+    full, full_lengths = load_features(str(root / "feats_0_1"))
+    part, part_lengths = load_features(str(tmp_path / "sample_0_1"))
+    chosen = sample_utterances(8, 0.5, 3)
+    assert len(chosen) == 4 and part_lengths == [full_lengths[i] for i in chosen]
+    np.testing.assert_array_equal(part, full[frame_rows(full_lengths, chosen)])
+    fit = ["--clusters", "5", "--batch-size", "64", "--max-iter", "3", "--n-init", "2", "--seed", "3"]
+    assert main(["kmeans", "--feats", str(tmp_path / "sample_0_1"), *fit, "--out", str(tmp_path / "a.npy")]) == 0
+    assert main(["kmeans", "--feats", str(root / "feats_0_1"), "--percent", "0.5", *fit,
+                 "--out", str(tmp_path / "b.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    assert not np.array_equal(np.load(tmp_path / "a.npy"), np.load(root / "c.npy"))
+    with pytest.raises(ValueError, match=r"holds a sample of 0.5 of the manifest's utterances \(dump --percent\)"):
+        main(["label", "--feats", str(tmp_path / "sample_0_1"), "--centroids", str(tmp_path / "a.npy"),
+              "--out", str(tmp_path / "x.km")])
+    with pytest.raises(ValueError, match=r"--percent 0.01 takes 1 utterances, \d+ frames, fewer than --clusters 100000"):
+        main(["kmeans", "--feats", str(root / "feats_0_1"), "--percent", "0.01", "--clusters", "100000",
+              "--out", str(tmp_path / "c.npy")])

@@ -40,6 +40,7 @@ from hubert_jax.labels import provenance
 from hubert_jax.labels.features import (FeatureWriter, describe_rows, load_features, load_skipped, nonfinite_rows,
                                         write_skipped)
 from hubert_jax.labels.mfcc import mfcc_with_deltas
+from hubert_jax.labels.sample import frame_rows, sample_utterances
 from hubert_jax.progress import Progress, main_process
 from hubert_jax.lengths import SAMPLE_RATE
 
@@ -135,9 +136,13 @@ def cmd_kmeans(args) -> None:
 
     feats, lengths = load_features(args.feats, args.nshard)
     _output_folder(args.out)  # before the fit: a folder that cannot be made fails now, not after it
+    utterances = sample_utterances(len(lengths), args.percent, args.seed)  # whole utterances, as fairseq
+    rows = frame_rows(lengths, utterances) if len(utterances) < len(lengths) else None
+    take = len(feats) if rows is None else len(rows)
+    if take < args.clusters:
+        raise ValueError(f"{args.feats}: --percent {args.percent} takes {len(utterances)} utterances, {take} frames, "
+                         f"fewer than --clusters {args.clusters}: raise --percent")
     rng = np.random.default_rng(args.seed)
-    take = max(args.clusters, int(len(feats) * args.percent)) if args.percent < 1 else len(feats)
-    rows = np.sort(rng.choice(len(feats), take, replace=False)) if take < len(feats) else None
     bad = nonfinite_rows(feats, rows)
     if len(bad):  # a NaN frame would make a NaN centroid, and every frame's label the same
         print(f"{args.feats}: dropped {describe_rows(bad, lengths, _audio_paths(args.feats, args.nshard))}: NaN or "
@@ -152,7 +157,7 @@ def cmd_kmeans(args) -> None:
         mesh = make_mesh({"data": -1})
     start = time.perf_counter()
     centers = fit(feats, config, rows=rows, mesh=mesh,
-                  progress=lambda total: Progress(total, "k-means", unit="batch", enabled=main_process()))
+                  progress=lambda total: _kmeans_progress(total, args.max_iter))
     if jax.process_index() == 0:
         save_centroids(args.out, centers)
     elapsed = time.perf_counter() - start
@@ -161,10 +166,19 @@ def cmd_kmeans(args) -> None:
     if jax.process_index() == 0:
         provenance.write(args.out, {"stage": "kmeans", "feats": os.path.abspath(args.feats),
                                     "feats_made": _records(args.feats, args.nshard), "clusters": args.clusters,
-                                    "percent": args.percent, "seed": args.seed, "frames": int(take - len(bad))})
+                                    "percent": args.percent, "seed": args.seed, "utterances": len(utterances),
+                                    "frames": int(take - len(bad))})
     check = np.setdiff1d(check, bad)
-    print(f"{args.out}: {args.clusters} centroids from {take - len(bad)} frames in {elapsed:.1f} s; inertia per frame "
+    print(f"{args.out}: {args.clusters} centroids from {take - len(bad)} frames of {len(utterances)} utterances in "
+          f"{elapsed:.1f} s; inertia per frame "
           f"{per_frame:.4g}" + (f" (on {len(check)} frames)" if len(check) < len(feats) else ""))
+
+
+def _kmeans_progress(total: int, max_iter: int) -> Progress:
+    if main_process():  # the bar's total is max_iter passes; the early stop usually ends the fit far sooner
+        print(f"k-means: at most {total} batches ({max_iter} passes); it stops when converged, so the time "
+              f"left shown is an upper bound", file=sys.stderr)
+    return Progress(total, "k-means", unit="batch", enabled=main_process())
 
 
 def cmd_label(args) -> None:
@@ -183,12 +197,18 @@ def cmd_label(args) -> None:
     if args.model is not None:
         return _label_from_model(args)
     feats, lengths = load_features(args.feats, args.nshard)
+    records = _records(args.feats, args.nshard)
+    sampled = [r for r in (records if isinstance(records, list) else [records]) if r and r.get("percent", 1) < 1]
+    if sampled:
+        raise ValueError(f"label: {args.feats} holds a sample of {sampled[0]['percent']:g} of the manifest's "
+                         f"utterances (dump --percent), for k-means; a .km file needs every utterance: label "
+                         f"--model (no dump) or a dump without --percent")
     centers = load_centroids(args.centroids)
     _output_folder(args.out)
     if centers.shape[1] != feats.shape[1]:
         raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
                          f"in {args.feats}.npy")
-    made = {"stage": "label", "feats": os.path.abspath(args.feats), "feats_made": _records(args.feats, args.nshard),
+    made = {"stage": "label", "feats": os.path.abspath(args.feats), "feats_made": records,
             "centroids": os.path.abspath(args.centroids), "centroids_sha256": provenance.file_sha256(args.centroids)}
     rank, world = jax.process_index(), jax.process_count()
     first, last = shard_range(len(lengths), world, rank)
@@ -277,6 +297,10 @@ def cmd_dump(args) -> None:
     model = _model(args)
     entries = read_manifest(args.manifest)
     check_files_exist(args.manifest, entries)
+    sample = {}
+    if args.percent < 1:  # k-means' sample only: the other utterances' features are never computed
+        entries = [entries[i] for i in sample_utterances(len(entries), args.percent, args.sample_seed)]
+        sample = {"percent": args.percent, "sample_seed": args.sample_seed}
     rank = jax.process_index() if args.rank is None else args.rank
     world = jax.process_count() if args.world is None else args.world
     prefix = f"{args.out}_{rank}_{world}"
@@ -287,7 +311,7 @@ def cmd_dump(args) -> None:
     with Progress(last - first, f"dump layer {args.layer}", unit="utt", enabled=main_process()) as bar:
         stats = dump_features(model, entries, prefix, layer=args.layer, rank=rank, world=world,
                               chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
-                              progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | {
+                              progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | sample | {
                                   "model": os.path.abspath(args.model) if args.model else f"preset {args.preset}"})
     elapsed = time.perf_counter() - start
     print(f"{prefix}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
@@ -376,13 +400,18 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=64 * SAMPLE_RATE,
                    help="samples per model call (utterances are batched over a few padded lengths)")
     p.add_argument("--strict", action="store_true")
+    p.add_argument("--percent", type=float, default=1.0,
+                   help="dump only this fraction of the utterances, drawn by --sample-seed: k-means' sample, "
+                        "the same utterances as kmeans --percent P --seed S on a full dump")
+    p.add_argument("--sample-seed", type=int, default=0)
     p.set_defaults(func=cmd_dump)
     p = sub.add_parser("kmeans", help="fit mini-batch k-means on (a sample of) dumped features")
     p.add_argument("--feats", required=True)
     p.add_argument("--nshard", type=int, default=0, help="read the dump shards {feats}_{rank}_{nshard}")
     p.add_argument("--clusters", type=int, required=True)
     p.add_argument("--out", required=True, help="centroids .npy")
-    p.add_argument("--percent", type=float, default=1.0, help="fraction of frames to fit on (recipe: 0.1)")
+    p.add_argument("--percent", type=float, default=1.0,
+                   help="fraction of the utterances to fit on, drawn by --seed (fairseq's; recipe: 0.1)")
     p.add_argument("--batch-size", type=int, default=10000)
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--n-init", type=int, default=20)

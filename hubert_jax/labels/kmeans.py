@@ -223,8 +223,9 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
     With a mesh each batch is split over its devices; a mesh over several hosts (jax.distributed) has every
     host read only its part of each batch. Every host draws the same batches from the same seed.
     `progress(total)` makes a hubert_jax.progress.Progress over the mini-batches, which the fit advances."""
-    rows = np.arange(len(features)) if rows is None else np.sort(np.asarray(rows, np.int64))
-    n = len(rows)
+    rows = None if rows is None else np.sort(np.asarray(rows, np.int64))
+    n = len(features) if rows is None else len(rows)
+    pick = (lambda i: i) if rows is None else (lambda i: rows[i])  # no index array for all the rows
     if n < config.n_clusters:
         raise ValueError(f"{n} feature rows for {config.n_clusters} clusters: need at least as many rows")
     rng = np.random.default_rng(config.seed)
@@ -233,7 +234,7 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
 
     init_size = min(n, config.init_size or 3 * config.batch_size)
     init_rows = rng.choice(n, init_size, replace=False) if init_size < n else np.arange(n)
-    init_sample = np.asarray(features[rows[init_rows]], np.float32)
+    init_sample = np.asarray(features[pick(init_rows)], np.float32)
     keys = jax.random.split(key, config.n_init)
     best = kmeans_plus_plus(keys, jnp.asarray(init_sample), config.n_clusters)  # on each host, identically
     state = _State(best, jnp.zeros((config.n_clusters,), jnp.float32), jnp.asarray(jnp.inf),
@@ -243,12 +244,13 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
     batch_size = min(config.batch_size, n)
     steps = max(1, config.max_iter * n // batch_size)
     alpha = jnp.float32(min(1.0, batch_size * 2.0 / (n + 1)))
-    order, cursor = rng.permutation(n), 0
+    index = np.int32 if n < 2 ** 31 else np.int64  # 4 B a row; the same permutation as rng.permutation(n)
+    order, cursor = rng.permutation(np.arange(n, dtype=index)), 0
     bar = progress(steps) if progress is not None else None
     for step in range(steps):
         if cursor + batch_size > n:
-            order, cursor = rng.permutation(n), 0
-        idx = rows[np.sort(order[cursor: cursor + batch_size])]
+            order, cursor = rng.permutation(np.arange(n, dtype=index)), 0
+        idx = pick(np.sort(order[cursor: cursor + batch_size]).astype(np.int64))
         cursor += batch_size
         batch, weights = _place_rows(features, idx, sharding)
         state = minibatch_step(state, batch, weights, alpha, config.max_no_improvement)
