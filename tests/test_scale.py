@@ -263,38 +263,60 @@ def test_an_unreachable_coordinator_times_out_with_a_clear_message(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the label pipeline over hosts
-def test_kmeans_and_labelling_over_two_processes_equal_one_process(tmp_path):
-    """`labels kmeans` splits every mini-batch over both hosts' devices and `labels label` splits the
-    utterances between the hosts; centroids and .km file equal those of one process over 4 devices."""
-    from hubert_jax.labels.features import save_features
+def test_the_label_recipe_over_two_processes_equals_one_process(tmp_path):
+    """README's pod recipe for labels, command by command, on 2 processes x 2 devices (jax.distributed on
+    localhost) and on 1 process x 4 devices. Iteration 1: `mfcc` (a shard per host), `kmeans --nshard 2
+    --percent` (every mini-batch split over both hosts' devices), `label --feats` (the utterances split between
+    the hosts, the parts joined). Iteration 2 without a full dump: `dump --percent` (a sample shard per host),
+    `kmeans` on it, `label --model`. Centroids and .km files equal those of the one process."""
+    import hubert_jax
+    from flax import nnx
 
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(6, 5)) * 4
-    utterances = [centres[rng.integers(0, 6, n)] + rng.normal(size=(n, 5)) for n in rng.integers(20, 60, 40)]
-    save_features(str(tmp_path / "feats"), utterances, dims=5)
+    from tests.reference import TINY
 
-    def cmd(out, *extra):
-        fit = [sys.executable, "-m", "hubert_jax.labels", "kmeans", "--feats", str(tmp_path / "feats"),
-               "--clusters", "6", "--out", str(tmp_path / f"{out}.npy"), "--batch-size", "256", "--max-iter", "5",
-               "--n-init", "3", "--data-parallel", *extra]
-        label = [sys.executable, "-m", "hubert_jax.labels", "label", "--feats", str(tmp_path / "feats"),
-                 "--centroids", str(tmp_path / f"{out}.npy"), "--out", str(tmp_path / f"{out}.km"), *extra]
-        return fit, label
+    hubert_jax.HubertModel(hubert_jax.HubertConfig.from_dict(TINY), rngs=nnx.Rngs(0)).save_pretrained(
+        str(tmp_path / "it1"))
+    manifest = os.path.join(ROOT, "data", "demo", "valid.tsv")
+    fit = ["--batch-size", "256", "--max-iter", "5", "--n-init", "3"]
 
-    for step in (0, 1):
+    def stages(run, *hosts):
+        """The recipe's commands for one run (`one` or `two`); `hosts`: the multi-host flags."""
+        d, two = str(tmp_path / run), bool(hosts)
+        shard = ["--nshard", "2"] if two else ["--nshard", "1"]
+        mfcc = ["--out", f"{d}/mfcc"] + (["--rank", "0", "--world", "1"] if not two else [])  # one process: _0_1
+        return [["mfcc", "--manifest", manifest, *mfcc],
+                ["kmeans", "--feats", f"{d}/mfcc", *shard, "--percent", "0.5", "--clusters", "6", *fit,
+                 "--out", f"{d}/km6.npy"],
+                ["label", "--feats", f"{d}/mfcc", *shard, "--centroids", f"{d}/km6.npy", "--out", f"{d}/it1.km"],
+                ["dump", "--manifest", manifest, "--model", str(tmp_path / "it1"), "--layer", "2", "--percent",
+                 "0.5", "--max-tokens", "96000", "--out", f"{d}/l2_sample"],
+                ["kmeans", "--feats", f"{d}/l2_sample", *shard, "--clusters", "8", *fit, "--out", f"{d}/km8.npy"],
+                ["label", "--model", str(tmp_path / "it1"), "--layer", "2", "--manifest", manifest, "--max-tokens",
+                 "96000", "--centroids", f"{d}/km8.npy", "--out", f"{d}/it2.km"]]
+
+    for stage in range(6):
         port = _free_port()
-        procs = [subprocess.Popen(cmd("two", "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
-                                      "--process_id", str(i))[step], env=_env(2), stdout=subprocess.PIPE,
+        hosts = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
+        procs = [subprocess.Popen([sys.executable, "-m", "hubert_jax.labels", *stages("two", *hosts)[stage], *hosts,
+                                   "--process_id", str(i)], env=_env(2), stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, cwd=ROOT) for i in range(2)]
-        one = subprocess.run(cmd("one")[step], env=_env(4), capture_output=True, text=True, cwd=ROOT, timeout=300)
+        one = subprocess.run([sys.executable, "-m", "hubert_jax.labels", *stages("one")[stage]], env=_env(4),
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert one.returncode == 0, one.stderr[-3000:]
         for p in procs:
             out = p.communicate(timeout=300)[0]
             assert p.returncode == 0, out[-3000:]
-    np.testing.assert_allclose(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-5)
-    assert (tmp_path / "two.km").read_text() == (tmp_path / "one.km").read_text()
-    assert len((tmp_path / "two.km").read_text().splitlines()) == 40
-    assert not list(tmp_path.glob("two.km.part*"))  # the parts were joined and removed
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert sorted(p.name for p in two.glob("mfcc_*.npy")) == ["mfcc_0_2.npy", "mfcc_1_2.npy"]
+    for centroids in ("km6.npy", "km8.npy"):
+        # the all-reduce adds in another order: float noise, 1e-4 after 5 passes of 32-d features
+        np.testing.assert_allclose(np.load(two / centroids), np.load(one / centroids), rtol=1e-4, atol=1e-4)
+    for km in ("it1.km", "it2.km"):
+        assert (two / km).read_text() == (one / km).read_text(), km
+        assert len((two / km).read_text().splitlines()) == 27
+    assert not list(two.glob("it1.km.part*"))  # label --feats: process 0 joined the parts and removed them
+    # label --model: the last host done joined them; the parts stay (another host may be joining them too)
+    assert sorted(p.name for p in two.glob("it2.km.part?-of-2")) == ["it2.km.part0-of-2", "it2.km.part1-of-2"]
 
 
 def test_memory_benchmark_measures_the_compiled_sharded_step():
