@@ -59,6 +59,24 @@ def test_a_truncated_wav_is_a_damaged_file_skipped_with_a_count_or_stopped_under
         read_entry_audio(manifest, entry, normalize=False)
 
 
+def test_files_read_ahead_in_threads_come_in_order_with_the_same_skips_and_errors(tmp_path):
+    from hubert_jax.data.manifest import iter_audio
+
+    _truncated_wav(tmp_path / "cut.wav")
+    manifest, _ = _corpus(tmp_path, ["cut.wav\t48000", "gone.wav\t16000"], count=6)
+    entries = read_manifest(manifest) * 3  # 24 files: several windows of reads in flight
+    one_stream, one_skipped = iter_audio(entries, manifest=manifest)
+    one = list(one_stream)
+    many_stream, many_skipped = iter_audio(entries, manifest=manifest, threads=3)
+    many = list(many_stream)
+    assert [e.line for e, _ in many] == [e.line for e, _ in one] and len(one) == 18
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(one, many))
+    assert many_skipped == one_skipped and sorted(one_skipped) == [6, 7, 14, 15, 22, 23]
+    stream, _ = iter_audio(entries, manifest=manifest, threads=3, strict=True)
+    with pytest.raises(AudioError, match=r"m.tsv:8: .*cut.wav: damaged or truncated"):
+        next(e for e, _ in stream if e.line > 7)
+
+
 def test_a_manifest_count_that_disagrees_with_the_file_names_the_line_and_both_numbers(tmp_path, capsys):
     manifest, _ = _corpus(tmp_path)
     rows = open(manifest).read().splitlines()

@@ -61,7 +61,7 @@ def cmd_mfcc(args) -> None:
     prefix = f"{args.out}_{rank}_{world}" if sharded else args.out
     check_files_exist(args.manifest, entries)
     resampled_before = resampled_counts()
-    stream, skipped = iter_audio(entries, strict=args.strict, manifest=args.manifest)
+    stream, skipped = iter_audio(entries, strict=args.strict, manifest=args.manifest, threads=args.threads)
     batch, seconds, start = [], 0.0, time.perf_counter()
     bar = Progress(len(entries), "mfcc", unit="utt", enabled=main_process())
     with FeatureWriter(prefix, 39) as out:  # written as they come: memory holds one batch, not the corpus
@@ -382,6 +382,7 @@ def main(argv=None) -> int:
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="output prefix: {out}.npy and {out}.len")
     p.add_argument("--batch", type=int, default=32, help="utterances per vectorised batch")
+    p.add_argument("--threads", type=int, default=4, help="files read and decoded ahead in parallel")
     p.add_argument("--strict", action="store_true", help="stop at the first unusable audio file")
     p.add_argument("--rank", type=int, help="this host's shard, written to {out}_{rank}_{world} (default: "
                                             "jax.process_index(); one process without --rank/--world: {out})")

@@ -99,7 +99,7 @@ def _run_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max_t
             progress.update(len(chunk))
         if all(os.path.exists(path + s) for s in saved):
             continue  # done before an interruption
-        stream, skipped = iter_audio(chunk, strict=strict, manifest=manifest)
+        stream, skipped = iter_audio(chunk, strict=strict, manifest=manifest, threads=4)  # files decoded in parallel
         read = list(stream)
         # keyed by manifest line: a file may be listed twice
         by_line = dict(zip([entry.line for entry, _ in read],
