@@ -89,3 +89,14 @@ def test_curves_benchmark_prints_both_sides(tmp_path):
     assert "## hubert: fairseq (seeds 1, 2, 3)" in stdout, stdout
     assert table_row(stdout, "| train | 50 | accuracy_m |")[-1] in ("yes", "NO")
     assert "| steady state |" in stdout and "points outside fairseq's band:" in stdout
+
+
+def test_labels_benchmark_measures_every_stage_at_two_sizes(tmp_path):
+    """benchmarks/labels.py smoke-sized (36 and 72 s of audio, our stages only: fairseq lives in its own venv)."""
+    stdout = run_benchmark("labels.py", "--hours", "0.01", "0.02", "--clusters", "20", "--workdir", str(tmp_path))
+    for hours in ("0.01", "0.02"):
+        for stage in ("mfcc", "kmeans", "label"):
+            cells = table_row(stdout, f"| {hours} | {stage} | hubert-jax |")
+            assert float(cells[3]) > 0 and float(cells[5]) > 0, cells  # wall s, peak anonymous MB
+    assert re.search(r"\| hubert-jax \| [\d.]+ \| 0\.\d{3} \|", stdout), stdout  # inertia, PNMI
+    assert "growth of peak anonymous memory from 0.01 h to 0.02 h" in stdout and "on 32" in stdout, stdout
