@@ -179,3 +179,18 @@ def test_kmeans_never_returns_a_non_finite_centroid():
     x[17, 2] = np.nan
     with pytest.raises(ValueError, match="centroids are not finite"):
         fit(x, KMeansConfig(4, batch_size=50, max_iter=2, n_init=1))
+
+
+def test_rows_read_in_chunks_with_their_pages_released_equal_plain_indexing(tmp_path):
+    from hubert_jax.labels.features import Rows, read_rows, release_pages, save_features
+
+    rng = np.random.default_rng(0)
+    save_features(str(tmp_path / "a"), [rng.normal(size=(n, 7)) for n in (300, 5, 1200)], dims=7)
+    save_features(str(tmp_path / "b"), [rng.normal(size=(n, 7)) for n in (40, 900)], dims=7)
+    single, _ = load_features(str(tmp_path / "a"))
+    both = Rows([single, load_features(str(tmp_path / "b"))[0]])
+    for features in (single, both):
+        rows = np.sort(rng.choice(len(features), 500, replace=False))
+        np.testing.assert_array_equal(read_rows(features, rows, chunk=64), np.asarray(features[rows], np.float32))
+        release_pages(features)  # the map stays usable: the pages come back from the page cache
+        np.testing.assert_array_equal(np.asarray(features[rows[:3]]), read_rows(features, rows[:3]))

@@ -38,7 +38,7 @@ from hubert_jax.data.audio import resampled_counts, resampled_summary
 from hubert_jax.cli_errors import prog_name
 from hubert_jax.labels import provenance
 from hubert_jax.labels.features import (FeatureWriter, describe_rows, load_features, load_skipped, nonfinite_rows,
-                                        write_skipped)
+                                        read_rows, write_skipped)
 from hubert_jax.labels.mfcc import mfcc_with_deltas
 from hubert_jax.labels.sample import frame_rows, sample_utterances
 from hubert_jax.progress import Progress, main_process
@@ -162,7 +162,7 @@ def cmd_kmeans(args) -> None:
         save_centroids(args.out, centers)
     elapsed = time.perf_counter() - start
     check = np.sort(rng.choice(len(feats), min(len(feats), 200000), replace=False))  # inertia on a sample
-    per_frame = inertia(feats[check], centers, mesh=mesh) / len(check)
+    per_frame = inertia(read_rows(feats, check), centers, mesh=mesh) / len(check)
     if jax.process_index() == 0:
         provenance.write(args.out, {"stage": "kmeans", "feats": os.path.abspath(args.feats),
                                     "feats_made": _records(args.feats, args.nshard), "clusters": args.clusters,

@@ -76,6 +76,28 @@ def save_features(prefix: str, features: list[np.ndarray], dims: int, skipped: d
             out.add(x, skipped=(skipped or {}).get(index))
 
 
+def release_pages(features) -> None:
+    """Drop the pages of memory-mapped features (an np.load(mmap_mode="r") array or `Rows` of them) from this
+    process' resident set. The page cache keeps them, so a later read costs no disk access; but a pass over
+    the corpus then holds about one chunk's pages, not every page it has read, in its RSS."""
+    import mmap
+
+    for part in (features.parts if isinstance(features, Rows) else [features]):
+        mapping = getattr(part, "_mmap", None)
+        if mapping is not None and not mapping.closed:
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def read_rows(features, rows: np.ndarray, *, chunk: int = 1 << 14) -> np.ndarray:
+    """features[rows] for ascending `rows`, read `chunk` rows at a time with the pages released after each
+    (scattered rows would otherwise leave most of a memory-mapped file resident)."""
+    out = np.empty((len(rows), features.shape[1]), np.float32)
+    for start in range(0, len(rows), chunk):
+        out[start: start + chunk] = features[rows[start: start + chunk]]
+        release_pages(features)
+    return out
+
+
 class Rows:
     """Memory-mapped feature files read as one (N, d) array without concatenating them: slices and sorted
     or unsorted integer row indices read only the rows asked for."""
@@ -156,6 +178,7 @@ def nonfinite_rows(feats, rows: np.ndarray | None = None, *, chunk: int = 1 << 1
         index = np.arange(start, min(start + chunk, total)) if rows is None else rows[start: start + chunk]
         block = np.asarray(feats[index[0]: index[-1] + 1] if rows is None else feats[index])
         bad.append(index[~np.isfinite(block).all(axis=1)])
+        release_pages(feats)
     return np.concatenate(bad) if bad else np.zeros((0,), np.int64)
 
 

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hubert_jax.labels.features import read_rows, release_pages
+
 
 @dataclasses.dataclass(frozen=True)
 class KMeansConfig:
@@ -200,6 +202,7 @@ def label_utterances(features, lengths: list[int], centers, *, first: int = 0, l
             v += 1
         labels = predict(features, centers, chunk=chunk, start=int(offsets[u]), stop=int(offsets[v]),
                          progress=progress)
+        release_pages(features)  # RSS holds one group's pages, not every page read so far
         yield from np.split(labels, np.cumsum(lengths[u:v])[:-1])
         u = v
 
@@ -234,7 +237,9 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
 
     init_size = min(n, config.init_size or 3 * config.batch_size)
     init_rows = rng.choice(n, init_size, replace=False) if init_size < n else np.arange(n)
-    init_sample = np.asarray(features[pick(init_rows)], np.float32)
+    ascending = np.argsort(init_rows, kind="stable")  # read in file order, used in the drawn order
+    init_sample = np.empty((len(init_rows), features.shape[1]), np.float32)
+    init_sample[ascending] = read_rows(features, pick(init_rows[ascending]))
     keys = jax.random.split(key, config.n_init)
     best = kmeans_plus_plus(keys, jnp.asarray(init_sample), config.n_clusters)  # on each host, identically
     state = _State(best, jnp.zeros((config.n_clusters,), jnp.float32), jnp.asarray(jnp.inf),
@@ -256,6 +261,8 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
         state = minibatch_step(state, batch, weights, alpha, config.max_no_improvement)
         if bar is not None:
             bar.update()
+        if step % 50 == 49:
+            release_pages(features)  # the pages of 50 batches' rows, not of every row read so far
         if step % 50 == 49 and bool(state.stopped):  # a sync every 50 batches, not every batch
             if verbose:
                 print(f"k-means: converged within {step + 1} batches")
