@@ -135,18 +135,14 @@ def _read_ahead(read, items, threads: int):
     """read(item) for each item, in order, with up to 2 * threads reads in flight."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
 
     with ThreadPoolExecutor(threads, thread_name_prefix="read_audio") as pool:
-        items, pending = iter(items), deque()
-        for item in items:
-            pending.append(pool.submit(read, item))
-            if len(pending) == 2 * threads:
-                break
+        items = iter(items)
+        pending = deque(pool.submit(read, item) for item in islice(items, 2 * threads))
         while pending:
             result = pending.popleft().result()
-            for item in items:  # one more in flight for the one taken
-                pending.append(pool.submit(read, item))
-                break
+            pending.extend(pool.submit(read, item) for item in islice(items, 1))  # one more for the one taken
             yield result
 
 
