@@ -1,7 +1,14 @@
 import os
+import subprocess
+import sys
 
-# 8 simulated devices for the multi-device tests; must be set before jax is imported
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import pytest
+
+from tests.environment import subprocess_env, xla_flags
+
+# 8 simulated devices for the multi-device tests, compiled fast (tests/environment.py); must be set before jax
+# is imported
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # compiled programs are cached on disk, so the many short training runs (in process and in the train.py
 # subprocesses, which inherit this) compile each program once
@@ -33,3 +40,27 @@ def pytest_collection_modifyitems(config, items):
         return next((i for i, prefix in enumerate(SLOW_FIRST) if item.nodeid.startswith(prefix)), len(SLOW_FIRST))
 
     items.sort(key=rank)  # stable: collection order within each rank
+
+
+# A test marked `xla_defaults(reason)` runs in a child pytest under XLA's default CPU compiler (tests/environment.py):
+# the ones that run hundreds of steps, where execution and not compilation takes the time, and the ones whose
+# expected bits were written under the default compiler. The reason is shown when the child fails.
+CHILD = "HUBERT_JAX_TEST_CHILD"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xla_defaults(reason): run in a child pytest under XLA's default CPU "
+                                       "compiler (tests/conftest.py)")
+
+
+def pytest_pyfunc_call(pyfuncitem):
+    marker = pyfuncitem.get_closest_marker("xla_defaults")
+    if marker is None or os.environ.get(CHILD):
+        return None
+    env = dict(subprocess_env(8, optimise=True), **{CHILD: "1"})
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+                          cwd=str(pyfuncitem.config.rootpath), env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"in a child pytest under XLA's default compiler ({marker.args[0]}):\n"
+                    f"{done.stdout[-8000:]}\n{done.stderr[-2000:]}", pytrace=False)
+    return True

@@ -203,15 +203,16 @@ def test_two_processes_train_like_one_with_buckets(tmp_path):
     import subprocess
 
     from hubert_jax.training.run import restore_latest
-    from tests.test_scale import _assert_params_close, _env, _free_port, _train_cmd
+    from tests.environment import subprocess_env
+    from tests.test_scale import _assert_params_close, _free_port, _train_cmd
 
     flags = bucket_flags(tmp_path / "corpus")
     port = _free_port()
     procs = [subprocess.Popen(_train_cmd(tmp_path / "two", *flags, "--coordinator_address", f"127.0.0.1:{port}",
                                          "--num_processes", "2", "--process_id", str(i)),
-                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    one = subprocess.run(_train_cmd(tmp_path / "one", *flags), env=_env(4), capture_output=True, text=True,
+    one = subprocess.run(_train_cmd(tmp_path / "one", *flags), env=subprocess_env(4), capture_output=True, text=True,
                          timeout=600)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert one.returncode == 0, one.stderr[-3000:]

@@ -114,6 +114,7 @@ def test_the_recorded_fairseq_run_used_our_configs_settings(objective):
     assert settings["model"]["layer_norm_first"] is False and settings["model"]["conv_bias"] is False
 
 
+@pytest.mark.xla_defaults("600 training steps")
 def test_hubert_learns_as_fairseq(tmp_path):
     """600 updates of the demo's HuBERT on fairseq's labels: every 100 updates the train windows' masked and
     unmasked accuracy and loss, and the final valid accuracies, lie in fairseq's band; the mean masked
@@ -136,6 +137,7 @@ def test_hubert_learns_as_fairseq(tmp_path):
     assert min(theirs) - 0.005 <= mine <= max(theirs) + 0.005, (mine, theirs)
 
 
+@pytest.mark.xla_defaults("600 training steps")
 def test_wav2vec2_learns_as_fairseq(tmp_path):
     """600 updates of the wav2vec 2.0 demo's settings. fairseq's contrastive accuracy sits at chance (1 / 101
     with 100 distractors) until a seed-dependent update between 250 and 450 and then rises within a few

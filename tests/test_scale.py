@@ -25,6 +25,7 @@ from hubert_jax.training.checkpoint import flatten
 from hubert_jax.training.run import restore_latest, run
 from hubert_jax.training.tasks import make_trainer
 from hubert_jax.training.tasks.base import crop_config
+from tests.environment import subprocess_env
 from tests.tiny_config import ROOT, get_config
 
 
@@ -153,12 +154,6 @@ def _train_cmd(workdir, *extra):
             "--config.train.eval_every=100", *extra]
 
 
-def _env(devices: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONUNBUFFERED="1")
-    env.pop("JAX_COORDINATOR_ADDRESS", None)
-    return env
-
-
 def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path):
     """2 processes x 2 devices (jax.distributed on localhost, gloo collectives) against 1 process x 4
     devices, global batch 8, both starting from the same exported model (--config.model.init_from, which
@@ -171,9 +166,9 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     port = _free_port()
     procs = [subprocess.Popen(_train_cmd(tmp_path / "two", init_from, "--coordinator_address", f"127.0.0.1:{port}",
                                          "--num_processes", "2", "--process_id", str(i)),
-                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    one = subprocess.run(_train_cmd(tmp_path / "one", init_from), env=_env(4), capture_output=True, text=True,
+    one = subprocess.run(_train_cmd(tmp_path / "one", init_from), env=subprocess_env(4), capture_output=True, text=True,
                          timeout=600)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert one.returncode == 0, one.stderr[-3000:]
@@ -255,7 +250,7 @@ def test_an_unreachable_coordinator_times_out_with_a_clear_message(tmp_path):
     # and through train.py: a clean error and exit, not a hang or a C++ abort
     out = subprocess.run(_train_cmd(tmp_path, "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
                                     "--process_id", "1", "--init_timeout", "2"),
-                         env=_env(1), capture_output=True, text=True, timeout=600)
+                         env=subprocess_env(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith(f"train.py: the coordinator 127.0.0.1:{port} did not answer within 2 s"), out.stderr[-2000:]
@@ -298,9 +293,9 @@ def test_the_label_recipe_over_two_processes_equals_one_process(tmp_path):
         port = _free_port()
         hosts = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
         procs = [subprocess.Popen([sys.executable, "-m", "hubert_jax.labels", *stages("two", *hosts)[stage], *hosts,
-                                   "--process_id", str(i)], env=_env(2), stdout=subprocess.PIPE,
+                                   "--process_id", str(i)], env=subprocess_env(2), stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, cwd=ROOT) for i in range(2)]
-        one = subprocess.run([sys.executable, "-m", "hubert_jax.labels", *stages("one")[stage]], env=_env(4),
+        one = subprocess.run([sys.executable, "-m", "hubert_jax.labels", *stages("one")[stage]], env=subprocess_env(4),
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert one.returncode == 0, one.stderr[-3000:]
         for p in procs:

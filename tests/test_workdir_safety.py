@@ -406,13 +406,14 @@ def test_run_log_on_a_full_disk_drops_its_lines_without_a_traceback(small_disk, 
 
 
 def test_every_process_of_a_multi_host_run_stops_when_the_workdir_is_taken(tmp_path):
-    from tests.test_scale import _env, _free_port, _train_cmd
+    from tests.environment import subprocess_env
+    from tests.test_scale import _free_port, _train_cmd
 
     port = _free_port()
     with WorkdirLock(str(tmp_path / "run")):  # a live run holds the workdir
         procs = [subprocess.Popen(_train_cmd(tmp_path / "run", "--coordinator_address", f"127.0.0.1:{port}",
                                              "--num_processes", "2", "--process_id", str(i)),
-                                  env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for i in range(2)]
         outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [1, 1], outputs
