@@ -88,7 +88,7 @@ def release_pages(features) -> None:
             mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def read_rows(features, rows: np.ndarray, *, chunk: int = 1 << 14) -> np.ndarray:
+def read_rows(features, rows: np.ndarray, *, chunk: int = 1 << 10) -> np.ndarray:
     """features[rows] for ascending `rows`, read `chunk` rows at a time with the pages released after each
     (scattered rows would otherwise leave most of a memory-mapped file resident)."""
     out = np.empty((len(rows), features.shape[1]), np.float32)

@@ -133,14 +133,19 @@ def _place_rows(features, idx: np.ndarray, sharding):
         positions = np.arange(total)[index[0]]
         out = np.zeros((len(positions), d), np.float32)
         real = positions < n
-        if real.any():
-            out[real] = np.asarray(features[idx[positions[real]]], np.float32)
+        if real.any():  # ascending rows, their pages released as they are read
+            out[real] = read_rows(features, idx[positions[real]])
         return out
 
     if sharding is None:
         return jnp.asarray(rows((slice(None),))), jnp.asarray(weights)
     return (jax.make_array_from_callback((total, d), sharding, rows),
             jax.make_array_from_callback((total,), sharding, lambda index: weights[index]))
+
+
+@jax.jit
+def _nearest(x, centers):
+    return assign(x, centers)[0].astype(jnp.int32)
 
 
 @jax.jit
@@ -182,7 +187,7 @@ def predict(features, centers, *, chunk: int = 65536, start: int = 0, stop: int 
         # rows padded to a power of two (at most `chunk`): calls of any size reuse a few compiled shapes
         padded = np.zeros((min(chunk, 1 << max(0, len(rows) - 1).bit_length()), rows.shape[1]), np.float32)
         padded[: len(rows)] = rows
-        out.append(np.asarray(assign(jnp.asarray(padded), centers)[0])[: len(rows)])
+        out.append(np.asarray(_nearest(padded, centers))[: len(rows)])
         if progress is not None:
             progress.update(len(rows))
     return np.concatenate(out) if out else np.zeros((0,), np.int32)
@@ -261,8 +266,6 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
         state = minibatch_step(state, batch, weights, alpha, config.max_no_improvement)
         if bar is not None:
             bar.update()
-        if step % 50 == 49:
-            release_pages(features)  # the pages of 50 batches' rows, not of every row read so far
         if step % 50 == 49 and bool(state.stopped):  # a sync every 50 batches, not every batch
             if verbose:
                 print(f"k-means: converged within {step + 1} batches")
