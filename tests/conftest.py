@@ -58,8 +58,8 @@ def pytest_pyfunc_call(pyfuncitem):
     if marker is None or os.environ.get(CHILD):
         return None
     env = dict(subprocess_env(8, optimise=True), **{CHILD: "1"})
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", pyfuncitem.nodeid],
-                          cwd=str(pyfuncitem.config.rootpath), env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", pyfuncitem.nodeid]
+    done = subprocess.run(command, cwd=str(pyfuncitem.config.rootpath), env=env, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.fail(f"in a child pytest under XLA's default compiler ({marker.args[0]}):\n"
                     f"{done.stdout[-8000:]}\n{done.stderr[-2000:]}", pytrace=False)
