@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from hubert_jax.training.run import run
+from hubert_jax.training.run import restore_latest, run
 from hubert_jax.training.tasks import registered, task_class
 from hubert_jax.training.tasks.base import Task
 from tests import tiny_config
@@ -69,24 +69,37 @@ def test_per_layer_distillation_losses_reach_the_logs(tmp_path):
     assert lines and all({"layer4", "layer8", "layer12", "rec_loss", "cosine"} <= set(line) for line in lines)
 
 
-@pytest.mark.xla_defaults("the fixture's steps were computed by the default compiler, and the bits depend on it")
-def test_a_checkpoint_written_before_the_tasks_resumes_bit_identically(tmp_path):
+def test_a_checkpoint_written_before_the_tasks_resumes_where_it_stopped(tmp_path):
     """tests/fixtures/pre_tasks_run: steps 1 and 3 of tests/tiny_config.py (train.steps=6, 8 host devices as
     tests/conftest.py sets) written by commit 4776351,
     before the trainer and the tasks were split out of pretrain.py / loop.py (run(cfg, dir, stop_after=3)).
     Re-written (issue 23) by that commit's code with only the two numerical changes made since applied to it
     (the hubert loss's sample size with unmasked frames scored; fairseq's initialisation of the feature
     projection and positional conv in HubertForPreTraining, hubert_jax/models/frontend.py), since a fresh
-    run now trains with them: the files are still the old code's layout."""
+    run now trains with them: the files are still the old code's layout.
+
+    Today's code reads the old layout (state, optimiser, step, data position) and carries on as a fresh run on
+    this machine does. Not bit for bit: XLA's CPU code, hence the last bits, depends on the CPU (the largest gap
+    between a fresh step 3 or 6 and the fixture's, on an AMD EPYC without AVX-512: 2.4e-7 under XLA's default
+    flags, 3.6e-7 with its optimisation passes off, as tests run). A misread field is far outside the tolerance: one update moves a weight by about the learning
+    rate (1e-3), a wrong data position or step count changes every weight by that much. Resuming bit for bit
+    on one machine is test_train.py::test_resume_in_process_is_bit_identical."""
     import shutil
 
     import jax
 
+    def close(a, b):
+        for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
     shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "pre_tasks_run"), tmp_path / "old")
     cfg = tiny_config.get_config()
     cfg.train.steps = 6
+    _, old_step_3 = restore_latest(cfg, str(tmp_path / "old"), 3)
+    fresh = run(cfg, str(tmp_path / "fresh"), stop_after=3)
+    assert fresh.step == 3
+    close(old_step_3, fresh.state)
     resumed = run(cfg, str(tmp_path / "old"))
     fresh = run(cfg, str(tmp_path / "fresh"))
     assert resumed.step == fresh.step == 6
-    for a, b in zip(jax.tree.leaves(jax.device_get(resumed.state)), jax.tree.leaves(jax.device_get(fresh.state))):
-        np.testing.assert_array_equal(a, b)
+    close(resumed.state, fresh.state)
