@@ -3,7 +3,6 @@ counted) with a message that names the file or line and what was expected."""
 
 import logging
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -176,7 +176,8 @@ def test_kill_9_then_restart_is_bit_identical_with_buckets(tmp_path):
     import subprocess
 
     from hubert_jax.training.run import restore_latest, run
-    from tests.test_train import ROOT, TRAIN, _start, _wait_for_step, assert_same_params
+    from tests.processes import TRAIN, start, wait_for_step
+    from tests.test_train import ROOT, assert_same_params
 
     corpus = tmp_path / "corpus"
     reference = run(bucketed_config(corpus), str(tmp_path / "reference"))
@@ -184,8 +185,8 @@ def test_kill_9_then_restart_is_bit_identical_with_buckets(tmp_path):
     kill_at = int(np.random.default_rng(99).integers(2, 10))
     flags = bucket_flags(corpus) + ["--config.train.checkpoint_every=1"]
     (tmp_path / "run").mkdir()
-    proc = _start(tmp_path / "run", *flags)
-    _wait_for_step(proc, tmp_path / "run", kill_at)
+    proc = start(tmp_path / "run", *flags)
+    wait_for_step(proc, tmp_path / "run", kill_at)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = subprocess.run(TRAIN + ["--workdir", str(tmp_path / "run"), *flags], capture_output=True, text=True,
@@ -204,15 +205,15 @@ def test_two_processes_train_like_one_with_buckets(tmp_path):
 
     from hubert_jax.training.run import restore_latest
     from tests.environment import subprocess_env
-    from tests.test_scale import _assert_params_close, _free_port, _train_cmd
+    from tests.processes import assert_params_close, free_port, train_command
 
     flags = bucket_flags(tmp_path / "corpus")
-    port = _free_port()
-    procs = [subprocess.Popen(_train_cmd(tmp_path / "two", *flags, "--coordinator_address", f"127.0.0.1:{port}",
+    port = free_port()
+    procs = [subprocess.Popen(train_command(tmp_path / "two", *flags, "--coordinator_address", f"127.0.0.1:{port}",
                                          "--num_processes", "2", "--process_id", str(i)),
                               env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    one = subprocess.run(_train_cmd(tmp_path / "one", *flags), env=subprocess_env(4), capture_output=True, text=True,
+    one = subprocess.run(train_command(tmp_path / "one", *flags), env=subprocess_env(4), capture_output=True, text=True,
                          timeout=600)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert one.returncode == 0, one.stderr[-3000:]
@@ -223,4 +224,4 @@ def test_two_processes_train_like_one_with_buckets(tmp_path):
     _, two = restore_latest(cfg, str(tmp_path / "two"))
     _, single = restore_latest(cfg, str(tmp_path / "one"))
     assert int(two["step"]) == int(single["step"]) == 4
-    _assert_params_close(two["params"], single["params"])
+    assert_params_close(two["params"], single["params"])

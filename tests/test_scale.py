@@ -5,7 +5,6 @@ Everything runs on the 8 simulated CPU devices of tests/conftest.py; the multi-p
 processes that join through jax.distributed on localhost."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,8 @@ from hubert_jax.training.run import restore_latest, run
 from hubert_jax.training.tasks import make_trainer
 from hubert_jax.training.tasks.base import crop_config
 from tests.environment import subprocess_env
+from tests.processes import assert_params_close, free_port, train_command
 from tests.tiny_config import ROOT, get_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _max_rel_diff(a, b) -> float:
@@ -40,14 +34,6 @@ def _max_rel_diff(a, b) -> float:
     the key biases are exactly 0 in theory, float noise of ~1e-11 in practice)."""
     return max(jax.tree.leaves(jax.tree.map(
         lambda x, y: float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(y))), 1e-6)), a, b)))
-
-
-def _assert_params_close(a, b):
-    """float32 agreement after a few Adam steps. Adam turns the key biases' float-noise gradients
-    (~1e-11, zero in theory) into updates of ~1e-8, hence the absolute tolerance."""
-    flat_b = flatten(jax.device_get(b))
-    for path, x in flatten(jax.device_get(a)).items():
-        np.testing.assert_allclose(x, flat_b[path], rtol=1e-4, atol=1e-6, err_msg=path)
 
 
 # ----------------------------------------------------------------------------- the XLA workaround
@@ -124,7 +110,7 @@ def test_sharded_step_equals_the_single_device_step(single_device, name):
     ref_loss, ref_grads, ref_params = single_device
     assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
     assert _max_rel_diff(grads, ref_grads) < 1e-4
-    _assert_params_close(state["params"], ref_params)
+    assert_params_close(state["params"], ref_params)
 
     # the parameters are laid out as the rules ask: per-device shard shapes of the tiny model (hidden 32,
     # feed-forward 64); q_proj is (embed, heads), intermediate_dense (embed, mlp)
@@ -148,12 +134,6 @@ def test_sharded_step_equals_the_single_device_step(single_device, name):
 
 
 # ----------------------------------------------------------------------------- several processes
-def _train_cmd(workdir, *extra):
-    return [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "tests/tiny_config.py"),
-            "--workdir", str(workdir), "--config.train.steps=4", "--config.train.checkpoint_every=4",
-            "--config.train.eval_every=100", *extra]
-
-
 def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path):
     """2 processes x 2 devices (jax.distributed on localhost, gloo collectives) against 1 process x 4
     devices, global batch 8, both starting from the same exported model (--config.model.init_from, which
@@ -163,12 +143,12 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     trainer = make_trainer(cfg, mesh_from_config(dict(data=-1)))
     start = trainer.export(trainer.init(), str(tmp_path / "start"))
     init_from = f"--config.model.init_from={start}"
-    port = _free_port()
-    procs = [subprocess.Popen(_train_cmd(tmp_path / "two", init_from, "--coordinator_address", f"127.0.0.1:{port}",
+    port = free_port()
+    procs = [subprocess.Popen(train_command(tmp_path / "two", init_from, "--coordinator_address", f"127.0.0.1:{port}",
                                          "--num_processes", "2", "--process_id", str(i)),
                               env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    one = subprocess.run(_train_cmd(tmp_path / "one", init_from), env=subprocess_env(4), capture_output=True, text=True,
+    one = subprocess.run(train_command(tmp_path / "one", init_from), env=subprocess_env(4), capture_output=True, text=True,
                          timeout=600)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert one.returncode == 0, one.stderr[-3000:]
@@ -180,7 +160,7 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     _, two = restore_latest(cfg, str(tmp_path / "two"))
     _, single = restore_latest(cfg, str(tmp_path / "one"))
     assert int(two["step"]) == int(single["step"]) == 4
-    _assert_params_close(two["params"], single["params"])
+    assert_params_close(two["params"], single["params"])
     assert "initialised from" in (tmp_path / "two" / "metrics.jsonl").read_text() + outs[0]
     # only process 0 writes the logs
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
@@ -242,13 +222,13 @@ def test_every_host_reads_its_rows_of_the_same_global_batches():
 
 
 def test_an_unreachable_coordinator_times_out_with_a_clear_message(tmp_path):
-    port = _free_port()  # nothing listens here
+    port = free_port()  # nothing listens here
     start = time.monotonic()
     with pytest.raises(CoordinatorUnreachable, match=rf"127.0.0.1:{port} did not answer within 1 s"):
         wait_for_coordinator(f"127.0.0.1:{port}", 1)
     assert time.monotonic() - start < 10
     # and through train.py: a clean error and exit, not a hang or a C++ abort
-    out = subprocess.run(_train_cmd(tmp_path, "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+    out = subprocess.run(train_command(tmp_path, "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
                                     "--process_id", "1", "--init_timeout", "2"),
                          env=subprocess_env(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 1
@@ -290,7 +270,7 @@ def test_the_label_recipe_over_two_processes_equals_one_process(tmp_path):
                  "96000", "--centroids", f"{d}/km8.npy", "--out", f"{d}/it2.km"]]
 
     for stage in range(6):
-        port = _free_port()
+        port = free_port()
         hosts = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
         procs = [subprocess.Popen([sys.executable, "-m", "hubert_jax.labels", *stages("two", *hosts)[stage], *hosts,
                                    "--process_id", str(i)], env=subprocess_env(2), stdout=subprocess.PIPE,

@@ -7,7 +7,6 @@ import os
 import re
 
 import numpy as np
-import pytest
 
 from hubert_jax.training.run import restore_latest, run
 from hubert_jax.training.tasks import registered, task_class

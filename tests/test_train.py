@@ -5,8 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -15,9 +13,9 @@ import pytest
 from hubert_jax.training.hooks import NonFiniteLoss
 from hubert_jax.training.run import restore_latest, run
 from tests import tiny_config
+from tests.processes import TRAIN, output, start, wait_for_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "tests", "tiny_config.py")]
 
 
 def params_of(state):
@@ -47,40 +45,11 @@ def test_resume_in_process_is_bit_identical(reference, tmp_path):
     assert all(np.isfinite(x["loss"]) for x in lines)
 
 
-def _progress(workdir) -> int:
-    try:
-        lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
-    except FileNotFoundError:
-        return 0
-    return max((json.loads(x)["step"] for x in lines if x.strip().endswith("}")), default=0)
-
-
-def _start(workdir, *extra):
-    log = open(os.path.join(workdir, "train.log"), "w")  # a file: a full pipe would block the run
-    return subprocess.Popen(TRAIN + ["--workdir", str(workdir), *extra], stdout=log, stderr=subprocess.STDOUT,
-                            text=True, cwd=ROOT)
-
-
-def _output(workdir) -> str:
-    return open(os.path.join(workdir, "train.log")).read()
-
-
-def _wait_for_step(proc, workdir, step, timeout=300):
-    deadline = time.time() + timeout
-    while _progress(workdir) < step:
-        if proc.poll() is not None:
-            raise AssertionError(f"train.py exited early ({proc.returncode}):\n{_output(workdir)[-3000:]}")
-        if time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"train.py made no progress:\n{_output(workdir)[-3000:]}")
-        time.sleep(0.05)
-
-
 def test_kill_9_at_a_random_step_then_restart_is_bit_identical(reference, tmp_path):
     # saves every step, so the kill most likely lands during an (async) save as well
     kill_at = int(np.random.default_rng(1234).integers(2, 10))
-    proc = _start(tmp_path, "--config.train.checkpoint_every=1")
-    _wait_for_step(proc, tmp_path, kill_at)
+    proc = start(tmp_path, "--config.train.checkpoint_every=1")
+    wait_for_step(proc, tmp_path, kill_at)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -100,12 +69,12 @@ def test_kill_9_at_a_random_step_then_restart_is_bit_identical(reference, tmp_pa
 
 @pytest.mark.parametrize("sig,name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
 def test_sigterm_or_ctrl_c_saves_a_complete_checkpoint_and_exits_cleanly(tmp_path, sig, name):
-    proc = _start(tmp_path, "--config.train.steps=400", "--config.train.checkpoint_every=1000",
+    proc = start(tmp_path, "--config.train.steps=400", "--config.train.checkpoint_every=1000",
                   "--config.optim.schedule.total_steps=400")
-    _wait_for_step(proc, tmp_path, 3)
+    wait_for_step(proc, tmp_path, 3)
     proc.send_signal(sig)
     proc.wait(timeout=300)
-    out = _output(tmp_path)
+    out = output(tmp_path)
     assert proc.returncode == 0, out[-3000:]
     assert f"preempted ({name}): saved step" in out
     assert "Traceback" not in out

@@ -19,7 +19,8 @@ from hubert_jax.training.checkpoint import CheckpointDamaged, IncompatibleCheckp
 from hubert_jax.training.run import restore_latest, run
 from hubert_jax.training.workdir_lock import LockLost, WorkdirBusy, WorkdirLock
 from tests import tiny_config
-from tests.test_train import ROOT, TRAIN, assert_same_params, reference  # noqa: F401 (the fixture)
+from tests.processes import TRAIN
+from tests.test_train import ROOT, assert_same_params, reference  # noqa: F401 (the fixture)
 
 
 def _steps(workdir) -> list[int]:
@@ -407,11 +408,11 @@ def test_run_log_on_a_full_disk_drops_its_lines_without_a_traceback(small_disk, 
 
 def test_every_process_of_a_multi_host_run_stops_when_the_workdir_is_taken(tmp_path):
     from tests.environment import subprocess_env
-    from tests.test_scale import _free_port, _train_cmd
+    from tests.processes import free_port, train_command
 
-    port = _free_port()
+    port = free_port()
     with WorkdirLock(str(tmp_path / "run")):  # a live run holds the workdir
-        procs = [subprocess.Popen(_train_cmd(tmp_path / "run", "--coordinator_address", f"127.0.0.1:{port}",
+        procs = [subprocess.Popen(train_command(tmp_path / "run", "--coordinator_address", f"127.0.0.1:{port}",
                                              "--num_processes", "2", "--process_id", str(i)),
                                   env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for i in range(2)]
