@@ -1,6 +1,7 @@
 """The label stages end to end on the shipped corpus, and their errors for bad input."""
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -163,8 +164,10 @@ def test_non_finite_feature_frames_are_dropped_by_kmeans_with_a_count_and_refuse
     capsys.readouterr()
     assert main(["kmeans", "--feats", feats, "--clusters", "8", "--out", str(tmp_path / "c.npy"), "--n-init", "2",
                  "--max-iter", "3"]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"dropped 2 frames of 1 utterance(s) (utterance 2 ({entries[2].path}): 2 frames): NaN or infinite" in err
+    per_frame = re.search(r"inertia per frame (\S+) \(on (\d+) frames\)", out)  # the sample without those 2
+    assert np.isfinite(float(per_frame[1])) and int(per_frame[2]) == len(values) - 2, out
     assert np.isfinite(np.load(tmp_path / "c.npy")).all()
     with pytest.raises(ValueError, match=rf"label: {feats}: 2 frames of 1 utterance\(s\) \(utterance 2 "
                                          rf"\({entries[2].path}\): 2 frames\) are NaN or infinite"):

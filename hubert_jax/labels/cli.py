@@ -38,7 +38,7 @@ from hubert_jax.data.audio import resampled_counts, resampled_summary
 from hubert_jax.cli_errors import prog_name
 from hubert_jax.labels import provenance
 from hubert_jax.labels.features import (FeatureWriter, describe_rows, load_features, load_skipped, nonfinite_rows,
-                                        read_rows, write_skipped)
+                                        write_skipped)
 from hubert_jax.labels.mfcc import mfcc_with_deltas
 from hubert_jax.labels.sample import frame_rows, sample_utterances
 from hubert_jax.progress import Progress, main_process
@@ -162,13 +162,13 @@ def cmd_kmeans(args) -> None:
         save_centroids(args.out, centers)
     elapsed = time.perf_counter() - start
     check = np.sort(rng.choice(len(feats), min(len(feats), 200000), replace=False))  # inertia on a sample
-    per_frame = inertia(read_rows(feats, check), centers, mesh=mesh) / len(check)
+    check = np.setdiff1d(check, bad)  # a NaN frame has no distance to any centroid
+    per_frame = inertia(feats, centers, rows=check, mesh=mesh) / len(check)
     if jax.process_index() == 0:
         provenance.write(args.out, {"stage": "kmeans", "feats": os.path.abspath(args.feats),
                                     "feats_made": _records(args.feats, args.nshard), "clusters": args.clusters,
                                     "percent": args.percent, "seed": args.seed, "utterances": len(utterances),
                                     "frames": int(take - len(bad))})
-    check = np.setdiff1d(check, bad)
     print(f"{args.out}: {args.clusters} centroids from {take - len(bad)} frames of {len(utterances)} utterances in "
           f"{elapsed:.1f} s; inertia per frame "
           f"{per_frame:.4g}" + (f" (on {len(check)} frames)" if len(check) < len(feats) else ""))
@@ -263,7 +263,7 @@ def _label_from_model(args) -> None:
     with Progress(last - first, f"label layer {args.layer}", unit="utt", enabled=main_process()) as bar:
         stats = label_with_model(model, entries, args.out, layer=args.layer, centers=centers, rank=rank, world=world,
                                  chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
-                                 progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | {
+                                 threads=args.threads, progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | {
                                      "model": os.path.abspath(args.model),
                                      "centroids_sha256": provenance.file_sha256(args.centroids)})
     elapsed = time.perf_counter() - start
@@ -311,7 +311,7 @@ def cmd_dump(args) -> None:
     with Progress(last - first, f"dump layer {args.layer}", unit="utt", enabled=main_process()) as bar:
         stats = dump_features(model, entries, prefix, layer=args.layer, rank=rank, world=world,
                               chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
-                              progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | sample | {
+                              threads=args.threads, progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | sample | {
                                   "model": os.path.abspath(args.model) if args.model else f"preset {args.preset}"})
     elapsed = time.perf_counter() - start
     print(f"{prefix}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
@@ -400,6 +400,7 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-size", type=int, default=64, help="utterances per resumable chunk")
     p.add_argument("--max-tokens", type=int, default=64 * SAMPLE_RATE,
                    help="samples per model call (utterances are batched over a few padded lengths)")
+    p.add_argument("--threads", type=int, default=4, help="files read and decoded ahead in parallel")
     p.add_argument("--strict", action="store_true")
     p.add_argument("--percent", type=float, default=1.0,
                    help="dump only this fraction of the utterances, drawn by --sample-seed: k-means' sample, "
@@ -435,6 +436,7 @@ def main(argv=None) -> int:
     g.add_argument("--world", type=int, help="number of parts (default: jax.process_count())")
     g.add_argument("--chunk-size", type=int, default=64, help="utterances per resumable chunk")
     g.add_argument("--max-tokens", type=int, default=64 * SAMPLE_RATE, help="samples per model call")
+    g.add_argument("--threads", type=int, default=4, help="files read and decoded ahead in parallel")
     g.add_argument("--strict", action="store_true")
     p.set_defaults(func=cmd_label)
     p = sub.add_parser("quality", help="phone purity, cluster purity and PNMI of a .km file")

@@ -153,13 +153,15 @@ def _weighted_inertia(x, weights, centers):
     return jnp.sum(assign(x, centers)[1] * weights)
 
 
-def inertia(features, centers, *, chunk: int = 65536, mesh=None) -> float:
-    """Sum of squared distances to the nearest centre, computed in chunks (over the mesh, if given)."""
+def inertia(features, centers, *, rows: np.ndarray | None = None, chunk: int = 65536, mesh=None) -> float:
+    """Sum of squared distances to the nearest centre over `rows` (ascending; default: all), read and computed
+    `chunk` rows at a time (over the mesh, if given): memory is one chunk, whatever the sample."""
     total = 0.0
     sharding = _batch_sharding(mesh)
     centers = _replicate(jnp.asarray(centers, jnp.float32), mesh)
-    for start in range(0, len(features), chunk):
-        x, w = _place_rows(features, np.arange(start, min(start + chunk, len(features))), sharding)
+    rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+    for start in range(0, len(rows), chunk):
+        x, w = _place_rows(features, rows[start: start + chunk], sharding)
         total += float(_weighted_inertia(x, w, centers))
     return total
 
