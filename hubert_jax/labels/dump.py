@@ -39,12 +39,13 @@ def _chunk_features(model, layer: int, audio: list, max_tokens: int) -> list:
 
 def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank: int = 0, world: int = 1,
                   chunk_size: int = 64, max_tokens: int = 64 * SAMPLE_RATE, strict: bool = False, progress=None,
-                  manifest: str = "manifest", made: dict | None = None) -> dict:
+                  manifest: str = "manifest", made: dict | None = None, threads: int = 4) -> dict:
     """Dump hidden_states[layer] for this rank's slice of `entries`; returns counts for reporting.
     `progress` (hubert_jax.progress.Progress over this rank's utterances) advances per chunk. `made`: what
     else made the output (the model's name, the manifest's digest; provenance.py), recorded beside it with
     the model's weights digest, the layer and the slicing; chunks or a shard already on disk are reused
-    only when they were made the same way (else StaleOutput names what differs)."""
+    only when they were made the same way (else StaleOutput names what differs). `threads`: audio files read
+    and decoded ahead in parallel."""
     dims = model.config.hidden_size
 
     def save(path, chunk, features, skipped):
@@ -52,20 +53,21 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
                       skipped=skipped)
 
     return run_in_chunks(model, entries, prefix, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
-                         max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest,
+                         max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest, threads=threads,
                          made={**(made or {}), "stage": "dump"}, save=save, saved=(".npy", ".len"),
                          outputs=(prefix + ".npy", prefix + ".len"), merge=lambda count: _merge(prefix, count, dims),
                          complete=lambda utterances: _complete(prefix, utterances))
 
 
 def run_in_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens, strict, progress, manifest,
-                  made, save, saved, outputs, merge, complete) -> dict:
+                  made, save, saved, outputs, merge, complete, threads: int = 4) -> dict:
     """The model's hidden_states[layer] over this rank's slice of `entries`, `chunk_size` utterances at a
     time: `save(path, chunk, {manifest line: features}, {index in chunk: why skipped})` writes chunk i under
     `{prefix}.chunk{i:05d}` (done when every `path + s` of `saved` exists: a rerun skips it), then
     `merge(chunks)` joins them into the files `outputs`; `complete(utterances)` says they are already there. One writer
     per prefix (a lock beside it); `made` (with the model's weights digest, the layer and the slicing) is
-    recorded, and outputs made otherwise are refused (provenance.StaleOutput)."""
+    recorded, and outputs made otherwise are refused (provenance.StaleOutput). `threads` audio files are read
+    and decoded ahead in parallel."""
     from hubert_jax.training.workdir_lock import WorkdirLock
 
     if not 0 <= layer <= model.config.num_hidden_layers:
@@ -75,11 +77,11 @@ def run_in_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max
     with WorkdirLock(directory, name=f"{name}.lock", what=f"{prefix} (its chunks and shard)", option="--out"):
         return _run_chunks(model, entries, prefix, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
                            max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest, made=made,
-                           save=save, saved=saved, outputs=outputs, merge=merge, complete=complete)
+                           save=save, saved=saved, outputs=outputs, merge=merge, complete=complete, threads=threads)
 
 
 def _run_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens, strict, progress, manifest,
-                made, save, saved, outputs, merge, complete):
+                made, save, saved, outputs, merge, complete, threads):
     from hubert_jax.labels import provenance
 
     start, end = shard_range(len(entries), world, rank)
@@ -99,7 +101,7 @@ def _run_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max_t
             progress.update(len(chunk))
         if all(os.path.exists(path + s) for s in saved):
             continue  # done before an interruption
-        stream, skipped = iter_audio(chunk, strict=strict, manifest=manifest, threads=4)  # files decoded in parallel
+        stream, skipped = iter_audio(chunk, strict=strict, manifest=manifest, threads=threads)
         read = list(stream)
         # keyed by manifest line: a file may be listed twice
         by_line = dict(zip([entry.line for entry, _ in read],

@@ -55,9 +55,9 @@ def _join(paths: list[tuple[str, int]], out: str) -> None:
 
 def label_with_model(model, entries: list[Entry], out: str, *, layer: int, centers: np.ndarray, rank: int = 0,
                      world: int = 1, chunk_size: int = 64, max_tokens: int = 64 * SAMPLE_RATE, strict: bool = False,
-                     progress=None, manifest: str = "manifest", made: dict | None = None) -> dict:
-    """Label this rank's slice of `entries` (see the module); returns run_in_chunks' counts, and `joined`:
-    whether this call wrote the whole `out`."""
+                     progress=None, manifest: str = "manifest", made: dict | None = None, threads: int = 4) -> dict:
+    """Label this rank's slice of `entries` (see the module), `threads` audio files read ahead in parallel;
+    returns run_in_chunks' counts, and `joined`: whether this call wrote the whole `out`."""
     from hubert_jax.labels.kmeans import NonFiniteFeatures, predict
 
     centers = np.asarray(centers, np.float32)
@@ -85,7 +85,7 @@ def label_with_model(model, entries: list[Entry], out: str, *, layer: int, cente
             os.remove(path)
 
     stats = run_in_chunks(model, entries, part, layer=layer, rank=rank, world=world, chunk_size=chunk_size,
-                          max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest,
+                          max_tokens=max_tokens, strict=strict, progress=progress, manifest=manifest, threads=threads,
                           made={**(made or {}), "stage": "label from model"}, save=save, saved=(".km",),
                           outputs=(part,), merge=merge,
                           complete=lambda utterances: os.path.exists(part) and _line_count(part) == utterances)
