@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tests.environment import subprocess_env, xla_flags
+from tests.environment import KEEP_FREED_MEMORY, subprocess_env, xla_flags
 
 # 8 simulated devices for the multi-device tests, compiled fast (tests/environment.py); must be set before jax
 # is imported
@@ -57,7 +57,7 @@ def pytest_pyfunc_call(pyfuncitem):
     marker = pyfuncitem.get_closest_marker("xla_defaults")
     if marker is None or os.environ.get(CHILD):
         return None
-    env = dict(subprocess_env(8, optimise=True), **{CHILD: "1"})
+    env = dict(subprocess_env(8, optimise=True), **{CHILD: "1", "GLIBC_TUNABLES": KEEP_FREED_MEMORY})
     command = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", pyfuncitem.nodeid]
     done = subprocess.run(command, cwd=str(pyfuncitem.config.rootpath), env=env, capture_output=True, text=True)
     if done.returncode != 0:
