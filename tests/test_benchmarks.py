@@ -11,12 +11,19 @@ import sys
 
 import pytest
 
+from tests.environment import KEEP_FREED_MEMORY, xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_benchmark(script, *args):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user runs it
-    env["JAX_PLATFORMS"] = "cpu"
+def run_benchmark(script, *args, steps: bool = False):
+    """The script on one device, as a user runs it. Compiled fast (tests/environment.py): a smoke run compiles
+    far more than it runs (gpu_check --smoke: 67 CPU seconds against 130 under XLA's defaults; batching.py
+    --smoke 47 against 84). `steps`: a run of many training steps, under XLA's defaults (curves.py, 50 updates: 57 CPU seconds
+    against 66 compiled fast), keeping freed memory as the xla_defaults children do (tests/environment.py)."""
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1, optimise=steps), JAX_PLATFORMS="cpu")
+    if steps:
+        env["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -85,7 +92,8 @@ def test_checkpoint_benchmark_prints_its_table():
 
 def test_curves_benchmark_prints_both_sides(tmp_path):
     """benchmarks/curves.py smoke-sized: 50 updates of the HuBERT curve run, beside fairseq's recorded seeds."""
-    stdout = run_benchmark("curves.py", "hubert", "--seeds", "0", "--steps", "50", "--workdir", str(tmp_path))
+    stdout = run_benchmark("curves.py", "hubert", "--seeds", "0", "--steps", "50", "--workdir", str(tmp_path),
+                           steps=True)
     assert "## hubert: fairseq (seeds 1, 2, 3)" in stdout, stdout
     assert table_row(stdout, "| train | 50 | accuracy_m |")[-1] in ("yes", "NO")
     assert "| steady state |" in stdout and "points outside fairseq's band:" in stdout
