@@ -111,19 +111,18 @@ def _manifest_record(manifest: str) -> dict:
     return {"manifest": os.path.abspath(manifest), "manifest_sha256": provenance.file_sha256(manifest)}
 
 
-def _records(feats: str, nshard: int):
-    """The provenance records of a feature prefix (each shard's, with nshard)."""
+def _records(feats: str, nshard: int) -> list:
+    """The provenance records of a feature prefix: its own, or each shard's with nshard (None where a file
+    has none)."""
     if nshard <= 0:
-        return provenance.read(feats)
+        return [provenance.read(feats)]
     return [provenance.read(f"{feats}_{rank}_{nshard}") for rank in range(nshard)]
 
 
 def _audio_paths(feats: str, nshard: int) -> list[str] | None:
     """The audio file of each utterance of the features, from the manifest their record names (None when
     no record names one)."""
-    records = _records(feats, nshard)
-    records = records if isinstance(records, list) else [records]
-    manifests = {r.get("manifest") for r in records if r}
+    manifests = {r.get("manifest") for r in _records(feats, nshard) if r}
     if len(manifests) != 1 or None in manifests or not os.path.isfile(next(iter(manifests))):
         return None
     return [e.path for e in read_manifest(next(iter(manifests)))]
@@ -198,7 +197,7 @@ def cmd_label(args) -> None:
         return _label_from_model(args)
     feats, lengths = load_features(args.feats, args.nshard)
     records = _records(args.feats, args.nshard)
-    sampled = [r for r in (records if isinstance(records, list) else [records]) if r and r.get("percent", 1) < 1]
+    sampled = [r for r in records if r and r.get("percent", 1) < 1]
     if sampled:
         raise ValueError(f"label: {args.feats} holds a sample of {sampled[0]['percent']:g} of the manifest's "
                          f"utterances (dump --percent), for k-means; a .km file needs every utterance: label "
