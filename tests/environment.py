@@ -3,9 +3,9 @@
 Most tests compile a program and run it a few times, so on CI's 2 cores XLA's CPU compiler is where their time
 goes. Without LLVM's optimisation passes it compiled two shrunk recipes' steps in 0.62x the time. The programs
 then round differently in the last bits (seen: 4e-9 in a training state, 1.3e-8 in a gradient). So do programs
-compiled on different CPUs, so no test compares its bits with a file another machine wrote. A test whose tolerance
-follows XLA's defaults, and the few that run hundreds of steps, where execution dominates, are marked `xla_defaults` (tests/conftest.py) and
-run in a child pytest with `optimise=True`.
+compiled on different CPUs, so no test compares its bits with a file another machine wrote. A test whose
+tolerance follows XLA's defaults, and the few that run hundreds of steps, where execution dominates, are
+marked `xla_defaults` (tests/conftest.py) and run in a child pytest with `optimise=True`.
 Nothing here imports jax: conftest.py sets XLA_FLAGS from it before jax starts."""
 
 import os

@@ -61,9 +61,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def assert_params_close(a, b):
-    """float32 agreement after a few Adam steps. Adam turns the key biases' float-noise gradients
-    (~1e-11, zero in theory) into updates of ~1e-8, hence the absolute tolerance."""
-    flat_b = flatten(jax.device_get(b))
-    for path, x in flatten(jax.device_get(a)).items():
-        np.testing.assert_allclose(x, flat_b[path], rtol=1e-4, atol=1e-6, err_msg=path)
+def assert_params_close(a, b, *, rtol: float = 1e-4):
+    """float32 agreement of two trees of arrays (parameters, or a whole train state) after a few Adam steps,
+    leaf by leaf, naming the leaf that differs. Adam turns the key biases' float-noise gradients (~1e-11, zero
+    in theory) into updates of ~1e-8, hence the absolute tolerance."""
+    flat_a, flat_b = flatten(jax.device_get(a)), flatten(jax.device_get(b))
+    assert flat_a.keys() == flat_b.keys(), sorted(flat_a.keys() ^ flat_b.keys())
+    for path, x in flat_a.items():
+        np.testing.assert_allclose(x, flat_b[path], rtol=rtol, atol=1e-6, err_msg=path)

@@ -19,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_benchmark(script, *args, steps: bool = False):
     """The script on one device, as a user runs it. Compiled fast (tests/environment.py): a smoke run compiles
     far more than it runs (gpu_check --smoke: 67 CPU seconds against 130 under XLA's defaults; batching.py
-    --smoke 47 against 84). `steps`: a run of many training steps, under XLA's defaults (curves.py, 50 updates: 57 CPU seconds
-    against 66 compiled fast), keeping freed memory as the xla_defaults children do (tests/environment.py)."""
+    --smoke 47 against 84). `steps`: a run of many training steps, under XLA's defaults (curves.py, 50
+    updates: 57 CPU seconds against 66 compiled fast), keeping freed memory as the xla_defaults children do."""
     env = dict(os.environ, XLA_FLAGS=xla_flags(1, optimise=steps), JAX_PLATFORMS="cpu")
     if steps:
         env["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY

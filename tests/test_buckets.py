@@ -213,8 +213,8 @@ def test_two_processes_train_like_one_with_buckets(tmp_path):
                                          "--num_processes", "2", "--process_id", str(i)),
                               env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    one = subprocess.run(train_command(tmp_path / "one", *flags), env=subprocess_env(4), capture_output=True, text=True,
-                         timeout=600)
+    one = subprocess.run(train_command(tmp_path / "one", *flags), env=subprocess_env(4), capture_output=True,
+                         text=True, timeout=600)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert one.returncode == 0, one.stderr[-3000:]
     for p, out in zip(procs, outs):

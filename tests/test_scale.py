@@ -148,8 +148,8 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
                                          "--num_processes", "2", "--process_id", str(i)),
                               env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    one = subprocess.run(train_command(tmp_path / "one", init_from), env=subprocess_env(4), capture_output=True, text=True,
-                         timeout=600)
+    one = subprocess.run(train_command(tmp_path / "one", init_from), env=subprocess_env(4), capture_output=True,
+                         text=True, timeout=600)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert one.returncode == 0, one.stderr[-3000:]
     for p, out in zip(procs, outs):

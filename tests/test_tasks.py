@@ -12,6 +12,7 @@ from hubert_jax.training.run import restore_latest, run
 from hubert_jax.training.tasks import registered, task_class
 from hubert_jax.training.tasks.base import Task
 from tests import tiny_config
+from tests.processes import assert_params_close
 from tests.test_distill import distill_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,16 +81,11 @@ def test_a_checkpoint_written_before_the_tasks_resumes_where_it_stopped(tmp_path
     Today's code reads the old layout (state, optimiser, step, data position) and carries on as a fresh run on
     this machine does. Not bit for bit: XLA's CPU code, hence the last bits, depends on the CPU (the largest gap
     between a fresh step 3 or 6 and the fixture's, on an AMD EPYC without AVX-512: 2.4e-7 under XLA's default
-    flags, 3.6e-7 with its optimisation passes off, as tests run). A misread field is far outside the tolerance: one update moves a weight by about the learning
-    rate (1e-3), a wrong data position or step count changes every weight by that much. Resuming bit for bit
+    flags, 3.6e-7 with its optimisation passes off, as tests run). A misread field is far outside the
+    tolerance: one update moves a weight by about the learning rate (1e-3), a wrong data position or step
+    count changes every weight by that much. Resuming bit for bit
     on one machine is test_train.py::test_resume_in_process_is_bit_identical."""
     import shutil
-
-    import jax
-
-    def close(a, b):
-        for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)), strict=True):
-            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
     shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "pre_tasks_run"), tmp_path / "old")
     cfg = tiny_config.get_config()
@@ -97,8 +93,8 @@ def test_a_checkpoint_written_before_the_tasks_resumes_where_it_stopped(tmp_path
     _, old_step_3 = restore_latest(cfg, str(tmp_path / "old"), 3)
     fresh = run(cfg, str(tmp_path / "fresh"), stop_after=3)
     assert fresh.step == 3
-    close(old_step_3, fresh.state)
+    assert_params_close(old_step_3, fresh.state, rtol=1e-5)
     resumed = run(cfg, str(tmp_path / "old"))
     fresh = run(cfg, str(tmp_path / "fresh"))
     assert resumed.step == fresh.step == 6
-    close(resumed.state, fresh.state)
+    assert_params_close(resumed.state, fresh.state, rtol=1e-5)

@@ -262,7 +262,8 @@ def _label_from_model(args) -> None:
     with Progress(last - first, f"label layer {args.layer}", unit="utt", enabled=main_process()) as bar:
         stats = label_with_model(model, entries, args.out, layer=args.layer, centers=centers, rank=rank, world=world,
                                  chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
-                                 threads=args.threads, progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | {
+                                 threads=args.threads, progress=bar, manifest=args.manifest,
+                                 made=_manifest_record(args.manifest) | {
                                      "model": os.path.abspath(args.model),
                                      "centroids_sha256": provenance.file_sha256(args.centroids)})
     elapsed = time.perf_counter() - start
@@ -310,7 +311,8 @@ def cmd_dump(args) -> None:
     with Progress(last - first, f"dump layer {args.layer}", unit="utt", enabled=main_process()) as bar:
         stats = dump_features(model, entries, prefix, layer=args.layer, rank=rank, world=world,
                               chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
-                              threads=args.threads, progress=bar, manifest=args.manifest, made=_manifest_record(args.manifest) | sample | {
+                              threads=args.threads, progress=bar, manifest=args.manifest,
+                              made=_manifest_record(args.manifest) | sample | {
                                   "model": os.path.abspath(args.model) if args.model else f"preset {args.preset}"})
     elapsed = time.perf_counter() - start
     print(f"{prefix}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "

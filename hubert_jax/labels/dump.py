@@ -60,7 +60,7 @@ def dump_features(model, entries: list[Entry], prefix: str, *, layer: int, rank:
 
 
 def run_in_chunks(model, entries, prefix, *, layer, rank, world, chunk_size, max_tokens, strict, progress, manifest,
-                  made, save, saved, outputs, merge, complete, threads: int = 4) -> dict:
+                  made, save, saved, outputs, merge, complete, threads: int) -> dict:
     """The model's hidden_states[layer] over this rank's slice of `entries`, `chunk_size` utterances at a
     time: `save(path, chunk, {manifest line: features}, {index in chunk: why skipped})` writes chunk i under
     `{prefix}.chunk{i:05d}` (done when every `path + s` of `saved` exists: a rerun skips it), then
