@@ -76,6 +76,38 @@ def test_files_read_ahead_in_threads_come_in_order_with_the_same_skips_and_error
         next(e for e, _ in stream if e.line > 7)
 
 
+def test_files_read_ahead_note_their_rate_and_count_for_the_first_file_in_manifest_order(tmp_path, caplog,
+                                                                                          monkeypatch):
+    """The once-per-rate notes come from the reading threads; the first file in the manifest must be the one
+    named even when a later file finishes decoding first (here the first one's read is held back)."""
+    import collections
+    import time
+
+    from hubert_jax.data import audio
+    from hubert_jax.data.manifest import iter_audio
+
+    monkeypatch.setattr(audio, "_resampled", collections.Counter())  # "once per process": start afresh
+    monkeypatch.setattr(audio, "_native", collections.Counter())
+    tone = np.sin(np.arange(16000) / 8000 * 2 * np.pi * 440).astype(np.float32) * 0.3
+    for name in ("a8k.wav", "b8k.wav", "c8k.wav"):
+        sf.write(tmp_path / name, tone, 8000, subtype="PCM_16")
+    (tmp_path / "m.tsv").write_text(".\na8k.wav\t16000\nb8k.wav\t16000\nc8k.wav\t16000\n")  # native counts
+    read = sf.read
+
+    def slow_first(path, *args, **kwargs):
+        if str(path).endswith("a8k.wav"):
+            time.sleep(0.5)
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(sf, "read", slow_first)
+    with caplog.at_level(logging.WARNING):
+        stream, _ = iter_audio(read_manifest(str(tmp_path / "m.tsv")), manifest=str(tmp_path / "m.tsv"), threads=3)
+        assert len(list(stream)) == 3
+    notes = [r.getMessage() for r in caplog.records if "Hz" in r.getMessage()]
+    assert len(notes) == 2 and "a8k.wav is at 8000 Hz" in notes[0] and "m.tsv:2: lists" in notes[1], notes
+    assert audio.resampled_counts() == {8000: 3, ("native", 8000): 3}
+
+
 def test_a_manifest_count_that_disagrees_with_the_file_names_the_line_and_both_numbers(tmp_path, capsys):
     manifest, _ = _corpus(tmp_path)
     rows = open(manifest).read().splitlines()

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import struct
 import threading
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 _resampled: collections.Counter = collections.Counter()  # native rate -> files resampled in this process
 _native: collections.Counter = collections.Counter()  # native rate -> rows counted at it (accepted)
 _resampled_lock = threading.Lock()
+_held = threading.local()  # .notes: the notes held_notes holds back on this thread
 
 
 class AudioError(ValueError):
@@ -99,7 +101,38 @@ def wav_header_frames(path: str) -> int | None:
         return None
 
 
+def _note(record) -> None:
+    """Count (and, the first time per rate, log) a resampled file or a native-rate count now, or hold it for
+    replay_notes when this thread reads under held_notes."""
+    held = getattr(_held, "notes", None)
+    if held is None:
+        record()
+    else:
+        held.append(record)
+
+
+def held_notes(read, *args):
+    """(read(*args), the notes it made): the resampling and native-count notes are held back, so a pool of
+    readers can replay them (replay_notes) in the caller's order and "noted once" names the first file in
+    that order, not the first to finish."""
+    _held.notes = []
+    try:
+        return read(*args), _held.notes
+    finally:
+        _held.notes = None
+
+
+def replay_notes(notes) -> None:
+    """Count and log notes held by held_notes, in the order given."""
+    for record in notes:
+        record()
+
+
 def _note_resampling(path: str, rate: int) -> None:
+    _note(functools.partial(_count_resampled, path, rate))
+
+
+def _count_resampled(path: str, rate: int) -> None:
     with _resampled_lock:
         _resampled[rate] += 1
         first = _resampled[rate] == 1
@@ -107,6 +140,16 @@ def _note_resampling(path: str, rate: int) -> None:
         logger.warning("%s is at %d Hz: resampling it to %d Hz (noted once per rate; every such file is "
                        "resampled, and manifests must count its samples at %d Hz)", path, rate, SAMPLE_RATE,
                        SAMPLE_RATE)
+
+
+def _count_native(where: str, path: str, rate: int, listed: int) -> None:
+    with _resampled_lock:
+        _native[rate] += 1
+        first = _native[rate] == 1
+    if first:
+        logger.warning("%s: lists %s at its native %d Hz count (%d); accepted and read at %d Hz (noted "
+                       "once per rate; the manifest's other counts are at %d Hz)", where, path, rate, listed,
+                       SAMPLE_RATE, SAMPLE_RATE)
 
 
 def resampled_counts() -> dict:
@@ -205,13 +248,7 @@ def check_count(listed: int, audio: np.ndarray, rate: int, *, where: str, path: 
     if rate != SAMPLE_RATE:
         native = len(audio) * rate / SAMPLE_RATE  # the resampler's rounding: within rate / 16 kHz + 1
         if abs(native - listed) <= rate / SAMPLE_RATE + 1:
-            with _resampled_lock:
-                _native[rate] += 1
-                first = _native[rate] == 1
-            if first:
-                logger.warning("%s: lists %s at its native %d Hz count (%d); accepted and read at %d Hz (noted "
-                               "once per rate; the manifest's other counts are at %d Hz)", where, path, rate, listed,
-                               SAMPLE_RATE, SAMPLE_RATE)
+            _note(functools.partial(_count_native, where, path, rate, listed))
             return
     raise AudioError(f"{where}: the manifest lists {listed} samples, but {path} has {len(audio)} at "
                      f"{SAMPLE_RATE} Hz{f'; the file is at {rate} Hz' if rate != SAMPLE_RATE else ''}. Fix the "

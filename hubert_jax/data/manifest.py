@@ -11,6 +11,7 @@ utterance. A relative root is taken relative to the manifest's own directory. A 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 
@@ -20,9 +21,11 @@ from hubert_jax.data.audio import (  # noqa: F401 (re-exported)
     SAMPLE_RATE,
     AudioError,
     check_count,
+    held_notes,
     is_tfds,
     load,
     read_audio,
+    replay_notes,
     tfds_example,
 )
 
@@ -117,9 +120,16 @@ def iter_audio(entries: list[Entry], *, strict: bool = False, min_samples: int =
         except AudioError as e:
             return None, e
 
+    def read_in_order():
+        if threads <= 1:
+            yield from map(read, entries)
+            return
+        for result, notes in _read_ahead(functools.partial(held_notes, read), entries, threads):
+            replay_notes(notes)  # the once-per-rate notes name the first file in manifest order
+            yield result
+
     def generate():
-        results = map(read, entries) if threads <= 1 else _read_ahead(read, entries, threads)
-        for index, (entry, (audio, error)) in enumerate(zip(entries, results)):
+        for index, (entry, (audio, error)) in enumerate(zip(entries, read_in_order())):
             if error is None:
                 yield entry, audio
                 continue
