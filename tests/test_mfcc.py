@@ -52,6 +52,22 @@ def test_batch_equals_one_by_one_and_short_inputs():
     assert mfcc_batch([np.zeros(300, np.float32)])[0].shape == (0, 13)
 
 
+def test_utterances_across_the_blocks_of_frames_equal_kaldi_and_one_by_one():
+    """The frames go through blocks of BLOCK_ROWS: utterances that straddle a block's end, one longer than a
+    block and an empty one in between come out whole, in order, each as alone and as Kaldi computes it."""
+    from hubert_jax.labels.mfcc import BLOCK_ROWS
+
+    xs = [_speechlike(s, i) for i, s in enumerate((7.1, 0.01, 12.3, 4.4))]
+    assert num_frames(len(xs[0])) < BLOCK_ROWS < num_frames(len(xs[0])) + num_frames(len(xs[2]))
+    assert num_frames(len(xs[2])) > BLOCK_ROWS and num_frames(len(xs[1])) == 0
+    batch = mfcc_batch(xs)
+    assert [len(b) for b in batch] == [num_frames(len(x)) for x in xs]
+    for x, b in zip(xs, batch):
+        np.testing.assert_allclose(b, mfcc_batch([x])[0], rtol=0, atol=1e-12)
+        if len(b):
+            assert float(np.max(np.abs(b - kaldi_native_mfcc(x)))) < MFCC_TOL
+
+
 def test_deltas_follow_torchaudio_compute_deltas():
     import torch
 

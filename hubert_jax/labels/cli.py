@@ -22,11 +22,14 @@ which `label` carries over to `{km}.skipped` so that training can say why a labe
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hubert_jax.data.manifest import (
     check_files_exist,
@@ -64,13 +67,23 @@ def cmd_mfcc(args) -> None:
     stream, skipped = iter_audio(entries, strict=args.strict, manifest=args.manifest, threads=args.threads)
     batch, seconds, start = [], 0.0, time.perf_counter()
     bar = Progress(len(entries), "mfcc", unit="utt", enabled=main_process())
-    with FeatureWriter(prefix, 39) as out:  # written as they come: memory holds one batch, not the corpus
+    # Batches are computed in `threads` threads (NumPy releases the GIL), each on one BLAS thread: the filter
+    # products are too small to share, and OpenBLAS' idle threads spin. Written in order as they finish, so
+    # memory holds a few batches, not the corpus.
+    with FeatureWriter(prefix, 39) as out, threadpool_limits(1, user_api="blas"), \
+            ThreadPoolExecutor(max(args.threads, 1), thread_name_prefix="mfcc") as pool:
+        pending = collections.deque()
 
-        def write(batch):  # the batch's features, after the unusable rows before each of its utterances
-            for (index, _), f in zip(batch, mfcc_with_deltas([a for _, a in batch])):
+        def write(batch, features):  # the batch's features, after the unusable rows before each of its utterances
+            for (index, _), f in zip(batch, features.result()):
                 while out.count < index:  # iter_audio yields in manifest order; a gap is a skipped row
                     out.add(np.zeros((0, 39)), skipped=skipped[out.count])
                 out.add(f)
+
+        def compute(batch):
+            pending.append((batch, pool.submit(mfcc_with_deltas, [a for _, a in batch])))
+            while len(pending) > max(args.threads, 1):
+                write(*pending.popleft())
 
         index = 0
         for entry, audio in stream:
@@ -80,9 +93,11 @@ def cmd_mfcc(args) -> None:
             batch.append((index, audio))
             seconds += len(audio) / SAMPLE_RATE
             if len(batch) == args.batch:
-                write(batch)
+                compute(batch)
                 batch = []
-        write(batch)
+        compute(batch)
+        while pending:
+            write(*pending.popleft())
         while out.count < len(entries):
             out.add(np.zeros((0, 39)), skipped=skipped[out.count])
         bar.update(len(entries) - bar.count)
@@ -383,7 +398,8 @@ def main(argv=None) -> int:
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="output prefix: {out}.npy and {out}.len")
     p.add_argument("--batch", type=int, default=32, help="utterances per vectorised batch")
-    p.add_argument("--threads", type=int, default=4, help="files read and decoded ahead in parallel")
+    p.add_argument("--threads", type=int, default=4, help="files read and decoded ahead, and batches computed, "
+                                                          "in parallel")
     p.add_argument("--strict", action="store_true", help="stop at the first unusable audio file")
     p.add_argument("--rank", type=int, help="this host's shard, written to {out}_{rank}_{world} (default: "
                                             "jax.process_index(); one process without --rank/--world: {out})")

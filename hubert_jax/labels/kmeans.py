@@ -253,8 +253,9 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
     init_sample[ascending] = read_rows(features, pick(init_rows[ascending]))
     keys = jax.random.split(key, config.n_init)
     best = kmeans_plus_plus(keys, jnp.asarray(init_sample), config.n_clusters)  # on each host, identically
-    state = _State(best, jnp.zeros((config.n_clusters,), jnp.float32), jnp.asarray(jnp.inf),
-                   jnp.asarray(jnp.inf), jnp.asarray(0), jnp.asarray(False))
+    # the step's own output types (strong float32), so that the second step does not compile it again
+    state = _State(best, jnp.zeros((config.n_clusters,), jnp.float32), jnp.asarray(jnp.inf, jnp.float32),
+                   jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0), jnp.asarray(False))
     state = _replicate(state, mesh)
 
     batch_size = min(config.batch_size, n)

@@ -106,17 +106,9 @@ def mfcc_batch(waveforms: Sequence[np.ndarray], opts: MfccOptions = MfccOptions(
     """13 Kaldi MFCCs per frame for each waveform: a list of (frames, 13) float32 arrays.
 
     The frames of the whole batch pass through one reused (BLOCK_ROWS, window) buffer: computed whole, a batch's
-    float64 temporaries were tens of MB each, which glibc maps afresh and faults in on every operation. The
-    products with the filters run on one BLAS thread: their matrices are too small to share, and OpenBLAS'
-    other threads spun for as long as they ran (`labels mfcc` on 1 h of audio: 4.9 CPU s against 8.8 before
-    both changes; the features differ by at most 3e-14)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, user_api="blas"):
-        return _mfcc_blocks(waveforms, opts)
-
-
-def _mfcc_blocks(waveforms: Sequence[np.ndarray], opts: MfccOptions) -> list[np.ndarray]:
+    float64 temporaries were tens of MB each, which glibc maps afresh and faults in on every operation (the
+    features differ by at most 3e-14). NumPy releases the GIL in each step, so batches can run in threads
+    (`labels mfcc` does, one BLAS thread each)."""
     frames = [_frames(np.asarray(w), opts) for w in waveforms]
     counts = [len(f) for f in frames]
     out = np.empty((sum(counts), opts.num_ceps), np.float32)
