@@ -1,5 +1,10 @@
 """Input and output processing compatible with transformers' Wav2Vec2FeatureExtractor and
-Wav2Vec2CTCTokenizer: same files (`preprocessor_config.json`, `vocab.json`), same numbers. NumPy only."""
+Wav2Vec2CTCTokenizer: same files (`preprocessor_config.json`, `vocab.json`), same numbers. NumPy only.
+
+transformers 5 saves a processor (feature extractor + tokenizer) as `processor_config.json`, the feature
+extractor's settings nested under "feature_extractor"; a feature extractor alone still as v4's
+`preprocessor_config.json`. Both are read, the nested settings first, as transformers 5 does; this module
+writes v4's file, which both versions read (conversions carry `processor_config.json` along as it is)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from hubert_jax.config import read_json_object
 from hubert_jax.lengths import SAMPLE_RATE
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+PROCESSOR_CONFIG = "processor_config.json"  # transformers 5's processor
 VOCAB_FILE = "vocab.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
@@ -94,8 +100,16 @@ class FeatureExtractor:
     # ----------------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, directory: str) -> "FeatureExtractor":
-        """The feature extractor of a directory's preprocessor_config.json."""
-        data = read_json_object(os.path.join(directory, PREPROCESSOR_CONFIG))
+        """The feature extractor of a directory: the "feature_extractor" section of transformers 5's
+        processor_config.json if it has one, else preprocessor_config.json."""
+        data = _nested_feature_extractor(os.path.join(directory, PROCESSOR_CONFIG))
+        if data is None:
+            legacy = os.path.join(directory, PREPROCESSOR_CONFIG)
+            if not os.path.isfile(legacy):
+                raise FileNotFoundError(f"{directory}: no feature extractor settings: neither {PREPROCESSOR_CONFIG} "
+                                        f"(transformers 4, or a feature extractor alone) nor {PROCESSOR_CONFIG} with "
+                                        f"a \"feature_extractor\" section (a transformers 5 processor)")
+            data = read_json_object(legacy)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -107,6 +121,19 @@ class FeatureExtractor:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True)
         return path
+
+
+def _nested_feature_extractor(path: str) -> dict | None:
+    """The feature extractor's settings in a transformers 5 processor_config.json, None without them."""
+    if not os.path.isfile(path):
+        return None
+    processor = read_json_object(path)
+    for key in ("feature_extractor", "audio_processor"):  # transformers 5's two names for it
+        if key in processor:
+            if not isinstance(processor[key], dict):
+                raise ValueError(f"{path}: {key!r} is {type(processor[key]).__name__}: expected an object")
+            return processor[key]
+    return None
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ import hubert_jax
 from hubert_jax.weights import files as io
 from hubert_jax.convert.cli import main as convert_main
 from hubert_jax.pretrained import write_directory
+from hubert_jax.processing import FeatureExtractor
 from tests.reference import HEADS, PREFIX, audio, max_diff, run_torch, torch_config
 
 TOL = 1e-4
@@ -203,7 +204,10 @@ def test_convert_cli_both_directions(tmp_path, capsys):
     import transformers
 
     tmodel, hf_dir = _save_torch(tmp_path, "wavlm", "ForSequenceClassification")
-    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(hf_dir)
+    (tmp_path / "vocab.json").write_text(json.dumps({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "A": 5}))
+    transformers.Wav2Vec2Processor(  # as transformers 5 saves it: processor_config.json, no preprocessor_config.json
+        feature_extractor=transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True),
+        tokenizer=transformers.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"))).save_pretrained(hf_dir)
     x, mask = audio(pad_to=(4000, 3500))
     ref = run_torch(tmodel, x, mask).logits
     assert convert_main([str(hf_dir), str(tmp_path / "jax")]) == 0
@@ -218,9 +222,10 @@ def test_convert_cli_both_directions(tmp_path, capsys):
     assert convert_main([str(tmp_path / "jax"), str(tmp_path / "pt"), "--to-pytorch"]) == 0
     back = transformers.AutoModelForAudioClassification.from_pretrained(tmp_path / "pt").eval()
     assert max_diff(ref, run_torch(back, x, mask).logits) < TOL
-    # the feature extractor travels with the weights, both ways
-    assert (tmp_path / "jax" / "preprocessor_config.json").exists()
-    assert transformers.Wav2Vec2FeatureExtractor.from_pretrained(tmp_path / "pt").return_attention_mask
+    # the processor travels with the weights, both ways
+    assert (tmp_path / "jax" / "processor_config.json").exists() and (tmp_path / "jax" / "vocab.json").exists()
+    assert FeatureExtractor.from_pretrained(tmp_path / "jax").return_attention_mask
+    assert transformers.Wav2Vec2Processor.from_pretrained(tmp_path / "pt").feature_extractor.return_attention_mask
 
 
 @pytest.mark.parametrize("head", ["Model", "ForCTC"])

@@ -73,3 +73,46 @@ def test_tokenizer_needs_pad_and_unk(tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps({"|": 0, "A": 1}))
     with pytest.raises(ValueError, match="no pad_token '<pad>'"):
         CTCTokenizer.from_pretrained(tmp_path)
+
+
+def test_a_transformers_5_processor_directory_is_read_and_written_back(vocab_dir, tmp_path):
+    """transformers 5 saves a Wav2Vec2Processor as processor_config.json (the feature extractor's settings
+    nested) with no preprocessor_config.json. Ours reads it as transformers reads it, and a conversion carries
+    it both ways, so transformers 5 loads the result as the processor it saved."""
+    import transformers
+
+    from hubert_jax.export import copy_processor_files
+
+    theirs = transformers.Wav2Vec2Processor(
+        feature_extractor=transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True, do_normalize=False),
+        tokenizer=transformers.Wav2Vec2CTCTokenizer(str(vocab_dir / "vocab.json"), word_delimiter_token="|"))
+    saved = tmp_path / "v5"
+    theirs.save_pretrained(saved)
+    files = {p.name for p in saved.iterdir()}
+    assert "processor_config.json" in files and "preprocessor_config.json" not in files  # what v5 writes
+    ours = FeatureExtractor.from_pretrained(saved)
+    assert (ours.return_attention_mask, ours.do_normalize) == (True, False)
+    batch = [np.random.RandomState(1).randn(n).astype(np.float32) for n in (800, 500)]
+    a = theirs(audio=batch, sampling_rate=16000, padding=True, return_tensors="np")
+    b = ours(batch, sampling_rate=16000)
+    np.testing.assert_array_equal(b["input_values"], a["input_values"])
+    np.testing.assert_array_equal(b["attention_mask"], a["attention_mask"])
+    assert CTCTokenizer.from_pretrained(saved).encode("AB C") == theirs.tokenizer("AB C").input_ids
+
+    (tmp_path / "carried").mkdir()
+    assert "processor_config.json" in copy_processor_files(str(saved), str(tmp_path / "carried"))
+    again = transformers.Wav2Vec2Processor.from_pretrained(tmp_path / "carried")
+    assert again.feature_extractor.return_attention_mask and not again.feature_extractor.do_normalize
+    # the nested settings win over a v4 file beside them, as in transformers 5
+    FeatureExtractor(do_normalize=True).save_pretrained(tmp_path / "carried")
+    assert FeatureExtractor.from_pretrained(tmp_path / "carried").do_normalize is False
+
+
+def test_a_directory_without_feature_extractor_settings_names_both_files(tmp_path):
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "Wav2Vec2Processor"}))
+    with pytest.raises(FileNotFoundError, match=r"neither preprocessor_config.json .* nor processor_config.json "
+                                                r"with a \"feature_extractor\" section"):
+        FeatureExtractor.from_pretrained(tmp_path)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"feature_extractor": "yes"}))
+    with pytest.raises(ValueError, match=r"processor_config.json: 'feature_extractor' is str: expected an object"):
+        FeatureExtractor.from_pretrained(tmp_path)

@@ -33,8 +33,8 @@ def export_to_transformers(model, directory, *, max_shard_bytes: int = io.DEFAUL
 
 
 # files of the feature extractor and tokenizer, carried along by conversions
-PROCESSOR_FILES = ("preprocessor_config.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "vocab.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")  # processor_config.json: transformers 5's
 
 
 def copy_processor_files(src: str, dst: str) -> list[str]:
