@@ -28,14 +28,16 @@ from hubert_jax.lengths import SAMPLE_RATE
 _FORWARD: dict = {}
 
 
-def _forward(layers: tuple[int, ...] | None):
-    """One jitted forward per output kind (the last hidden state, or a stack of hidden states); nnx.jit keeps a
-    compilation per model structure and shape."""
+def _forward(layers: tuple[int, ...] | None | str):
+    """One jitted forward per output kind (the last hidden state, a stack of hidden states, or "logits" of a
+    head); nnx.jit keeps a compilation per model structure and shape."""
     if layers not in _FORWARD:
         import jax.numpy as jnp
         from flax import nnx
 
         def run(model, x, mask):
+            if layers == "logits":
+                return model(x, attention_mask=mask, group_norm_over_real_samples=True).logits
             out = model(x, attention_mask=mask, output_hidden_states=layers is not None,
                         group_norm_over_real_samples=True)
             if layers is None:
@@ -50,6 +52,38 @@ def row_count(members: int, budget: int) -> int:
     """Rows of a call holding `members` utterances: the next power of two, within the budget of rows. A call
     computes its real rows and few filler rows (one utterance: one row), and the shapes stay few."""
     return min(budget, 1 << max(0, members - 1).bit_length())
+
+
+def _checked_audio(model, waveforms) -> list[np.ndarray]:
+    audio = [as_waveform(w, i) for i, w in enumerate(waveforms)]
+    needed = receptive_field(model.config)
+    for i, a in enumerate(audio):
+        if len(a) < needed:
+            raise ValueError(f"waveform {i} has {len(a)} samples: too short for one frame ({needed})")
+    return audio
+
+
+def _batched(audio: list[np.ndarray], run, *, max_tokens: int, ratio: float, full_rows: bool):
+    """(index, run's output row) for every waveform, grouped by padded length: each call's rows are the
+    waveforms padded to their grid length (`buckets.grid_length`) with a mask, `row_count` of them (or the
+    budget's with `full_rows`); run(x, mask) -> an array whose first axis is the rows."""
+    lengths = np.array([len(a) for a in audio])
+    padded = np.array([grid_length(int(n), ratio) for n in lengths])
+    for size in sorted(set(padded.tolist())):
+        members = np.flatnonzero(padded == size)
+        budget = max(1, max_tokens // size)
+        for start in range(0, len(members), budget):
+            batch = members[start: start + budget]
+            rows = budget if full_rows else row_count(len(batch), budget)
+            x = np.zeros((rows, size), np.float32)
+            mask = np.zeros((rows, size), np.int32)
+            mask[len(batch):] = 1  # filler rows keep the shape; they are silent and discarded
+            for row, index in enumerate(batch):
+                x[row, : lengths[index]] = audio[index]
+                mask[row, : lengths[index]] = 1
+            out = run(x, mask)
+            for row, index in enumerate(batch):
+                yield int(index), out[row]
 
 
 def extract(model, waveforms, *, layer: int | Sequence[int] | None = None, max_tokens: int = 64 * SAMPLE_RATE,
@@ -74,36 +108,92 @@ def extract(model, waveforms, *, layer: int | Sequence[int] | None = None, max_t
             raise ValueError(f"layer {i}: the model has hidden states 0..{config.num_hidden_layers}")
     if layers == ():
         raise ValueError("layer: give at least one layer (or None for the last hidden state)")
-    audio = [as_waveform(w, i) for i, w in enumerate(waveforms)]
-    if not audio:
-        return []
-    lengths = np.array([len(a) for a in audio])
-    needed = receptive_field(config)
-    if lengths.min() < needed:
-        short = int(np.argmin(lengths))
-        raise ValueError(f"waveform {short} has {lengths[short]} samples: too short for one frame ({needed})")
-    padded = np.array([grid_length(int(n), ratio) for n in lengths])
-    out: list = [None] * len(audio)
+    audio = _checked_audio(model, waveforms)
     forward = _forward(layers)
     add_adapter = None if layer is None else False  # hidden states come before the adapter
-    for size in sorted(set(padded.tolist())):
-        members = np.flatnonzero(padded == size)
-        budget = max(1, max_tokens // size)
-        for start in range(0, len(members), budget):
-            batch = members[start: start + budget]
-            rows = budget if full_rows else row_count(len(batch), budget)
-            x = np.zeros((rows, size), np.float32)
-            mask = np.zeros((rows, size), np.int32)
-            mask[len(batch):] = 1  # filler rows keep the shape; they are silent and discarded
-            for row, index in enumerate(batch):
-                x[row, : lengths[index]] = audio[index]
-                mask[row, : lengths[index]] = 1
-            features = np.asarray(forward(model, x, mask), np.float32)
-            if layers is not None:
-                features = np.moveaxis(features, 0, 1)  # (B, layers, frames, hidden)
-                if not several:
-                    features = features[:, 0]
-            for row, index in enumerate(batch):
-                frames = int(feat_extract_output_lengths(config, int(lengths[index]), add_adapter))
-                out[index] = features[row, ..., :frames, :]
+
+    def run(x, mask):
+        features = np.asarray(forward(model, x, mask), np.float32)
+        if layers is None:
+            return features
+        features = np.moveaxis(features, 0, 1)  # (B, layers, frames, hidden)
+        return features if several else features[:, 0]
+
+    out: list = [None] * len(audio)
+    for index, features in _batched(audio, run, max_tokens=max_tokens, ratio=ratio, full_rows=full_rows):
+        frames = int(feat_extract_output_lengths(config, len(audio[index]), add_adapter))
+        out[index] = features[..., :frames, :]
     return out
+
+
+def transcribe(model, waveforms, processor, *, chunk_length_s: float | None = None,
+               stride_length_s: float | Sequence[float] | None = None, max_tokens: int = 64 * SAMPLE_RATE,
+               ratio: float = 1.25) -> list[str]:
+    """Greedy CTC transcripts of waveforms of any lengths (16 kHz floats), in input order, batched as
+    `extract` batches: each equals its file alone (group-norm extractors included), as transformers decodes it.
+
+    `model`: a CTC head (HubertForCTC, WavLMForCTC, Wav2Vec2ForCTC); `processor`: a `processing.Processor`, or a
+    directory holding its files (the model's own, as the converter and fine-tuning write them).
+    `chunk_length_s`: files are cut into chunks of that length overlapping by `stride_length_s` on each side
+    (default chunk_length_s / 6; a pair gives left and right), each chunk normalised alone, its logits trimmed
+    by the strides and the ids of all chunks decoded as one: what transformers' ASR pipeline does with the
+    same settings, so memory holds chunks, not the file's attention."""
+    from hubert_jax.processing import Processor
+
+    if not hasattr(model, "lm_head"):
+        raise TypeError(f"transcribe takes a CTC model (HubertForCTC, WavLMForCTC, Wav2Vec2ForCTC), got "
+                        f"{type(model).__name__}")
+    if not isinstance(processor, Processor):
+        processor = Processor.from_pretrained(str(processor))
+    audio = [as_waveform(w, i) for i, w in enumerate(waveforms)]
+    pieces = []  # (file, samples, (input_n, left, right) or None)
+    for index, wave in enumerate(audio):
+        if chunk_length_s:
+            pieces += [(index, chunk, stride) for chunk, stride in
+                       _chunks(wave, model.config.inputs_to_logits_ratio, chunk_length_s, stride_length_s)]
+        else:
+            pieces.append((index, wave, None))
+    needed = receptive_field(model.config)
+    usable = [p for p in pieces if len(p[1]) >= needed or p[2] is None]
+    normalise = processor.feature_extractor
+    inputs = _checked_audio(model, [normalise([samples], sampling_rate=SAMPLE_RATE)["input_values"][0]
+                                    for _, samples, _ in usable])
+    forward = _forward("logits")
+    ids: list = [None] * len(usable)
+    for index, logits in _batched(inputs, lambda x, mask: np.asarray(forward(model, x, mask)), max_tokens=max_tokens,
+                                  ratio=ratio, full_rows=False):
+        frames = int(feat_extract_output_lengths(model.config, len(inputs[index])))
+        ids[index] = logits[:frames].argmax(-1)
+        stride = usable[index][2]
+        if stride is not None:  # transformers' rescale_stride, then logits[left:token_n - right]
+            input_n, left, right = stride
+            token_n = int(round(input_n / model.config.inputs_to_logits_ratio))
+            ids[index] = ids[index][int(round(left / input_n * token_n)): token_n - int(round(right / input_n * token_n))]
+    per_file: list[list] = [[] for _ in audio]
+    for (index, _, _), piece in zip(usable, ids):
+        per_file[index].append(piece)
+    return [processor.tokenizer.decode(np.concatenate(p).tolist() if p else []) for p in per_file]
+
+
+def _chunks(wave: np.ndarray, align_to: int, chunk_length_s: float, stride_length_s):
+    """(chunk, (samples, left stride, right stride)) as transformers' ASR pipeline cuts a file (`chunk_iter`):
+    lengths rounded to whole frames, a step of chunk - left - right, no left stride on the first chunk and no
+    right stride on the last. A chunk shorter than one frame's receptive field (which transformers' model
+    cannot run) is dropped by the caller: its strides leave none of its frames."""
+    if stride_length_s is None:
+        stride_length_s = chunk_length_s / 6
+    if isinstance(stride_length_s, (int, float)):
+        stride_length_s = (stride_length_s, stride_length_s)
+    chunk_len, left, right = (int(round(s * SAMPLE_RATE / align_to) * align_to)
+                              for s in (chunk_length_s, *stride_length_s))
+    if chunk_len <= left + right:
+        raise ValueError(f"chunk_length_s={chunk_length_s} must be longer than the strides {tuple(stride_length_s)} "
+                         f"together")
+    for start in range(0, len(wave), chunk_len - left - right):
+        chunk = wave[start: start + chunk_len]
+        last = start + chunk_len >= len(wave)
+        stride = (len(chunk), 0 if start == 0 else left, 0 if last else right)
+        if len(chunk) > stride[1]:
+            yield chunk, stride
+        if last:
+            break

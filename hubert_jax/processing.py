@@ -224,3 +224,20 @@ class CTCTokenizer:
             with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2, ensure_ascii=False)
         return list(files)
+
+
+@dataclasses.dataclass
+class Processor:
+    """transformers' Wav2Vec2Processor: the feature extractor and the CTC tokenizer of a fine-tuned model."""
+
+    feature_extractor: FeatureExtractor
+    tokenizer: CTCTokenizer
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "Processor":
+        """Both from a directory (transformers 4's or 5's files)."""
+        return cls(FeatureExtractor.from_pretrained(directory), CTCTokenizer.from_pretrained(directory))
+
+    def save_pretrained(self, directory: str) -> list[str]:
+        """Write both as transformers 4 does (which transformers 5 reads); returns the paths."""
+        return [self.feature_extractor.save_pretrained(directory), *self.tokenizer.save_pretrained(directory)]

@@ -116,3 +116,74 @@ def test_stereo_integer_and_non_finite_waveforms_are_refused_by_index():
     flat = extract(model, [wave])[0]
     np.testing.assert_array_equal(extract(model, [wave[:, None]])[0], flat)
     np.testing.assert_array_equal(extract(model, [wave[None, :]])[0], flat)
+
+
+# ---------------------------------------------------------------------------------------------- transcription
+VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "A": 5, "B": 6, "C": 7, "D": 8, "E": 9, "F": 10}
+
+
+@pytest.fixture(scope="module")
+def ctc_pair(tmp_path_factory):
+    """A group-norm HubertForCTC (torch and ours, the same weights), its processor, and transformers'
+    ASR pipeline over the torch model."""
+    import json
+
+    import transformers
+
+    from hubert_jax.processing import Processor
+    from tests.reference import build_pair
+
+    folder = tmp_path_factory.mktemp("ctc")
+    (folder / "vocab.json").write_text(json.dumps(VOCAB))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
+    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
+    transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    tmodel, model, _ = build_pair("hubert", "ForCTC", seed=4, feat_extract_norm="group")
+    asr = transformers.pipeline("automatic-speech-recognition", model=tmodel, tokenizer=tokenizer,
+                                feature_extractor=extractor, device="cpu")
+    return model, Processor.from_pretrained(folder), asr, folder
+
+
+def test_a_padded_batch_through_a_ctc_head_equals_each_file_alone_with_group_norm_over_real_samples(ctc_pair):
+    model = ctc_pair[0]
+    rng = np.random.default_rng(5)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in (3000, 1700)]
+    x = np.zeros((2, 3000), np.float32)
+    mask = np.zeros((2, 3000), np.int32)
+    for row, wave in enumerate(waves):
+        x[row, : len(wave)], mask[row, : len(wave)] = wave, 1
+    batched = np.asarray(model(x, attention_mask=mask, group_norm_over_real_samples=True).logits)
+    default = np.asarray(model(x, attention_mask=mask).logits)  # transformers' way: the padding in the norm
+    alone = np.asarray(model(waves[1][None]).logits[0])
+    np.testing.assert_allclose(batched[1, : len(alone)], alone, atol=1e-5)
+    assert np.abs(default[1, : len(alone)] - alone).max() > 1e-3
+
+
+def test_transcripts_of_files_of_any_length_equal_transformers_on_each_file_alone(ctc_pair):
+    from hubert_jax.inference import transcribe
+
+    model, processor, asr, folder = ctc_pair
+    rng = np.random.default_rng(6)
+    waves = [rng.standard_normal(int(n)).astype(np.float32) * rng.uniform(0.1, 3) for n in
+             rng.integers(600, 7000, 7)]
+    ours = transcribe(model, waves, str(folder), max_tokens=3 * 7000)  # several calls, padded rows
+    theirs = [asr(wave)["text"] for wave in waves]
+    assert ours == theirs and len(set(ours)) == len(ours) and all(len(t) > 5 for t in ours), (ours, theirs)
+    assert transcribe(model, waves[2:3], processor) == ours[2:3]
+
+
+@pytest.mark.parametrize("chunk,stride", [(0.05, None), (0.08, (0.01, 0.02))])
+def test_long_files_are_chunked_with_strides_as_transformers_pipeline_chunks_them(ctc_pair, chunk, stride):
+    """The tiny model's frame is 20 samples, so chunks of 0.05 s (800 samples) cut a 1.1 s file in dozens."""
+    from hubert_jax.inference import transcribe
+
+    model, processor, asr, _ = ctc_pair
+    rng = np.random.default_rng(7)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in (17_600, 9_013)]
+    ours = transcribe(model, waves, processor, chunk_length_s=chunk, stride_length_s=stride)
+    kw = {} if stride is None else {"stride_length_s": list(stride)}
+    theirs = [asr(wave, chunk_length_s=chunk, **kw)["text"] for wave in waves]
+    assert ours == theirs and all(len(t) > 20 for t in ours), (ours, theirs)
+    assert ours != transcribe(model, waves, processor)  # the chunks were normalised and cut: not the whole file
+    with pytest.raises(ValueError, match="must be longer than the strides"):
+        transcribe(model, waves, processor, chunk_length_s=0.05, stride_length_s=0.03)

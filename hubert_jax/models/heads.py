@@ -56,11 +56,12 @@ class _Head(PretrainedMixin, nnx.Module):
             self.layer_weights = None
 
     def _encode(self, input_values, attention_mask, output_hidden_states, deterministic, dropout_rng,
-                mask_time_indices=None, mask_feature_indices=None):
+                mask_time_indices=None, mask_feature_indices=None, group_norm_over_real_samples=False):
         need_all = output_hidden_states or self.layer_weights is not None
         out = self.base_model(input_values, attention_mask=attention_mask, output_hidden_states=need_all,
                               deterministic=deterministic, dropout_rng=dropout_rng,
-                              mask_time_indices=mask_time_indices, mask_feature_indices=mask_feature_indices)
+                              mask_time_indices=mask_time_indices, mask_feature_indices=mask_feature_indices,
+                              group_norm_over_real_samples=group_norm_over_real_samples)
         if self.layer_weights is not None:
             weights = jax.nn.softmax(self.layer_weights[...].astype(jnp.float32))
             stacked = jnp.stack(out.hidden_states, axis=0).astype(jnp.float32)
@@ -87,10 +88,14 @@ class ForCTC(_Head):
 
     @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
-                 deterministic=True, dropout_rng=None, mask_time_indices=None, mask_feature_indices=None) -> CTCOutput:
-        """mask_time_indices / mask_feature_indices: SpecAugment masks (fine-tuning), see the base model."""
+                 deterministic=True, dropout_rng=None, mask_time_indices=None, mask_feature_indices=None,
+                 group_norm_over_real_samples: bool = False) -> CTCOutput:
+        """mask_time_indices / mask_feature_indices: SpecAugment masks (fine-tuning);
+        group_norm_over_real_samples: padded rows equal their files alone (group-norm extractors); see the base
+        model."""
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,
-                                             fold(dropout_rng, 0), mask_time_indices, mask_feature_indices)
+                                             fold(dropout_rng, 0), mask_time_indices, mask_feature_indices,
+                                             group_norm_over_real_samples)
         hidden = dropout(hidden, self.config.final_dropout, fold(dropout_rng, 1), deterministic)
         logits = self.lm_head(hidden)
         loss = self.ctc_loss(logits, input_values, attention_mask, labels) if labels is not None else None
@@ -136,9 +141,10 @@ class ForSequenceClassification(_Head):
     @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
                  deterministic=True, dropout_rng=None, mask_time_indices=None,
-                 mask_feature_indices=None) -> SequenceClassifierOutput:
+                 mask_feature_indices=None, group_norm_over_real_samples: bool = False) -> SequenceClassifierOutput:
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,
-                                             dropout_rng, mask_time_indices, mask_feature_indices)
+                                             dropout_rng, mask_time_indices, mask_feature_indices,
+                                             group_norm_over_real_samples)
         hidden = self.projector(hidden)
         if attention_mask is None:
             pooled = hidden.mean(axis=1)
@@ -161,9 +167,9 @@ class ForAudioFrameClassification(_Head):
 
     @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
-                 deterministic=True, dropout_rng=None) -> TokenClassifierOutput:
+                 deterministic=True, dropout_rng=None, group_norm_over_real_samples: bool = False) -> TokenClassifierOutput:
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,
-                                             dropout_rng)
+                                             dropout_rng, group_norm_over_real_samples=group_norm_over_real_samples)
         logits = self.classifier(hidden)
         loss = None
         if labels is not None:
@@ -234,9 +240,9 @@ class ForXVector(_Head):
 
     @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
-                 deterministic=True, dropout_rng=None) -> XVectorOutput:
+                 deterministic=True, dropout_rng=None, group_norm_over_real_samples: bool = False) -> XVectorOutput:
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,
-                                             dropout_rng)
+                                             dropout_rng, group_norm_over_real_samples=group_norm_over_real_samples)
         hidden = self.projector(hidden)
         for layer in self.tdnn:
             hidden = layer(hidden)
