@@ -3,6 +3,7 @@
     python benchmarks/inference.py                                   # CPU: base, batch 1 x 10 s
     python benchmarks/inference.py --models base,large --batches 1,8,32 --dtype bfloat16   # a GPU
     python benchmarks/inference.py --models tiny --seconds 0.5 --repeats 1    # every path, in seconds (checks)
+    python benchmarks/inference.py --corpus [--models base] [--limit N]      # the shipped corpus, see below
 
 Both sides are built from the same preset with random weights (speed does not depend on the values).
 hubert-jax runs twice: under the benchmark's own `jax.jit`, and as the direct call `model(x)` a user
@@ -13,6 +14,14 @@ machine whose speed drifts (shared CPUs, GPU clocks) slows every column alike. A
 `ratio` = hubert-jax time / PyTorch time (below 1: hubert-jax is faster). MFU uses the forward FLOPs per
 audio second of ../shared/REFERENCE.md section 3 (base 13.9 + 0.092 S GFLOP, large 35.8 + 0.246 S, S the
 clip length) against --peak-tflops (default: 989 on H100/H200, none elsewhere).
+
+--corpus: the shipped corpus' files (data/demo train and valid, mixed lengths), two jobs: layer-6 features and
+greedy CTC transcripts, by a HubertForCTC of the preset with random weights, the same weights on both sides.
+hubert-jax runs `inference.extract` / `inference.transcribe` twice in one process: the first pass includes
+every compilation (no persistent cache), the second reuses them. transformers runs each file alone (its
+feature extractor, then the model), and padded batches of --torch-batch files in length order, with the eager
+and sdpa attention. Each cell is one pass, wall time; audio seconds per second, and each hubert-jax pass over
+transformers' fastest setting of that job (`ratio` = time / fastest transformers time; below 1: faster).
 """
 
 from __future__ import annotations
@@ -118,6 +127,118 @@ def start_devices(peak_tflops: float | None):
     return jax, platform, device, kind, peak
 
 
+def corpus_files(limit: int | None):
+    """The demo corpus' waveforms (train then valid), 16 kHz float32."""
+    import os
+
+    from hubert_jax.data.manifest import read_audio, read_manifest
+
+    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "demo")
+    entries = [e for split in ("train", "valid") for e in read_manifest(os.path.join(demo, f"{split}.tsv"))]
+    return [read_audio(e.path) for e in entries[:limit]]
+
+
+CHARS = "|ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
+
+
+def ctc_models(name: str, impls: list[str]):
+    """({impl: transformers HubertForCTC}, our HubertForCTC with the same weights, our Processor)."""
+    import torch
+    import transformers
+
+    from hubert_jax.models import HubertForCTC
+    from hubert_jax.processing import CTCTokenizer, FeatureExtractor, Processor
+    from hubert_jax.weights.state import load_torch_state_dict
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate(CHARS)}}
+    config = model_config(name).replace(vocab_size=len(vocab))
+    kwargs = {k: v for k, v in config.to_dict().items() if k not in ("architectures", "model_type",
+                                                                     "transformers_version")}
+    torch.manual_seed(0)
+    theirs = {}
+    for impl in impls:
+        tcfg = transformers.HubertConfig(**kwargs)
+        tcfg._attn_implementation = impl  # noqa: SLF001
+        theirs[impl] = transformers.HubertForCTC(tcfg).eval()
+        if impl != impls[0]:
+            theirs[impl].load_state_dict(theirs[impls[0]].state_dict())
+    ours = HubertForCTC(config)
+    load_torch_state_dict(ours, theirs[impls[0]].state_dict())
+    return theirs, ours, Processor(FeatureExtractor(do_normalize=True), CTCTokenizer(vocab))
+
+
+def torch_passes(model, files, processor, layer: int, batch: int):
+    """{(job, setting): seconds} of transformers over the files: each alone, and padded batches."""
+    import numpy as np
+    import torch
+
+    def normalised(wave):
+        return processor.feature_extractor([wave])["input_values"][0]
+
+    def run(groups, job):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for group in groups:
+                x = [normalised(files[i]) for i in group]
+                width = max(len(w) for w in x)
+                values = np.zeros((len(x), width), np.float32)
+                mask = np.zeros((len(x), width), np.int64)
+                for row, w in enumerate(x):
+                    values[row, : len(w)], mask[row, : len(w)] = w, 1
+                inputs = {"input_values": torch.from_numpy(values)}
+                if len(x) > 1:
+                    inputs["attention_mask"] = torch.from_numpy(mask)
+                if job == "features":
+                    model.hubert(**inputs, output_hidden_states=True).hidden_states[layer].numpy()
+                else:
+                    processor.tokenizer.decode_logits(model(**inputs).logits.numpy())
+        return time.perf_counter() - start
+
+    alone = [[i] for i in range(len(files))]
+    by_length = sorted(range(len(files)), key=lambda i: len(files[i]))
+    batches = [by_length[i: i + batch] for i in range(0, len(files), batch)]
+    return {(job, mode): run(groups, job) for job in ("features", "ctc")
+            for mode, groups in (("alone", alone), (f"batches of {batch}", batches))}
+
+
+def corpus_main(args) -> int:
+    import torch
+    import transformers
+
+    from hubert_jax.inference import extract, transcribe
+
+    jax, platform, device, kind, _ = start_devices(None)
+    files = corpus_files(args.limit)
+    seconds = sum(len(f) for f in files) / SAMPLE_RATE
+    impls = [i for i in args.torch_impls.split(",") if i]
+    print(f"device: {kind} ({platform}; torch {torch.get_num_threads()} threads); jax {jax.__version__}, torch "
+          f"{torch.__version__}, transformers {transformers.__version__}; {len(files)} files, {seconds:.0f} s of "
+          f"audio, {min(len(f) for f in files) / SAMPLE_RATE:.1f}-{max(len(f) for f in files) / SAMPLE_RATE:.1f} s")
+    for name in args.models.split(","):
+        theirs, ours, processor = ctc_models(name, impls)
+        layer = min(6, ours.config.num_hidden_layers)
+        times = {}
+        for impl, model in theirs.items():
+            times.update({(job, f"transformers {impl}, {mode}"): t
+                          for (job, mode), t in torch_passes(model, files, processor, layer, args.torch_batch).items()})
+        for label in ("compile included", "compile excluded"):
+            start = time.perf_counter()
+            extract(ours.hubert, files, layer=layer)
+            times[("features", f"hubert-jax extract, {label}")] = time.perf_counter() - start
+            start = time.perf_counter()
+            transcribe(ours, files, processor)
+            times[("ctc", f"hubert-jax transcribe, {label}")] = time.perf_counter() - start
+        print(f"\n{name}: layer-{layer} features and CTC transcripts")
+        print("| job | setting | wall s | audio s/s | ratio to transformers' fastest |")
+        print("|---|---|---|---|---|")
+        for job in ("features", "ctc"):
+            fastest = min(t for (j, s), t in times.items() if j == job and s.startswith("transformers"))
+            for (j, setting), t in times.items():
+                if j == job:
+                    print(f"| {job} | {setting} | {t:.2f} | {seconds / t:.1f} | {t / fastest:.2f} |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="base")
@@ -129,7 +250,12 @@ def main(argv=None) -> int:
                    help="transformers attn_implementation values (flash_attention_2 is added on CUDA when installed)")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--attention", default="auto", help="hubert-jax attention_impl (auto, xla, cudnn, pallas)")
+    p.add_argument("--corpus", action="store_true", help="the shipped corpus' files: features and transcripts")
+    p.add_argument("--limit", type=int, default=None, help="--corpus: the first N files only")
+    p.add_argument("--torch-batch", type=int, default=8, help="--corpus: files per transformers padded batch")
     args = p.parse_args(argv)
+    if args.corpus:
+        return corpus_main(args)
 
     import torch
     import transformers

@@ -50,6 +50,17 @@ def test_benchmark_prints_its_table(script, args, prefix, columns):
     assert re.fullmatch(r"n/a|\d+\.\d%", cells[-1]), cells  # MFU: no peak FLOPs on CPU
 
 
+def test_corpus_inference_benchmark_times_every_setting_of_both_jobs():
+    stdout = run_benchmark("inference.py", "--corpus", "--models", "tiny", "--limit", "6", "--torch-impls", "eager")
+    assert stdout.startswith("device: ") and "6 files" in stdout, stdout
+    for job in ("features", "ctc"):
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+                if line.startswith(f"| {job} |")]
+        assert len(rows) == 4, stdout  # transformers alone and batched, hubert-jax with and without compilation
+        assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows), rows
+        assert min(float(r[4]) for r in rows if r[1].startswith("transformers")) == 1.0, rows
+
+
 def test_batching_benchmark_prints_its_table():
     stdout = run_benchmark("batching.py", "--smoke")
     assert stdout.startswith("device: "), stdout
