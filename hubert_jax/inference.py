@@ -145,16 +145,17 @@ def transcribe(model, waveforms, processor, *, chunk_length_s: float | None = No
                         f"{type(model).__name__}")
     if not isinstance(processor, Processor):
         processor = Processor.from_pretrained(str(processor))
-    audio = [as_waveform(w, i) for i, w in enumerate(waveforms)]
+    audio = _checked_audio(model, waveforms)
     pieces = []  # (file, samples, (input_n, left, right) or None)
     for index, wave in enumerate(audio):
         if chunk_length_s:
             pieces += [(index, chunk, stride) for chunk, stride in
-                       _chunks(wave, model.config.inputs_to_logits_ratio, chunk_length_s, stride_length_s)]
+                       _chunks(wave, model.config.inputs_to_logits_ratio, receptive_field(model.config),
+                                                      chunk_length_s, stride_length_s)]
         else:
             pieces.append((index, wave, None))
     needed = receptive_field(model.config)
-    usable = [p for p in pieces if len(p[1]) >= needed or p[2] is None]
+    usable = [p for p in pieces if len(p[1]) >= needed]  # a shorter last chunk: its strides leave no frame
     normalise = processor.feature_extractor
     inputs = _checked_audio(model, [normalise([samples], sampling_rate=SAMPLE_RATE)["input_values"][0]
                                     for _, samples, _ in usable])
@@ -175,7 +176,7 @@ def transcribe(model, waveforms, processor, *, chunk_length_s: float | None = No
     return [processor.tokenizer.decode(np.concatenate(p).tolist() if p else []) for p in per_file]
 
 
-def _chunks(wave: np.ndarray, align_to: int, chunk_length_s: float, stride_length_s):
+def _chunks(wave: np.ndarray, align_to: int, needed: int, chunk_length_s: float, stride_length_s):
     """(chunk, (samples, left stride, right stride)) as transformers' ASR pipeline cuts a file (`chunk_iter`):
     lengths rounded to whole frames, a step of chunk - left - right, no left stride on the first chunk and no
     right stride on the last. A chunk shorter than one frame's receptive field (which transformers' model
@@ -189,6 +190,8 @@ def _chunks(wave: np.ndarray, align_to: int, chunk_length_s: float, stride_lengt
     if chunk_len <= left + right:
         raise ValueError(f"chunk_length_s={chunk_length_s} must be longer than the strides {tuple(stride_length_s)} "
                          f"together")
+    if chunk_len < needed:
+        raise ValueError(f"chunk_length_s={chunk_length_s}: {chunk_len} samples, too short for one frame ({needed})")
     for start in range(0, len(wave), chunk_len - left - right):
         chunk = wave[start: start + chunk_len]
         last = start + chunk_len >= len(wave)

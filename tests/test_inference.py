@@ -187,3 +187,7 @@ def test_long_files_are_chunked_with_strides_as_transformers_pipeline_chunks_the
     assert ours != transcribe(model, waves, processor)  # the chunks were normalised and cut: not the whole file
     with pytest.raises(ValueError, match="must be longer than the strides"):
         transcribe(model, waves, processor, chunk_length_s=0.05, stride_length_s=0.03)
+    with pytest.raises(ValueError, match=r"chunk_length_s=0.001: 20 samples, too short for one frame \(30\)"):
+        transcribe(model, waves, processor, chunk_length_s=0.001)
+    with pytest.raises(ValueError, match=r"waveform 1 has 25 samples: too short for one frame \(30\)"):
+        transcribe(model, [waves[0], waves[1][:25]], processor, chunk_length_s=chunk)
