@@ -91,15 +91,23 @@ def jax_call(model_name: str, batch: int, seconds: float, dtype: str, attention_
     return (lambda: forward(state, x).block_until_ready()), direct
 
 
+def torch_config(config, attn_implementation: str):
+    """transformers' HubertConfig of our config, with the attention implementation to build."""
+    import transformers
+
+    out = transformers.HubertConfig(**{k: v for k, v in config.to_dict().items()
+                                       if k not in ("architectures", "model_type", "transformers_version")})
+    out._attn_implementation = attn_implementation  # noqa: SLF001 (transformers reads it when building the layers)
+    return out
+
+
 def torch_call(model_name: str, batch: int, seconds: float, dtype: str, impl: str, device: str):
     import torch
     import transformers
 
-    config = transformers.HubertConfig(**{k: v for k, v in model_config(model_name).to_dict().items()
-                                          if k not in ("architectures", "model_type", "transformers_version")})
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    config._attn_implementation = impl  # noqa: SLF001 (transformers reads it when building the layers)
-    model = transformers.HubertModel(config).to(device=device, dtype=torch_dtype).eval()
+    model = transformers.HubertModel(torch_config(model_config(model_name), impl))
+    model = model.to(device=device, dtype=torch_dtype).eval()
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, int(seconds * SAMPLE_RATE), generator=generator).to(device=device, dtype=torch_dtype)
 
@@ -152,14 +160,10 @@ def ctc_models(name: str, impls: list[str]):
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate(CHARS)}}
     config = model_config(name).replace(vocab_size=len(vocab))
-    kwargs = {k: v for k, v in config.to_dict().items() if k not in ("architectures", "model_type",
-                                                                     "transformers_version")}
     torch.manual_seed(0)
     theirs = {}
     for impl in impls:
-        tcfg = transformers.HubertConfig(**kwargs)
-        tcfg._attn_implementation = impl  # noqa: SLF001
-        theirs[impl] = transformers.HubertForCTC(tcfg).eval()
+        theirs[impl] = transformers.HubertForCTC(torch_config(config, impl)).eval()
         if impl != impls[0]:
             theirs[impl].load_state_dict(theirs[impls[0]].state_dict())
     ours = HubertForCTC(config)

@@ -145,31 +145,31 @@ def transcribe(model, waveforms, processor, *, chunk_length_s: float | None = No
                         f"{type(model).__name__}")
     if not isinstance(processor, Processor):
         processor = Processor.from_pretrained(str(processor))
+    config = model.config
     audio = _checked_audio(model, waveforms)
+    needed = receptive_field(config)
     pieces = []  # (file, samples, (input_n, left, right) or None)
     for index, wave in enumerate(audio):
         if chunk_length_s:
             pieces += [(index, chunk, stride) for chunk, stride in
-                       _chunks(wave, model.config.inputs_to_logits_ratio, receptive_field(model.config),
-                                                      chunk_length_s, stride_length_s)]
+                       _chunks(wave, config.inputs_to_logits_ratio, needed, chunk_length_s, stride_length_s)]
         else:
             pieces.append((index, wave, None))
-    needed = receptive_field(model.config)
     usable = [p for p in pieces if len(p[1]) >= needed]  # a shorter last chunk: its strides leave no frame
-    normalise = processor.feature_extractor
-    inputs = _checked_audio(model, [normalise([samples], sampling_rate=SAMPLE_RATE)["input_values"][0]
-                                    for _, samples, _ in usable])
+    inputs = [processor.feature_extractor([samples], sampling_rate=SAMPLE_RATE)["input_values"][0]
+              for _, samples, _ in usable]
     forward = _forward("logits")
     ids: list = [None] * len(usable)
     for index, logits in _batched(inputs, lambda x, mask: np.asarray(forward(model, x, mask)), max_tokens=max_tokens,
                                   ratio=ratio, full_rows=False):
-        frames = int(feat_extract_output_lengths(model.config, len(inputs[index])))
+        frames = int(feat_extract_output_lengths(config, len(inputs[index])))
         ids[index] = logits[:frames].argmax(-1)
         stride = usable[index][2]
         if stride is not None:  # transformers' rescale_stride, then logits[left:token_n - right]
             input_n, left, right = stride
-            token_n = int(round(input_n / model.config.inputs_to_logits_ratio))
-            ids[index] = ids[index][int(round(left / input_n * token_n)): token_n - int(round(right / input_n * token_n))]
+            token_n = int(round(input_n / config.inputs_to_logits_ratio))
+            first, end = int(round(left / input_n * token_n)), token_n - int(round(right / input_n * token_n))
+            ids[index] = ids[index][first:end]
     per_file: list[list] = [[] for _ in audio]
     for (index, _, _), piece in zip(usable, ids):
         per_file[index].append(piece)

@@ -129,27 +129,18 @@ def replay_notes(notes) -> None:
 
 
 def _note_resampling(path: str, rate: int) -> None:
-    _note(functools.partial(_count_resampled, path, rate))
+    _note(functools.partial(_count, _resampled, rate, "%s is at %d Hz: resampling it to %d Hz (noted once per "
+                            "rate; every such file is resampled, and manifests must count its samples at %d Hz)",
+                            path, rate, SAMPLE_RATE, SAMPLE_RATE))
 
 
-def _count_resampled(path: str, rate: int) -> None:
+def _count(counter: collections.Counter, rate: int, message: str, *args) -> None:
+    """One more file at `rate` in `counter`; the first one per rate is logged."""
     with _resampled_lock:
-        _resampled[rate] += 1
-        first = _resampled[rate] == 1
+        counter[rate] += 1
+        first = counter[rate] == 1
     if first:
-        logger.warning("%s is at %d Hz: resampling it to %d Hz (noted once per rate; every such file is "
-                       "resampled, and manifests must count its samples at %d Hz)", path, rate, SAMPLE_RATE,
-                       SAMPLE_RATE)
-
-
-def _count_native(where: str, path: str, rate: int, listed: int) -> None:
-    with _resampled_lock:
-        _native[rate] += 1
-        first = _native[rate] == 1
-    if first:
-        logger.warning("%s: lists %s at its native %d Hz count (%d); accepted and read at %d Hz (noted "
-                       "once per rate; the manifest's other counts are at %d Hz)", where, path, rate, listed,
-                       SAMPLE_RATE, SAMPLE_RATE)
+        logger.warning(message, *args)
 
 
 def resampled_counts() -> dict:
@@ -248,7 +239,9 @@ def check_count(listed: int, audio: np.ndarray, rate: int, *, where: str, path: 
     if rate != SAMPLE_RATE:
         native = len(audio) * rate / SAMPLE_RATE  # the resampler's rounding: within rate / 16 kHz + 1
         if abs(native - listed) <= rate / SAMPLE_RATE + 1:
-            _note(functools.partial(_count_native, where, path, rate, listed))
+            _note(functools.partial(_count, _native, rate, "%s: lists %s at its native %d Hz count (%d); accepted "
+                                    "and read at %d Hz (noted once per rate; the manifest's other counts are at "
+                                    "%d Hz)", where, path, rate, listed, SAMPLE_RATE, SAMPLE_RATE))
             return
     raise AudioError(f"{where}: the manifest lists {listed} samples, but {path} has {len(audio)} at "
                      f"{SAMPLE_RATE} Hz{f'; the file is at {rate} Hz' if rate != SAMPLE_RATE else ''}. Fix the "

@@ -70,8 +70,9 @@ def cmd_mfcc(args) -> None:
     # Batches are computed in `threads` threads (NumPy releases the GIL), each on one BLAS thread: the filter
     # products are too small to share, and OpenBLAS' idle threads spin. Written in order as they finish, so
     # memory holds a few batches, not the corpus.
+    workers = max(args.threads, 1)
     with FeatureWriter(prefix, 39) as out, threadpool_limits(1, user_api="blas"), \
-            ThreadPoolExecutor(max(args.threads, 1), thread_name_prefix="mfcc") as pool:
+            ThreadPoolExecutor(workers, thread_name_prefix="mfcc") as pool:
         pending = collections.deque()
 
         def write(batch, features):  # the batch's features, after the unusable rows before each of its utterances
@@ -82,7 +83,7 @@ def cmd_mfcc(args) -> None:
 
         def compute(batch):
             pending.append((batch, pool.submit(mfcc_with_deltas, [a for _, a in batch])))
-            while len(pending) > max(args.threads, 1):
+            while len(pending) > workers:
                 write(*pending.popleft())
 
         index = 0

@@ -167,7 +167,8 @@ class ForAudioFrameClassification(_Head):
 
     @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
-                 deterministic=True, dropout_rng=None, group_norm_over_real_samples: bool = False) -> TokenClassifierOutput:
+                 deterministic=True, dropout_rng=None,
+                 group_norm_over_real_samples: bool = False) -> TokenClassifierOutput:
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,
                                              dropout_rng, group_norm_over_real_samples=group_norm_over_real_samples)
         logits = self.classifier(hidden)
@@ -240,7 +241,8 @@ class ForXVector(_Head):
 
     @compiled_in_inference
     def __call__(self, input_values, attention_mask=None, labels=None, output_hidden_states=False,
-                 deterministic=True, dropout_rng=None, group_norm_over_real_samples: bool = False) -> XVectorOutput:
+                 deterministic=True, dropout_rng=None,
+                 group_norm_over_real_samples: bool = False) -> XVectorOutput:
         hidden, hidden_states = self._encode(input_values, attention_mask, output_hidden_states, deterministic,
                                              dropout_rng, group_norm_over_real_samples=group_norm_over_real_samples)
         hidden = self.projector(hidden)
