@@ -37,6 +37,34 @@ def test_eight_devices_give_the_same_centroids_as_one():
     assert inertia(x, eight, mesh=make_mesh({"data": 8})) == pytest.approx(inertia(x, one), rel=1e-5)
 
 
+def test_batches_read_a_group_at_a_time_give_the_centroids_of_one_batch_at_a_time(tmp_path, monkeypatch):
+    # rows of a memory-mapped file, a subset of them, epochs that end inside a group, and an early stop
+    import hubert_jax.labels.kmeans as kmeans
+
+    np.save(tmp_path / "x.npy", _blobs(n=9000))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = np.flatnonzero(np.random.default_rng(1).random(len(x)) < 0.7)
+    config = KMeansConfig(12, batch_size=700, max_iter=60, n_init=2, max_no_improvement=30, seed=5)
+    batch_bytes = config.batch_size * x.shape[1] * 4
+    read_rows, reads, fits = kmeans.read_rows, {}, {}
+
+    for group in (1, 3, 1000):
+        def counted(features, r, *, group=group, **kw):
+            reads.setdefault(group, []).append(len(r))
+            return read_rows(features, r, **kw)
+
+        monkeypatch.setattr(kmeans, "read_rows", counted)
+        monkeypatch.setattr(kmeans, "PREFETCH_BYTES", group * batch_bytes)
+        fits[group] = fit(x, config, rows=rows)
+        assert max(reads[group][1:]) <= group * config.batch_size  # [0]: the k-means++ sample
+    ran = len(reads[1]) - 1  # one read a batch
+    assert ran < config.max_iter * len(rows) // config.batch_size  # it stopped early
+    assert ran > len(rows) // config.batch_size  # after more than one epoch
+    assert len(reads[3]) - 1 == -(-ran // 3) and len(reads[1000]) == 2
+    np.testing.assert_array_equal(fits[3], fits[1])
+    np.testing.assert_array_equal(fits[1000], fits[1])
+
+
 def test_predict_save_load_and_errors(tmp_path):
     x = _blobs(n=3000)
     centers = fit(x, KMeansConfig(8, batch_size=500, max_iter=3, n_init=2))

@@ -88,10 +88,10 @@ def release_pages(features) -> None:
             mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def read_rows(features, rows: np.ndarray, *, chunk: int = 1 << 10) -> np.ndarray:
+def read_rows(features, rows: np.ndarray, *, chunk: int = 1 << 10, out: np.ndarray | None = None) -> np.ndarray:
     """features[rows] for ascending `rows`, read `chunk` rows at a time with the pages released after each
-    (scattered rows would otherwise leave most of a memory-mapped file resident)."""
-    out = np.empty((len(rows), features.shape[1]), np.float32)
+    (scattered rows would otherwise leave most of a memory-mapped file resident); into `out` if given."""
+    out = np.empty((len(rows), features.shape[1]), np.float32) if out is None else out
     for start in range(0, len(rows), chunk):
         out[start: start + chunk] = features[rows[start: start + chunk]]
         release_pages(features)

@@ -120,13 +120,14 @@ def _batch_sharding(mesh):
     return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
 
 
-def _place_rows(features, idx: np.ndarray, sharding):
+def _place_rows(features, idx: np.ndarray, sharding, read=None):
     """features[idx] as a batch, padded with weight-0 rows to a multiple of the device count, and its
     weights. On a mesh every host reads only the rows of its own devices (make_array_from_callback), so a
-    mesh over many hosts splits the reading as well as the arithmetic."""
+    mesh over many hosts splits the reading as well as the arithmetic. `read(rows)` (ascending rows; default
+    read_rows from `features`) supplies the rows, e.g. from a `_Prefetched` group."""
     n, d = len(idx), features.shape[1]
-    devices = 1 if sharding is None else sharding.mesh.size
-    total = n + (-n) % devices
+    read = read or functools.partial(read_rows, features)
+    total = _padded(n, sharding)
     weights = (np.arange(total) < n).astype(np.float32)
 
     def rows(index) -> np.ndarray:
@@ -134,13 +135,51 @@ def _place_rows(features, idx: np.ndarray, sharding):
         out = np.zeros((len(positions), d), np.float32)
         real = positions < n
         if real.any():  # ascending rows, their pages released as they are read
-            out[real] = read_rows(features, idx[positions[real]])
+            out[real] = read(idx[positions[real]])
         return out
 
     if sharding is None:
         return jnp.asarray(rows((slice(None),))), jnp.asarray(weights)
     return (jax.make_array_from_callback((total, d), sharding, rows),
             jax.make_array_from_callback((total,), sharding, lambda index: weights[index]))
+
+
+def _padded(n: int, sharding) -> int:
+    devices = 1 if sharding is None else sharding.mesh.size
+    return n + (-n) % devices
+
+
+# The rows of the next mini-batches are read together, up to this many bytes: one ascending pass over the
+# pages a group's batches touch instead of one per batch. A batch of 10,000 rows touches about half the pages
+# of a 12 h MFCC sample, and faulting them in again for every batch (the pages are released as they are read,
+# so that RSS stays flat) took 5.5 s of a 13.7 s fit; 39-d batches are read 20 at a time, 768-d ones alone.
+PREFETCH_BYTES = 32 << 20
+
+
+class _Prefetcher:
+    """Reads the rows this host needs for several batches in one ascending pass (`read_rows`, pages released
+    as it goes) into one buffer reused group after group; `take(rows)` gives any of the last group's rows."""
+
+    def __init__(self, features, batch_size: int, group: int, sharding):
+        self.features = features
+        total = _padded(batch_size, sharding)
+        if sharding is None:
+            self.mine = np.arange(total)
+        else:  # the batch positions of this host's devices, as _place_rows' callbacks will ask for them
+            spots = sharding.addressable_devices_indices_map((total, features.shape[1])).values()
+            self.mine = np.unique(np.concatenate([np.arange(total)[index[0]] for index in spots]))
+        self.buffer = np.empty((group * len(self.mine), features.shape[1]), np.float32)
+        self.rows = np.zeros((0,), np.int64)
+
+    def load(self, batches: list[np.ndarray]) -> None:
+        self.rows = np.unique(np.concatenate([idx[self.mine[self.mine < len(idx)]] for idx in batches]))
+        read_rows(self.features, self.rows, out=self.buffer[:len(self.rows)])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(self.rows, rows)
+        if not np.array_equal(self.rows[np.minimum(at, len(self.rows) - 1)], rows):
+            raise AssertionError("k-means: a batch asked for rows outside its prefetched group")
+        return self.buffer[at]
 
 
 @jax.jit
@@ -263,13 +302,23 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
     alpha = jnp.float32(min(1.0, batch_size * 2.0 / (n + 1)))
     index = np.int32 if n < 2 ** 31 else np.int64  # 4 B a row; the same permutation as rng.permutation(n)
     order, cursor = rng.permutation(np.arange(n, dtype=index)), 0
-    bar = progress(steps) if progress is not None else None
-    for step in range(steps):
+
+    def draw() -> np.ndarray:  # the next batch's rows (ascending): the draws of one batch at a time, in order
+        nonlocal order, cursor
         if cursor + batch_size > n:
             order, cursor = rng.permutation(np.arange(n, dtype=index)), 0
-        idx = pick(np.sort(order[cursor: cursor + batch_size]).astype(np.int64))
         cursor += batch_size
-        batch, weights = _place_rows(features, idx, sharding)
+        return pick(np.sort(order[cursor - batch_size: cursor]).astype(np.int64))
+
+    group = max(1, PREFETCH_BYTES // (batch_size * features.shape[1] * 4))
+    prefetcher, upcoming = _Prefetcher(features, batch_size, group, sharding), []
+    bar = progress(steps) if progress is not None else None
+    for step in range(steps):
+        if not upcoming:  # rows drawn ahead are only read ahead: the batches and their order are unchanged
+            upcoming = [draw() for _ in range(min(group, steps - step))]
+            prefetcher.load(upcoming)
+        idx = upcoming.pop(0)
+        batch, weights = _place_rows(features, idx, sharding, prefetcher.take)
         state = minibatch_step(state, batch, weights, alpha, config.max_no_improvement)
         if bar is not None:
             bar.update()
