@@ -124,9 +124,11 @@ def _place_rows(features, idx: np.ndarray, sharding, read=None):
     """features[idx] as a batch, padded with weight-0 rows to a multiple of the device count, and its
     weights. On a mesh every host reads only the rows of its own devices (make_array_from_callback), so a
     mesh over many hosts splits the reading as well as the arithmetic. `read(rows)` (ascending rows; default
-    read_rows from `features`) supplies the rows, e.g. from a `_Prefetched` group."""
+    read_rows from `features`) supplies the rows, e.g. from a `_Prefetcher`'s group."""
     n, d = len(idx), features.shape[1]
     read = read or functools.partial(read_rows, features)
+    if sharding is None:  # no padding, and the rows straight to the device
+        return jnp.asarray(read(idx)), jnp.ones((n,), jnp.float32)
     total = _padded(n, sharding)
     weights = (np.arange(total) < n).astype(np.float32)
 
@@ -138,8 +140,6 @@ def _place_rows(features, idx: np.ndarray, sharding, read=None):
             out[real] = read(idx[positions[real]])
         return out
 
-    if sharding is None:
-        return jnp.asarray(rows((slice(None),))), jnp.asarray(weights)
     return (jax.make_array_from_callback((total, d), sharding, rows),
             jax.make_array_from_callback((total,), sharding, lambda index: weights[index]))
 
