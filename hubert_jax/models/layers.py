@@ -237,10 +237,12 @@ class GroupNorm(nnx.Module):
             mean = g.mean((1, 3), keepdims=True)
             var = jnp.square(g - mean).mean((1, 3), keepdims=True)
         else:
-            w = mask.astype(jnp.float32)[:, :, None, None]
-            count = jnp.maximum(w.sum(1, keepdims=True) * g.shape[3], 1.0)
-            mean = (g * w).sum((1, 3), keepdims=True) / count
-            var = (jnp.square(g - mean) * w).sum((1, 3), keepdims=True) / count
+            # jnp.where, not a product with the mask as floats: XLA's CPU fusion of the latter took 1.6x as long
+            # (hubert-base's first conv output, 4 x 3 s)
+            w = mask[:, :, None, None]
+            count = jnp.maximum(mask.sum(1).astype(jnp.float32)[:, None, None, None] * g.shape[3], 1.0)
+            mean = jnp.where(w, g, 0.0).sum((1, 3), keepdims=True) / count
+            var = jnp.where(w, jnp.square(g - mean), 0.0).sum((1, 3), keepdims=True) / count
         y = ((g - mean) * jax.lax.rsqrt(var + self.eps)).reshape(b, t, c)
         y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
         return y.astype(self.dtype)
