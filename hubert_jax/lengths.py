@@ -5,6 +5,8 @@ The one place that knows the formulas; masks, heads and the data pipeline all ca
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 
 SAMPLE_RATE = 16000  # samples per second of every model's input (and of manifests' counts)
@@ -46,3 +48,12 @@ def feature_vector_mask(config, num_frames: int, attention_mask, add_adapter: bo
     """Sample-level attention mask (B, T) -> frame-level mask (B, num_frames)."""
     lengths = feat_extract_output_lengths(config, attention_mask.astype(jnp.int32).sum(-1), add_adapter)
     return lengths_to_mask(lengths, num_frames)
+
+
+def grid_length(length: int, ratio: float, base: int = SAMPLE_RATE, multiple: int = 320) -> int:
+    """The shortest length of the fixed grid base * ratio^k (k any integer, rounded up to `multiple`) that
+    holds `length`: a padded length that does not depend on which other utterances come along, so
+    successive calls reuse their compiled shapes."""
+    k = math.ceil(math.log(length / base) / math.log(ratio) - 1e-9)
+    size = math.ceil(base * ratio ** k / multiple) * multiple
+    return size if size >= length else math.ceil(base * ratio ** (k + 1) / multiple) * multiple

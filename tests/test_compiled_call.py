@@ -53,3 +53,48 @@ def test_batchnorm_statistics_update_in_training_only():
     np.testing.assert_array_equal(stats(), start)  # inference: running statistics untouched
     model(x, deterministic=False, dropout_rng=jax.random.key(0))
     assert not np.array_equal(stats(), start)
+
+
+def test_new_lengths_share_a_grid_program_and_each_call_gets_its_own_frames():
+    """3000, 3100 and 3300 samples pad to the grid's 3520 (with a mask over the real samples, a group norm over
+    them), so three lengths compile one program; the outputs are trimmed to each length's frames and equal the
+    exact call. A length called a third time gets its own program; a caller's own mask keeps its shape."""
+    from hubert_jax.lengths import grid_length
+
+    rng = np.random.default_rng(3)
+    assert {grid_length(n, compiled.GRID_RATIO) for n in (3000, 3100, 3300)} == {3520}
+    for norm in ("group", "layer"):
+        model = tiny(feat_extract_norm=norm, conv_bias=norm == "layer")
+        waves = {n: rng.standard_normal((2, n)).astype(np.float32) for n in (3000, 3100, 3300)}
+        before = compiled.traces["count"]
+        for n, x in waves.items():
+            out = model(x, output_hidden_states=True)
+            exact = type(model).__call__.eager(model, jnp.asarray(x), output_hidden_states=True)
+            assert out.last_hidden_state.shape == exact.last_hidden_state.shape, n
+            for a, b in zip((out.last_hidden_state, out.extract_features, *out.hidden_states),
+                            (exact.last_hidden_state, exact.extract_features, *exact.hidden_states)):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+            np.testing.assert_allclose(float(out.features_pen), float(exact.features_pen), rtol=1e-5)
+        assert compiled.traces["count"] == before + 1, norm  # one program for the three lengths
+        model(waves[3000], output_hidden_states=True)
+        assert compiled.traces["count"] == before + 1  # the second call of a length: the grid's program
+        third = model(waves[3000], output_hidden_states=True)
+        assert compiled.traces["count"] == before + 2  # the third: its own, exact shape
+        np.testing.assert_allclose(np.asarray(third.last_hidden_state), np.asarray(
+            type(model).__call__.eager(model, jnp.asarray(waves[3000])).last_hidden_state), atol=1e-5)
+        mask = np.ones((2, 3100), np.int32)
+        mask[1, 2500:] = 0
+        masked = model(waves[3100], attention_mask=mask)
+        assert compiled.traces["count"] == before + 3 and masked.last_hidden_state.shape[1] == 154
+
+
+def test_a_head_called_directly_on_a_new_length_gives_its_frames_and_pooled_outputs():
+    from hubert_jax.models import HubertForCTC, HubertForSequenceClassification
+
+    config = hubert_jax.HubertConfig.from_dict({**TINY, "feat_extract_norm": "group"})
+    x = np.random.default_rng(4).standard_normal((1, 3100)).astype(np.float32)
+    for head in (HubertForCTC(config, rngs=nnx.Rngs(1)), HubertForSequenceClassification(config, rngs=nnx.Rngs(1))):
+        out = head(x).logits
+        exact = type(head).__call__.eager(head, jnp.asarray(x)).logits
+        assert out.shape == exact.shape
+        np.testing.assert_allclose(np.asarray(out), np.asarray(exact), atol=2e-5)

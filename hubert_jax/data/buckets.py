@@ -18,12 +18,10 @@ would.
 from __future__ import annotations
 
 import bisect
-import math
 
 import numpy as np
 
 from hubert_jax.data.mixing import mix_rng
-from hubert_jax.lengths import SAMPLE_RATE
 
 
 def batch_sizes(buckets, max_tokens: int, multiple: int) -> tuple[int, ...]:
@@ -47,15 +45,6 @@ def geometric(smallest: int, largest: int, ratio: float, multiple: int = 320) ->
         lengths.append(int(round(length / multiple)) * multiple)
         length *= ratio
     return tuple(sorted(set(lengths + [largest])))
-
-
-def grid_length(length: int, ratio: float, base: int = SAMPLE_RATE, multiple: int = 320) -> int:
-    """The shortest length of the fixed grid base * ratio^k (k any integer, rounded up to `multiple`) that
-    holds `length`: a padded length that does not depend on which other utterances come along, so
-    successive calls reuse their compiled shapes."""
-    k = math.ceil(math.log(length / base) / math.log(ratio) - 1e-9)
-    size = math.ceil(base * ratio ** k / multiple) * multiple
-    return size if size >= length else math.ceil(base * ratio ** (k + 1) / multiple) * multiple
 
 
 def check_buckets(buckets) -> tuple[int, ...]:

@@ -5,15 +5,32 @@ its parameters and inputs, so the call goes through `nnx.jit`: one compilation p
 setting of its flags (output_hidden_states, ...), reused by every later call. Anything else runs as written,
 op by op: calls inside a user's own `jit`/`grad`/`vmap` (the user's trace already compiles them), training
 mode (dropout keys, BatchNorm statistics that the call updates), and inputs that are not arrays.
+
+Lengths share programs: audio of T samples is padded with zeros to the length grid (`lengths.grid_length`,
+1 s x 1.25^k, at most a fifth of padding), run with an attention mask over its real samples, and the outputs'
+frames trimmed back to the frames of T, so a folder of files of many lengths compiles a few programs, not one
+per file. That gives each file's own numbers (up to float rounding): padded frames are masked out of attention
+and the positional conv, the conv frames of real samples never see the padding, a group-norm extractor takes
+its statistics over the real samples (`group_norm_over_real_samples`) and the feature penalty its mean over
+real frames. Where it cannot, the call keeps the exact shape:
+- a call with an attention mask: its caller has padded already (and a group-norm extractor without
+  `group_norm_over_real_samples` counts that padding in its statistics, as transformers does);
+- a wav2vec 2.0 adapter (its strided convs would read the encoder's padded frames);
+- labels, SpecAugment masks or a feature gradient scale (training inputs, shaped by the frames);
+- a length called a third time: it gets its own program, so a fixed crop length pays no padding after that.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import weakref
 
 import jax
 import numpy as np
 from flax import nnx
+
+from hubert_jax.lengths import feat_extract_output_lengths, grid_length
 
 traces = {"count": 0}  # how many times a compiled call was traced (tests read it)
 
@@ -42,24 +59,76 @@ def _inference_call(args, kwargs) -> bool:
     return _outside_any_trace()
 
 
+GRID_RATIO = 1.25
+EXACT_AFTER = 2  # calls at one padded length before that length gets its own program
+_EXACT_ONLY = ("labels", "mask_time_indices", "mask_feature_indices")
+
+
+def _grid_padded(model, bound: inspect.BoundArguments, seen: dict, key) -> int | None:
+    """The grid length to pad this call's audio to (rewriting its arguments), or None to keep its shape."""
+    args = bound.arguments
+    x, mask = args.get("input_values"), args.get("attention_mask")
+    config = getattr(model, "config", None)
+    if (config is None or np.ndim(x) != 2 or "group_norm_over_real_samples" not in bound.signature.parameters
+            or any(args.get(k) is not None for k in _EXACT_ONLY)):
+        return None
+    if mask is not None or args.get("feature_grad_mult", 1.0) != 1.0 or config.uses_adapter:
+        return None
+    length = int(np.shape(x)[1])
+    size = grid_length(length, GRID_RATIO)
+    counts = seen.setdefault(model, {})  # per model: another model's calls do not count
+    shape = (key, tuple(np.shape(x)))
+    counts[shape] = counts.get(shape, 0) + 1
+    if size == length or counts[shape] > EXACT_AFTER:
+        return None
+    rows = np.shape(x)[0]
+    padded = np.zeros((rows, size), np.asarray(x).dtype)
+    padded[:, :length] = np.asarray(x)
+    real = np.zeros((rows, size), np.int32)
+    real[:, :length] = 1
+    args["input_values"], args["attention_mask"] = padded, real
+    args["group_norm_over_real_samples"] = True
+    return int(feat_extract_output_lengths(config, length))
+
+
+def _trimmed(output, padded_frames: int, frames: int):
+    """Every (B, frames, ...) array of the output cut to the real frames."""
+    def trim(leaf):
+        if getattr(leaf, "ndim", 0) >= 3 and leaf.shape[1] == padded_frames:
+            return leaf[:, :frames]
+        return leaf
+
+    return jax.tree.map(trim, output)
+
+
 def compiled_in_inference(method):
-    """Decorate a model's `__call__`: direct inference calls compile once per shape (see the module)."""
+    """Decorate a model's `__call__`: direct inference calls compile once per grid length (see the module)."""
     programs: dict = {}
+    seen = weakref.WeakKeyDictionary()  # model -> {(flags, input shape): calls}
+    signature = inspect.signature(method)
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         if not _inference_call(args, kwargs):
             return method(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        static_key = tuple(sorted((k, v) for k, v in bound.arguments.items() if k != "self" and _static(v)))
+        frames = _grid_padded(self, bound, seen, static_key)
+        kwargs = {k: v for k, v in bound.arguments.items() if k != "self"}
         static = {k: v for k, v in kwargs.items() if _static(v)}
         arrays = {k: v for k, v in kwargs.items() if k not in static}
         key = tuple(sorted(static.items()))
         if key not in programs:
-            def run(model, args, arrays, _static=static):
+            def run(model, arrays, _static=static):
                 traces["count"] += 1
-                return method(model, *args, **arrays, **_static)
+                return method(model, **arrays, **_static)
 
             programs[key] = nnx.jit(run)
-        return programs[key](self, args, arrays)
+        output = programs[key](self, arrays)
+        if frames is None:
+            return output
+        padded_frames = int(feat_extract_output_lengths(self.config, kwargs["input_values"].shape[1]))
+        return _trimmed(output, padded_frames, frames)
 
     call.eager = method  # the op-by-op call, e.g. to compare with
     return call

@@ -62,15 +62,21 @@ class SpeechModel(PretrainedMixin, nnx.Module):
         mask_feature_indices (B, hidden) bool: channels zeroed on every frame (SpecAugment's feature mask);
         group_norm_over_real_samples: with an attention mask, a group-norm extractor's statistics cover the
         real samples only, so padded rows equal their utterances alone (not transformers' behaviour, which
-        includes the padding; `hubert_jax.inference.extract` uses it);
+        includes the padding; `hubert_jax.inference.extract` uses it), and features_pen is the mean over
+        real frames;
         feature_grad_mult: fairseq's gradient scale on the conv features (pretraining; 0 freezes them)."""
         check_waveform(self.config, input_values, attention_mask)
         lengths = None
         if group_norm_over_real_samples and attention_mask is not None:
             lengths = attention_mask.astype(jnp.int32).sum(-1)
         features = self.conv_features(input_values, lengths=lengths, feature_grad_mult=feature_grad_mult)
-        features_pen = jnp.mean(jnp.square(features.astype(jnp.float32)))
         frame_mask = self.frame_mask(features.shape[1], attention_mask)
+        squares = jnp.square(features.astype(jnp.float32))
+        if lengths is not None:  # the real frames' mean, as for each row alone
+            squares = jnp.where(frame_mask[..., None], squares, 0.0)
+            features_pen = squares.sum() / jnp.maximum(frame_mask.sum() * squares.shape[-1], 1)
+        else:
+            features_pen = jnp.mean(squares)
         hidden, extract_features = self.project(features, deterministic=deterministic, dropout_rng=dropout_rng)
         if mask_time_indices is not None and self.config.apply_spec_augment:
             hidden = self.apply_time_mask(hidden, mask_time_indices)
