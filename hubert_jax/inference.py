@@ -16,14 +16,12 @@ padding in those statistics, which is why it advises not to batch group-norm mod
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from hubert_jax.data.audio import as_waveform
-from hubert_jax.data.buckets import grid_length
-from hubert_jax.lengths import feat_extract_output_lengths, receptive_field
-from hubert_jax.lengths import SAMPLE_RATE
+from hubert_jax.lengths import SAMPLE_RATE, feat_extract_output_lengths, grid_length, receptive_field
 
 _FORWARD: dict = {}
 
@@ -54,6 +52,15 @@ def row_count(members: int, budget: int) -> int:
     return min(budget, 1 << max(0, members - 1).bit_length())
 
 
+def default_max_tokens() -> int:
+    """Samples per call: 16 s on CPU, 64 s on an accelerator. On CPU small calls run faster per row and a
+    corpus compiles fewer programs: the shipped corpus' layer-6 features of hubert-base took 60 s at 16 s
+    against 70 s at 64 s, compiled (benchmarks/inference.py --corpus); an accelerator wants bigger calls."""
+    import jax
+
+    return (16 if jax.default_backend() == "cpu" else 64) * SAMPLE_RATE
+
+
 def _checked_audio(model, waveforms) -> list[np.ndarray]:
     audio = [as_waveform(w, i) for i, w in enumerate(waveforms)]
     needed = receptive_field(model.config)
@@ -65,16 +72,17 @@ def _checked_audio(model, waveforms) -> list[np.ndarray]:
 
 def _batched(audio: list[np.ndarray], run, *, max_tokens: int, ratio: float, full_rows: bool):
     """(index, run's output row) for every waveform, grouped by padded length: each call's rows are the
-    waveforms padded to their grid length (`buckets.grid_length`) with a mask, `row_count` of them (or the
+    waveforms padded to their grid length (`lengths.grid_length`) with a mask, `row_count` of them (or the
     budget's with `full_rows`); run(x, mask) -> an array whose first axis is the rows."""
     lengths = np.array([len(a) for a in audio])
     padded = np.array([grid_length(int(n), ratio) for n in lengths])
     for size in sorted(set(padded.tolist())):
         members = np.flatnonzero(padded == size)
-        budget = max(1, max_tokens // size)
+        budget = max(1, (max_tokens or default_max_tokens()) // size)
+        several = full_rows or len(members) > budget  # then the last call runs the full calls' program too
         for start in range(0, len(members), budget):
             batch = members[start: start + budget]
-            rows = budget if full_rows else row_count(len(batch), budget)
+            rows = budget if several else row_count(len(batch), budget)
             x = np.zeros((rows, size), np.float32)
             mask = np.zeros((rows, size), np.int32)
             mask[len(batch):] = 1  # filler rows keep the shape; they are silent and discarded
@@ -86,17 +94,24 @@ def _batched(audio: list[np.ndarray], run, *, max_tokens: int, ratio: float, ful
                 yield int(index), out[row]
 
 
-def extract(model, waveforms, *, layer: int | Sequence[int] | None = None, max_tokens: int = 64 * SAMPLE_RATE,
-            ratio: float = 1.25, full_rows: bool = False) -> list[np.ndarray]:
+def extract(model, waveforms, *, layer: int | Sequence[int] | None = None, max_tokens: int | None = None,
+            ratio: float = 1.25, full_rows: bool = False, chunk_length_s: float | None = None,
+            stride_length_s: float | Sequence[float] | None = None) -> list[np.ndarray]:
     """Each waveform's features, float32, in input order: `last_hidden_state` (layer None) or
     `hidden_states[layer]` (the input of layer 0 for 0, else layer `layer`'s output), (frames, hidden) each;
     several layers at once (a sequence of them, one forward pass): (len(layer), frames, hidden) each.
 
-    `max_tokens`: samples per call at most (rows <= max_tokens // padded length, at least 1; a call's rows are
-    its utterances' count rounded up to a power of two, `row_count`); `ratio`: the spacing of the grid of
-    padded lengths (`buckets.grid_length`); `full_rows`: every call of a length has the budget's rows, so the
+    `max_tokens`: samples per call at most (default `default_max_tokens()`; rows <= max_tokens // padded
+    length, at least 1). The files of a padded length that fit one call make one call of their count rounded
+    up to a power of two (`row_count`: one file, one row); more make calls of the budget's rows, the last
+    one too, so that a length compiles one program. `ratio`: the spacing of the grid of
+    padded lengths (`lengths.grid_length`); `full_rows`: every call of a length has the budget's rows, so the
     same utterance gets bit-identical features whatever else is in the call (XLA's float results can differ
-    in the last bit between batch sizes): what a sharded dump needs to equal a one-host dump."""
+    in the last bit between batch sizes): what a sharded dump needs to equal a one-host dump.
+    `chunk_length_s` (and `stride_length_s`, as `transcribe` takes them): long files are cut into overlapping
+    chunks, each run alone and trimmed by its strides, and the chunks' frames joined: a file's features have
+    its frame count, every frame computed with at least a stride of context on either side (but at the file's
+    ends), and memory holds chunks, not the file's attention."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "feature_extractor"):
         raise TypeError(f"extract takes a base model (HubertModel, WavLMModel, Wav2Vec2Model), got "
@@ -111,6 +126,10 @@ def extract(model, waveforms, *, layer: int | Sequence[int] | None = None, max_t
     audio = _checked_audio(model, waveforms)
     forward = _forward(layers)
     add_adapter = None if layer is None else False  # hidden states come before the adapter
+    if chunk_length_s and add_adapter is None and config.uses_adapter:
+        raise ValueError("chunk_length_s: the adapter's output frames do not line up with the strides; ask for a "
+                         "layer (its hidden states come before the adapter) or leave the files whole")
+    pieces = _pieces(audio, config, chunk_length_s, stride_length_s)
 
     def run(x, mask):
         features = np.asarray(forward(model, x, mask), np.float32)
@@ -119,15 +138,23 @@ def extract(model, waveforms, *, layer: int | Sequence[int] | None = None, max_t
         features = np.moveaxis(features, 0, 1)  # (B, layers, frames, hidden)
         return features if several else features[:, 0]
 
-    out: list = [None] * len(audio)
-    for index, features in _batched(audio, run, max_tokens=max_tokens, ratio=ratio, full_rows=full_rows):
+    out: list = [None] * len(pieces)
+    for index, features in _batched([p.samples for p in pieces], run, max_tokens=max_tokens, ratio=ratio,
+                                    full_rows=full_rows):
+        frames = int(feat_extract_output_lengths(config, len(pieces[index].samples), add_adapter))
+        out[index] = features[..., :frames, :][..., pieces[index].kept, :]
+    joined = [np.concatenate(parts, axis=-2) if len(parts) > 1 else parts[0]
+              for parts in _per_file(pieces, out, len(audio))]
+    for index, features in enumerate(joined):
         frames = int(feat_extract_output_lengths(config, len(audio[index]), add_adapter))
-        out[index] = features[..., :frames, :]
-    return out
+        if features.shape[-2] != frames:  # strides under a frame's receptive field leave a chunk without frames
+            raise ValueError(f"waveform {index}: its chunks gave {features.shape[-2]} frames, not {frames}: give "
+                             f"stride_length_s of at least {receptive_field(config) / SAMPLE_RATE:g} s")
+    return joined
 
 
 def transcribe(model, waveforms, processor, *, chunk_length_s: float | None = None,
-               stride_length_s: float | Sequence[float] | None = None, max_tokens: int = 64 * SAMPLE_RATE,
+               stride_length_s: float | Sequence[float] | None = None, max_tokens: int | None = None,
                ratio: float = 1.25) -> list[str]:
     """Greedy CTC transcripts of waveforms of any lengths (16 kHz floats), in input order, batched as
     `extract` batches: each equals its file alone (group-norm extractors included), as transformers decodes it.
@@ -146,34 +173,48 @@ def transcribe(model, waveforms, processor, *, chunk_length_s: float | None = No
     if not isinstance(processor, Processor):
         processor = Processor.from_pretrained(str(processor))
     config = model.config
-    audio = _checked_audio(model, waveforms)
-    needed = receptive_field(config)
-    pieces = []  # (file, samples, (input_n, left, right) or None)
-    for index, wave in enumerate(audio):
-        if chunk_length_s:
-            pieces += [(index, chunk, stride) for chunk, stride in
-                       _chunks(wave, config.inputs_to_logits_ratio, needed, chunk_length_s, stride_length_s)]
-        else:
-            pieces.append((index, wave, None))
-    usable = [p for p in pieces if len(p[1]) >= needed]  # a shorter last chunk: its strides leave no frame
-    inputs = [processor.feature_extractor([samples], sampling_rate=SAMPLE_RATE)["input_values"][0]
-              for _, samples, _ in usable]
+    pieces = _pieces(_checked_audio(model, waveforms), config, chunk_length_s, stride_length_s)
+    inputs = [processor.feature_extractor([p.samples], sampling_rate=SAMPLE_RATE)["input_values"][0] for p in pieces]
     forward = _forward("logits")
-    ids: list = [None] * len(usable)
+    ids: list = [None] * len(pieces)
     for index, logits in _batched(inputs, lambda x, mask: np.asarray(forward(model, x, mask)), max_tokens=max_tokens,
                                   ratio=ratio, full_rows=False):
         frames = int(feat_extract_output_lengths(config, len(inputs[index])))
-        ids[index] = logits[:frames].argmax(-1)
-        stride = usable[index][2]
-        if stride is not None:  # transformers' rescale_stride, then logits[left:token_n - right]
-            input_n, left, right = stride
-            token_n = int(round(input_n / config.inputs_to_logits_ratio))
-            first, end = int(round(left / input_n * token_n)), token_n - int(round(right / input_n * token_n))
-            ids[index] = ids[index][first:end]
-    per_file: list[list] = [[] for _ in audio]
-    for (index, _, _), piece in zip(usable, ids):
-        per_file[index].append(piece)
-    return [processor.tokenizer.decode(np.concatenate(p).tolist() if p else []) for p in per_file]
+        ids[index] = logits[:frames].argmax(-1)[pieces[index].kept]
+    return [processor.tokenizer.decode(np.concatenate(p).tolist() if p else [])
+            for p in _per_file(pieces, ids, len(waveforms))]
+
+
+class _Piece(NamedTuple):
+    file: int
+    samples: np.ndarray
+    kept: slice  # its own frames: all of a whole file's; a chunk's without its strides
+
+
+def _pieces(audio: list[np.ndarray], config, chunk_length_s, stride_length_s) -> list[_Piece]:
+    """Every file whole, or (with `chunk_length_s`) cut into chunks as transformers' ASR pipeline cuts it
+    (`_chunks`), each with the frames it keeps (`rescale_stride`, then frames[left:token_n - right]). A last
+    chunk shorter than one frame's receptive field (which transformers' model cannot run) is left out: its
+    strides leave none of its frames."""
+    if not chunk_length_s:
+        return [_Piece(index, wave, slice(None)) for index, wave in enumerate(audio)]
+    needed, align = receptive_field(config), config.inputs_to_logits_ratio
+    pieces = []
+    for index, wave in enumerate(audio):
+        for chunk, (input_n, left, right) in _chunks(wave, align, needed, chunk_length_s, stride_length_s):
+            if len(chunk) >= needed:
+                token_n = int(round(input_n / align))
+                kept = slice(int(round(left / input_n * token_n)), token_n - int(round(right / input_n * token_n)))
+                pieces.append(_Piece(index, chunk, kept))
+    return pieces
+
+
+def _per_file(pieces: list[_Piece], outputs: list, files: int) -> list[list]:
+    """The pieces' outputs gathered by file, in order."""
+    grouped: list[list] = [[] for _ in range(files)]
+    for piece, output in zip(pieces, outputs):
+        grouped[piece.file].append(output)
+    return grouped
 
 
 def _chunks(wave: np.ndarray, align_to: int, needed: int, chunk_length_s: float, stride_length_s):

@@ -36,8 +36,34 @@ def test_batched_features_equal_each_utterance_alone(family, norm):
             np.testing.assert_allclose(features, np.asarray(alone[0]), atol=1e-4)
 
 
+def test_long_files_are_extracted_in_strided_chunks_whose_frames_join_into_the_files_frames():
+    """The tiny model's frame is 20 samples; its layer 0 sees 4 frames either side (the positional conv), so
+    with 16-frame strides a layer-norm extractor's chunked layer 0 equals the whole file's on every frame."""
+    model = model_of("hubert", "layer")
+    rng = np.random.default_rng(8)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in (22_013, 5_000, 1_200)]
+    whole = extract(model, waves, layer=(0, 3))
+    chunked = extract(model, waves, layer=(0, 3), chunk_length_s=0.1, stride_length_s=0.02)
+    for w, c in zip(whole, chunked):
+        assert c.shape == w.shape
+        np.testing.assert_allclose(c[0], w[0], atol=1e-5)  # layer 0: local, so the joins are exact
+    assert np.abs(chunked[0][1] - whole[0][1]).max() > 1e-3  # layer 3 attends within its chunk only
+    # each chunk's kept frames are its own: chunk 2 of file 0 starts at 1600 - 2 * 320 samples, keeps 16:64
+    second = extract(model, [waves[0][960: 960 + 1600]], layer=(0, 3))[0]
+    np.testing.assert_allclose(chunked[0][:, 64: 64 + 48], second[:, 16: 64], atol=1e-5)
+    assert len(chunked[2][0]) == len(whole[2][0])  # shorter than a chunk: whole
+    with pytest.raises(ValueError, match="give stride_length_s of at least"):
+        extract(model, waves[:1], layer=0, chunk_length_s=0.1, stride_length_s=0)
+    adapter = hubert_jax.Wav2Vec2Model(hubert_jax.Wav2Vec2Config.from_dict(
+        {**TINY, "add_adapter": True, "output_hidden_size": 32, "num_adapter_layers": 1}), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="the adapter's output frames do not line up"):
+        extract(adapter, waves[:1], chunk_length_s=0.1)
+    assert extract(adapter, waves[:1], layer=1, chunk_length_s=0.1)[0].shape[0] == whole[0].shape[1]
+
+
 def test_a_call_computes_its_real_rows_rounded_up_to_a_power_of_two(monkeypatch):
-    """One file: one row, one forward pass (not the budget's max_tokens // length rows)."""
+    """One file: one row, one forward pass (not the budget's max_tokens // length rows); a length whose files
+    fill several calls runs one program."""
     from hubert_jax import inference
 
     model = model_of("hubert", "layer")
@@ -53,8 +79,9 @@ def test_a_call_computes_its_real_rows_rounded_up_to_a_power_of_two(monkeypatch)
     extract(model, [rng.standard_normal(4000).astype(np.float32)], layer=1)
     assert shapes == [(1, inference.grid_length(4000, 1.25))]
     shapes.clear()
-    # five of one grid length, a budget of 8 rows: one call of 8 rows; twelve: 8, then 4
-    for count, calls in ((5, [8]), (12, [8, 4]), (3, [4])):
+    # five of one grid length, a budget of 8 rows: one call of 8 rows; twelve: 8, then 8 again (the last call
+    # runs the program of the full ones: one program a length); three: 4
+    for count, calls in ((5, [8]), (12, [8, 8]), (3, [4])):
         extract(model, [rng.standard_normal(4000).astype(np.float32) for _ in range(count)],
                 max_tokens=8 * inference.grid_length(4000, 1.25))
         assert [rows for rows, _ in shapes] == calls, count
