@@ -4,6 +4,7 @@
     python benchmarks/inference.py --models base,large --batches 1,8,32 --dtype bfloat16   # a GPU
     python benchmarks/inference.py --models tiny --seconds 0.5 --repeats 1    # every path, in seconds (checks)
     python benchmarks/inference.py --corpus [--models base] [--limit N]      # the shipped corpus, see below
+    python benchmarks/inference.py --stages [--batches 1 --seconds 3]      # each stage of the forward pass
 
 Both sides are built from the same preset with random weights (speed does not depend on the values).
 hubert-jax runs twice: under the benchmark's own `jax.jit`, and as the direct call `model(x)` a user
@@ -22,6 +23,10 @@ every compilation (no persistent cache), the second reuses them. transformers ru
 feature extractor, then the model), and padded batches of --torch-batch files in length order, with the eager
 and sdpa attention. Each cell is one pass, wall time; audio seconds per second, and each hubert-jax pass over
 transformers' fastest setting of that job (`ratio` = time / fastest transformers time; below 1: faster).
+
+--stages: where the time of one forward pass goes, stage by stage on the same input (the conv feature encoder,
+the feature projection, the positional conv, encoder layer 0, the whole encoder, the whole model), hubert-jax
+jitted against transformers sdpa, interleaved medians as above.
 """
 
 from __future__ import annotations
@@ -243,6 +248,58 @@ def corpus_main(args) -> int:
     return 0
 
 
+def stages_main(args) -> int:
+    import numpy as np
+    import torch
+    import transformers
+    from flax import nnx
+
+    from hubert_jax.models import HubertModel
+
+    jax, platform, device, kind, _ = start_devices(None)
+    print(f"device: {kind} ({platform}; torch {torch.get_num_threads()} threads); median of {args.repeats} "
+          f"interleaved rounds; ratio = hubert-jax time / transformers sdpa time")
+    print("| model | batch x s | stage | hubert-jax ms | torch sdpa ms | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        config = model_config(name)
+        graphdef, state = nnx.split(HubertModel(config, rngs=nnx.Rngs(0)))
+        theirs = transformers.HubertModel(torch_config(config, "sdpa")).eval()
+        for batch in map(int, args.batches.split(",")):
+            wave = np.random.default_rng(0).standard_normal((batch, int(args.seconds * SAMPLE_RATE)), np.float32)
+            with torch.inference_mode():
+                t_wave = torch.from_numpy(wave)
+                t_feats = theirs.feature_extractor(t_wave).transpose(1, 2)
+                t_hidden = theirs.feature_projection(t_feats)
+                t_hidden = t_hidden[0] if isinstance(t_hidden, tuple) else t_hidden
+            stages = {  # name: (our function of the model and its input, our input, their call)
+                "conv feature encoder": (lambda m, x: m.feature_extractor(x), wave,
+                                         lambda: theirs.feature_extractor(t_wave)),
+                "feature projection": (lambda m, x: m.feature_projection(x)[0], t_feats.numpy(),
+                                       lambda: theirs.feature_projection(t_feats)),
+                "positional conv": (lambda m, x: m.encoder.pos_conv_embed(x), t_hidden.numpy(),
+                                    lambda: theirs.encoder.pos_conv_embed(t_hidden)),
+                "encoder layer 0": (lambda m, x: m.encoder.layers[0](x), t_hidden.numpy(),
+                                    lambda: theirs.encoder.layers[0](t_hidden)),
+                "encoder": (lambda m, x: m.encoder(x).last_hidden_state, t_hidden.numpy(),
+                            lambda: theirs.encoder(t_hidden)),
+                "whole model": (lambda m, x: m(x).last_hidden_state, wave, lambda: theirs(t_wave)),
+            }
+            for stage, (ours, x, call) in stages.items():
+                fn = jax.jit(lambda s, x, ours=ours: ours(nnx.merge(graphdef, s), x))
+                x = jax.numpy.asarray(x)
+
+                def torch_call_():
+                    with torch.inference_mode():
+                        call()
+
+                t = interleaved_medians({"jax": lambda: fn(state, x).block_until_ready(), "torch": torch_call_},
+                                        args.repeats)
+                print(f"| {name} | {batch} x {args.seconds:g} | {stage} | {t['jax'] * 1e3:.1f} | "
+                      f"{t['torch'] * 1e3:.1f} | {t['jax'] / t['torch']:.2f} |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="base")
@@ -255,11 +312,14 @@ def main(argv=None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--attention", default="auto", help="hubert-jax attention_impl (auto, xla, cudnn, pallas)")
     p.add_argument("--corpus", action="store_true", help="the shipped corpus' files: features and transcripts")
+    p.add_argument("--stages", action="store_true", help="each stage of one forward pass against transformers")
     p.add_argument("--limit", type=int, default=None, help="--corpus: the first N files only")
     p.add_argument("--torch-batch", type=int, default=8, help="--corpus: files per transformers padded batch")
     args = p.parse_args(argv)
     if args.corpus:
         return corpus_main(args)
+    if args.stages:
+        return stages_main(args)
 
     import torch
     import transformers

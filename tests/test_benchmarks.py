@@ -119,3 +119,12 @@ def test_labels_benchmark_measures_every_stage_at_two_sizes(tmp_path):
             assert float(cells[3]) > 0 and float(cells[5]) > 0, cells  # wall s, peak anonymous MB
     assert re.search(r"\| hubert-jax \| [\d.]+ \| 0\.\d{3} \|", stdout), stdout  # inertia, PNMI
     assert "growth of peak anonymous memory from 0.01 h to 0.02 h" in stdout and "on 32" in stdout, stdout
+
+
+def test_stage_benchmark_times_every_stage_against_transformers():
+    stdout = run_benchmark("inference.py", "--stages", "--models", "tiny", "--seconds", "0.5", "--repeats", "1")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith("| tiny |")]
+    assert [r[2] for r in rows] == ["conv feature encoder", "feature projection", "positional conv",
+                                    "encoder layer 0", "encoder", "whole model"], stdout
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 and float(r[5]) > 0 for r in rows), rows
