@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from hubert_jax.lengths import feat_extract_output_lengths, grid_length
+from hubert_jax.lengths import feat_extract_output_lengths, grid_length, receptive_field
 
 traces = {"count": 0}  # how many times a compiled call was traced (tests read it)
 
@@ -75,6 +75,8 @@ def _grid_padded(model, bound: inspect.BoundArguments, seen: dict, key) -> int |
     if mask is not None or args.get("feature_grad_mult", 1.0) != 1.0 or config.uses_adapter:
         return None
     length = int(np.shape(x)[1])
+    if length < receptive_field(config) or not jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
+        return None  # the exact call says what is wrong with the input
     size = grid_length(length, GRID_RATIO)
     counts = seen.setdefault(model, {})  # per model: another model's calls do not count
     shape = (key, tuple(np.shape(x)))
