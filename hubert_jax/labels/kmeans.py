@@ -311,6 +311,11 @@ def fit(features, config: KMeansConfig, *, rows: np.ndarray | None = None, mesh=
         return pick(np.sort(order[cursor - batch_size: cursor]).astype(np.int64))
 
     group = max(1, PREFETCH_BYTES // (batch_size * features.shape[1] * 4))
+    if jax.process_count() > 1:
+        # one batch at a time over several processes, as before the grouped reads: a 2-process fit with every
+        # batch read at once (its steps dispatched back to back) hung once under a loaded CI machine's full
+        # suite (tests/test_scale.py, stop 39) and did not alone; the cause is not known
+        group = 1
     prefetcher, upcoming = _Prefetcher(features, batch_size, group, sharding), []
     bar = progress(steps) if progress is not None else None
     for step in range(steps):
