@@ -174,7 +174,8 @@ def transcribe(model, waveforms, processor, *, chunk_length_s: float | None = No
         processor = Processor.from_pretrained(str(processor))
     config = model.config
     pieces = _pieces(_checked_audio(model, waveforms), config, chunk_length_s, stride_length_s)
-    inputs = [processor.feature_extractor([p.samples], sampling_rate=SAMPLE_RATE)["input_values"][0] for p in pieces]
+    inputs = _checked_audio(model, [processor.feature_extractor([p.samples], sampling_rate=SAMPLE_RATE)["input_values"][0]
+                                    for p in pieces])  # normalised: still finite float32 audio
     forward = _forward("logits")
     ids: list = [None] * len(pieces)
     for index, logits in _batched(inputs, lambda x, mask: np.asarray(forward(model, x, mask)), max_tokens=max_tokens,

@@ -64,8 +64,9 @@ EXACT_AFTER = 2  # calls at one padded length before that length gets its own pr
 _EXACT_ONLY = ("labels", "mask_time_indices", "mask_feature_indices")
 
 
-def _grid_padded(model, bound: inspect.BoundArguments, seen: dict, key) -> int | None:
-    """The grid length to pad this call's audio to (rewriting its arguments), or None to keep its shape."""
+def _grid_padded(model, bound: inspect.BoundArguments, seen: dict) -> tuple[int, int] | None:
+    """Pad this call's audio to its grid length, rewriting its arguments: (padded frames, real frames); None
+    to keep its shape."""
     args = bound.arguments
     x, mask = args.get("input_values"), args.get("attention_mask")
     config = getattr(model, "config", None)
@@ -74,23 +75,19 @@ def _grid_padded(model, bound: inspect.BoundArguments, seen: dict, key) -> int |
         return None
     if mask is not None or args.get("feature_grad_mult", 1.0) != 1.0 or config.uses_adapter:
         return None
-    length = int(np.shape(x)[1])
+    rows, length = np.shape(x)
     if length < receptive_field(config) or not jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
         return None  # the exact call says what is wrong with the input
     size = grid_length(length, GRID_RATIO)
     counts = seen.setdefault(model, {})  # per model: another model's calls do not count
-    shape = (key, tuple(np.shape(x)))
+    shape = (tuple(sorted((k, v) for k, v in args.items() if k != "self" and _static(v))), (rows, length))
     counts[shape] = counts.get(shape, 0) + 1
     if size == length or counts[shape] > EXACT_AFTER:
         return None
-    rows = np.shape(x)[0]
-    padded = np.zeros((rows, size), np.asarray(x).dtype)
-    padded[:, :length] = np.asarray(x)
-    real = np.zeros((rows, size), np.int32)
-    real[:, :length] = 1
-    args["input_values"], args["attention_mask"] = padded, real
+    args["input_values"] = np.pad(np.asarray(x), ((0, 0), (0, size - length)))
+    args["attention_mask"] = np.broadcast_to(np.arange(size) < length, (rows, size)).astype(np.int32)
     args["group_norm_over_real_samples"] = True
-    return int(feat_extract_output_lengths(config, length))
+    return int(feat_extract_output_lengths(config, size)), int(feat_extract_output_lengths(config, length))
 
 
 def _trimmed(output, padded_frames: int, frames: int):
@@ -114,8 +111,7 @@ def compiled_in_inference(method):
         if not _inference_call(args, kwargs):
             return method(self, *args, **kwargs)
         bound = signature.bind(self, *args, **kwargs)
-        static_key = tuple(sorted((k, v) for k, v in bound.arguments.items() if k != "self" and _static(v)))
-        frames = _grid_padded(self, bound, seen, static_key)
+        frames = _grid_padded(self, bound, seen)
         kwargs = {k: v for k, v in bound.arguments.items() if k != "self"}
         static = {k: v for k, v in kwargs.items() if _static(v)}
         arrays = {k: v for k, v in kwargs.items() if k not in static}
@@ -127,10 +123,7 @@ def compiled_in_inference(method):
 
             programs[key] = nnx.jit(run)
         output = programs[key](self, arrays)
-        if frames is None:
-            return output
-        padded_frames = int(feat_extract_output_lengths(self.config, kwargs["input_values"].shape[1]))
-        return _trimmed(output, padded_frames, frames)
+        return output if frames is None else _trimmed(output, *frames)
 
     call.eager = method  # the op-by-op call, e.g. to compare with
     return call
