@@ -5,6 +5,8 @@
     # unilm's standalone WavLM: wavlm/WavLM.py and wavlm/modules.py of GitHub's microsoft/unilm, in /tmp/unilm/wavlm
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /tmp/peer/bin/python scripts/make_peer_fixtures.py \
         --unilm /tmp/unilm/wavlm --out tests/fixtures/peer
+    # then our exports back to fairseq (the python that has hubert_jax installed makes them)
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /tmp/peer/bin/python scripts/make_peer_fixtures.py --exports "$(which python)"
 
 It writes, under --out, one folder per format:
 - fairseq: real `fairseq-hydra-train` runs of 2 updates on a tiny synthetic corpus (so `cfg`, `task_state`
@@ -16,6 +18,10 @@ It writes, under --out, one folder per format:
   which keeps `cfg` as an omegaconf DictConfig (as the released checkpoints have it), optimizer state stripped.
 - unilm: WavLM base-like and large-like, built with unilm's own `WavLM`/`WavLMConfig` and saved as the
   released files are (`{'cfg': dict, 'model': state_dict}`).
+- export (`--exports OURS_PYTHON`): our `--to-fairseq` exports of the fairseq fixtures above, of a HuBERT
+  encoder alone and of a wav2vec 2.0 base model (tests/test_export_fairseq.py makes them), loaded by fairseq
+  (`{name}.npz`: its outputs, as below) and, for the three pretraining ones, trained on for 3 updates by
+  fairseq-hydra-train restored from them (`meta.json`: content digests, the runs' losses).
 - s3prl: a DistilHuBERT `DistillerModel` after one optimizer step, saved with the runner's keys
   (`Distiller`, `Config`, `Args`, `Optimizer`, `Step`), read back through s3prl's own `UpstreamExpert`.
 
@@ -492,7 +498,7 @@ def record_fairseq_ctc(path, audio) -> dict:
         out[f"logits_{i}"] = net["encoder_out"].transpose(0, 1)[0].numpy()
     w2v = model.w2v_encoder.w2v_model
     out.update(record_layers(lambda x: w2v.extract_features(x, padding_mask=None, mask=False)[0]
-                             if hasattr(w2v, "label_embs_concat") else
+                             if type(w2v).__name__ == "HubertModel" else
                              w2v.extract_features(x, padding_mask=None, mask=False)["x"], w2v.encoder.layers, audio))
     return out
 
@@ -654,6 +660,75 @@ def write_criterion(out_dir) -> None:
         np.savez_compressed(path, **new)
 
 
+# ----------------------------------------------------------------------------- exports to fairseq
+CONTINUED = ("hubert_base", "hubert_encoder", "wav2vec2")  # pretraining exports fairseq-hydra-train continues
+
+
+def continue_from_export(path: str, corpus: str, run_dir: str) -> dict:
+    """fairseq-hydra-train restored from an exported pretraining file, with the file's own model settings and
+    task (its data pointed at the tiny corpus): 3 updates. Returns what the run's log says."""
+    import torch
+
+    cfg = torch.load(path, map_location="cpu", weights_only=False)["cfg"]
+    task = {**cfg["task"], "data": corpus}
+    if task["_name"] == "hubert_pretraining":
+        task.update(label_dir=corpus, pad_audio=False, random_crop=True)
+        criterion = dict(_name="hubert", pred_masked_weight=1.0, pred_nomask_weight=0.0, loss_weights=[10])
+    else:
+        task.update(max_sample_size=250000, min_sample_size=8000)
+        criterion = dict(_name="wav2vec", infonce=True, log_keys=["prob_perplexity", "code_perplexity", "temp"],
+                         loss_weights=[0.1, 10])
+    log = os.path.join(run_dir, "train.log")
+    hydra_train(run_dir, {"task": task, "criterion": criterion, "model": dict(cfg["model"]),
+                          "optimization": dict(max_update=3), "common": dict(log_format="json"),
+                          "checkpoint": dict(restore_file=path, reset_optimizer=True, reset_lr_scheduler=True,
+                                             reset_meters=True, reset_dataloader=True)}, log=log)
+    text = open(log, encoding="utf-8", errors="replace").read()
+    restored = [line for line in text.splitlines() if "Loaded checkpoint" in line or "loaded checkpoint" in line]
+    if not restored or path not in restored[0]:
+        raise SystemExit(f"{log}: fairseq did not say it restored {path}")
+    losses = [row["loss"] for row in parse_fairseq_log(log)["train"]]
+    return {"restored": os.path.basename(path), "updates": len(losses), "losses": losses}
+
+
+def record_exports(ours_python: str, out: str, work: str) -> None:
+    """Our exports (tests/test_export_fairseq.py run as a script with `ours_python`), loaded by fairseq: its
+    outputs on the fixed audio per export, and pretraining continued from three of them."""
+    import fairseq
+    import torch
+
+    exports = os.path.join(work, "exports")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([ours_python, os.path.join(root, "tests", "test_export_fairseq.py"), exports], check=True)
+    with open(os.path.join(exports, "digests.json")) as f:
+        digests = json.load(f)
+    audio = fixed_audio()
+    folder = os.path.join(out, "export")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    meta = {"tool": "fairseq checkpoint_utils.load_model_ensemble_and_task, fairseq-hydra-train",
+            "versions": {"torch": torch.__version__, "fairseq": fairseq.__version__}, "exports": {}, "continued": {}}
+    for name, digest in sorted(digests.items()):
+        path = os.path.join(exports, f"{name}.pt")
+        if name.endswith("_ctc"):
+            arrays = record_fairseq_ctc(path, audio)
+        elif name.startswith("hubert"):
+            arrays = record_fairseq_hubert(path, audio)
+        else:
+            arrays = record_fairseq_wav2vec2(path, audio)
+        np.savez_compressed(os.path.join(folder, f"{name}.npz"), **arrays)
+        _, cfg, task = load_fairseq(path)
+        meta["exports"][name] = {"digest": digest, "model": cfg.model._name, "task": cfg.task._name}
+    corpus = os.path.join(work, "corpus")
+    write_corpus(corpus)
+    for name in CONTINUED:
+        meta["continued"][name] = continue_from_export(os.path.join(exports, f"{name}.pt"), corpus,
+                                                       os.path.join(work, f"continue_{name}"))
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def save(out_dir, name, arrays, meta):
     np.savez_compressed(os.path.join(out_dir, name, "expected.npz"), **arrays)
     with open(os.path.join(out_dir, name, "meta.json"), "w") as f:
@@ -676,7 +751,17 @@ def main(argv=None):
     parser.add_argument("--seeds", default="1,2,3", help="--curves: fairseq seeds")
     parser.add_argument("--initial", metavar="OUT.pt", help="--curves: instead, save fairseq's update-0 weights of "
                                                           "the first seed and objective to OUT.pt")
+    parser.add_argument("--exports", metavar="OURS_PYTHON", help="only (re)write tests/fixtures/peer/export: our "
+                        "exports to fairseq (made with OURS_PYTHON, the python that has hubert_jax) loaded and "
+                        "trained on by fairseq")
     args = parser.parse_args(argv)
+    if args.exports:
+        if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") != "1":
+            parser.error("fairseq's own loader needs TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 under torch >= 2.6")
+        work = args.work or tempfile.mkdtemp(prefix="peer-exports-")
+        record_exports(args.exports, args.out, work)
+        print(f"wrote {os.path.join(args.out, 'export')}")
+        return
     if args.curves is not None:
         objectives = args.curves or ["hubert", "wav2vec2"]
         work = args.work or tempfile.mkdtemp(prefix="peer-curves-")

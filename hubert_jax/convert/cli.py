@@ -3,11 +3,14 @@
     python convert_pt_to_flax.py SRC OUT [--overwrite] [--no-verify]
     python convert_pt_to_flax.py SRC OUT --to-pytorch
     python convert_pt_to_flax.py FINETUNED.pt OUT [--dict dict.ltr.txt] [--w2v-checkpoint PRETRAINED.pt]
+    python convert_pt_to_flax.py SRC OUT.pt --to-fairseq [--clusters K]
 
 SRC (forward): a transformers PyTorch model directory (config.json + model.safetensors or
 pytorch_model.bin, sharded or not), or a fairseq HuBERT / wav2vec 2.0, unilm WavLM or s3prl
 DistilHuBERT checkpoint file (read without running any code from it). With --to-pytorch, SRC is a
-hubert-jax directory and OUT a transformers directory. OUT is written atomically and an existing non-empty OUT is refused
+hubert-jax directory and OUT a transformers directory. With --to-fairseq, SRC is a hubert-jax or transformers
+directory of a HuBERT or wav2vec 2.0 model (base, pretraining heads or CTC) and OUT a fairseq checkpoint file
+(hubert_jax/convert/to_fairseq.py says what each kind becomes). OUT is written atomically and an existing non-empty OUT is refused
 unless --overwrite. Unless --no-verify, outputs are compared with transformers before OUT is written.
 """
 
@@ -74,6 +77,26 @@ def _verify(model, torch_dir: str, no_verify: bool) -> None:
         raise SystemExit(f"verification failed: outputs differ by {diff:.3g} (> {VERIFY_TOL})")
 
 
+def _to_fairseq(parser, args) -> int:
+    from hubert_jax.convert.to_fairseq import checkpoint_digest, export_directory
+
+    if args.to_pytorch:
+        parser.error("--to-fairseq and --to-pytorch are two different outputs: give one")
+    if not os.path.isdir(args.src):
+        parser.error(f"--to-fairseq takes a hubert-jax or transformers model directory as SRC, not {args.src}")
+    if os.path.isdir(args.out):
+        parser.error(f"{args.out} is a directory: --to-fairseq writes one checkpoint file (e.g. {args.out}/model.pt)")
+    if os.path.exists(args.out) and not args.overwrite:
+        parser.error(f"{args.out} exists; pass --overwrite to replace it")
+    if args.clusters is not None and args.clusters < 1:
+        parser.error(f"--clusters {args.clusters}: expected a positive cluster count")
+    ckpt = export_directory(args.src, args.out, overwrite=True, clusters=args.clusters)
+    cfg = ckpt["cfg"]
+    print(f"wrote {args.out}: fairseq {cfg['model']['_name']} / {cfg['task']['_name']} (content digest "
+          f"{checkpoint_digest(ckpt)[:16]}; load it with fairseq's checkpoint_utils.load_model_ensemble_and_task)")
+    return 0
+
+
 def main(argv=None) -> int:
     from hubert_jax import pretrained
     from hubert_jax.cli_errors import prog_name
@@ -84,6 +107,10 @@ def main(argv=None) -> int:
     parser.add_argument("src")
     parser.add_argument("out")
     parser.add_argument("--to-pytorch", action="store_true", help="hubert-jax directory -> transformers directory")
+    parser.add_argument("--to-fairseq", action="store_true", help="hubert-jax or transformers directory -> a fairseq "
+                        "checkpoint file that fairseq loads and keeps training")
+    parser.add_argument("--clusters", type=int, default=None, help="--to-fairseq of a base HuBERT (no pretraining "
+                        "heads): the clusters of the new label set fairseq's heads are made for (default 500)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     parser.add_argument("--no-verify", action="store_true", help="skip the output comparison with transformers")
     parser.add_argument("--dict", dest="dictionary", help="fairseq dict.ltr.txt of a fine-tuned CTC checkpoint: "
@@ -100,6 +127,10 @@ def main(argv=None) -> int:
         parser.error(f"{out} exists and is not empty; pass --overwrite to replace it")
     if not os.path.exists(args.src):
         parser.error(f"{args.src}: no such file or directory")
+    if args.to_fairseq:
+        return _to_fairseq(parser, args)
+    if args.clusters is not None:
+        parser.error("--clusters goes with --to-fairseq")
     if os.path.isfile(args.src):  # fairseq / unilm / s3prl checkpoint
         if args.to_pytorch:
             parser.error("--to-pytorch takes a hubert-jax directory as SRC")

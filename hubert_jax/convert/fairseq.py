@@ -71,6 +71,27 @@ def rename_key(key: str, *, wav2vec2_pretraining: bool = False) -> str | None:
     return None
 
 
+def fairseq_key(name: str, *, group_norm: bool, wav2vec2_pretraining: bool = False) -> str | None:
+    """One transformers base-model name -> fairseq's (`rename_key` inverted), or None when fairseq has none.
+    `group_norm`: the conv stack's norm is fairseq's GroupNorm (`.2`) rather than its LayerNorm (`.2.1`)."""
+    m = re.match(r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$", name)
+    if m:
+        part = "0" if m[2] == "conv" else "2" if group_norm else "2.1"
+        return f"feature_extractor.conv_layers.{m[1]}.{part}.{m[3]}"
+    if name.startswith("encoder.layers."):
+        index, rest = name[len("encoder.layers."):].split(".", 1)
+        for old, new in _LAYER_RENAMES:
+            if rest.startswith(new + ".") or rest == new:
+                return f"encoder.layers.{index}.{old}{rest[len(new):]}"
+        return None
+    if wav2vec2_pretraining and name.startswith("project_hid."):
+        return "final_proj." + name[len("project_hid."):]
+    for old, new in _TOP_RENAMES.items():
+        if name == new or name.startswith(new + "."):
+            return old + name[len(new):]
+    return None
+
+
 def parse_conv_layers(text: str) -> list[tuple[int, int, int]]:
     """fairseq's `conv_feature_layers` string, e.g. "[(512,10,5)] + [(512,3,2)] * 4", without eval."""
     ops = {ast.Add: operator.add, ast.Mult: operator.mul}
