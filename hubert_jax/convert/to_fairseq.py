@@ -91,8 +91,6 @@ def _check_representable(config) -> None:
     if config.hidden_act != "gelu" or config.feat_extract_activation != "gelu":
         problems.append(f"hidden_act {config.hidden_act!r} / feat_extract_activation "
                         f"{config.feat_extract_activation!r} (fairseq's conv stack is GELU; export takes gelu)")
-    if config.feat_extract_norm == "group" and len(config.conv_dim) and config.conv_dim[0] <= 0:
-        problems.append("conv_dim")
     if getattr(config, "add_adapter", False) or getattr(config, "adapter_attn_dim", None):
         problems.append("an adapter (fairseq's wav2vec 2.0 has none)")
     if getattr(config, "conv_pos_batch_norm", False):
