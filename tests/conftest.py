@@ -10,6 +10,9 @@ from tests.environment import KEEP_FREED_MEMORY, subprocess_env, xla_flags
 # is imported
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# gcsfs reads this when imported: its hierarchical-namespace probe talks gRPC to the real service, which the tests'
+# storage emulator (tests/storage_emulator.py) is not
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 # compiled programs are cached on disk, so the many short training runs (in process and in the train.py
 # subprocesses, which inherit this) compile each program once
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
@@ -64,3 +67,15 @@ def pytest_pyfunc_call(pyfuncitem):
         pytest.fail(f"in a child pytest under XLA's default compiler ({marker.args[0]}):\n"
                     f"{done.stdout[-8000:]}\n{done.stderr[-2000:]}", pytrace=False)
     return True
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """gs:// of a bucket on a Cloud Storage emulator that this test process started (tests/storage_emulator.py)."""
+    from hubert_jax import storage
+    from tests.storage_emulator import running_emulator
+
+    with running_emulator("hubert-jax-tests") as (_, bucket):
+        storage._filesystem.cache_clear()  # a client made before the emulator's variables were set
+        yield bucket
+    storage._filesystem.cache_clear()

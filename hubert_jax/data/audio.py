@@ -10,13 +10,16 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
+import io
 import logging
 import struct
 import threading
 
 import numpy as np
 
+from hubert_jax import storage
 from hubert_jax.lengths import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -74,11 +77,12 @@ def tfds_example(path: str):
     return open_split(address), int(index) if index.isdigit() else -1
 
 
-def wav_header_frames(path: str) -> int | None:
+def wav_header_frames(path) -> int | None:
     """Frames the `data` chunk of a RIFF/WAVE file declares, None for another format or an unknown size
-    (a streamed WAV writes 0 or 0xFFFFFFFF)."""
+    (a streamed WAV writes 0 or 0xFFFFFFFF). `path`: a local path, or the file's bytes in a binary file object."""
     try:
-        with open(path, "rb") as f:
+        with (open(path, "rb") if isinstance(path, str) else contextlib.nullcontext(path)) as f:
+            f.seek(0)
             head = f.read(12)
             if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
                 return None
@@ -172,10 +176,13 @@ def load(path: str, *, min_samples: int = 400) -> tuple[np.ndarray, int]:
             audio, rate = split.audio(index)
             promised = None
         else:
-            audio, rate = sf.read(path, dtype="float32", always_2d=True)
-            promised = wav_header_frames(path)
+            source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path  # one request
+            audio, rate = sf.read(source, dtype="float32", always_2d=True)
+            promised = wav_header_frames(source)
             if promised is None:
-                promised = sf.info(path).frames
+                if not isinstance(source, str):
+                    source.seek(0)
+                promised = sf.info(source).frames
     except Exception as e:
         raise AudioError(f"{path}: unreadable audio ({type(e).__name__}: {e})") from e
     if promised is not None and len(audio) < promised:

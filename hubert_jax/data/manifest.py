@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from hubert_jax import storage
 from hubert_jax.data.audio import (  # noqa: F401 (re-exported)
     SAMPLE_RATE,
     AudioError,
@@ -44,8 +45,10 @@ def read_manifest(path: str) -> list[Entry]:
     """The entries of a fairseq manifest (root directory line, then relative path and samples per line); errors name
     the file and line."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
+    except storage.StorageError:
+        raise
     except OSError as e:
         raise FileNotFoundError(f"{path}: cannot read the manifest ({e})") from e
     if not lines:
@@ -53,9 +56,9 @@ def read_manifest(path: str) -> list[Entry]:
     root = lines[0].strip()
     if root.startswith("tfds://"):
         return _read_rows(path, lines, lambda rel: f"{root}#{rel}")
-    if not os.path.isabs(root):
-        root = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), root))
-    return _read_rows(path, lines, lambda rel: os.path.join(root, rel))
+    if not storage.is_absolute(root):  # relative to the manifest's own folder (a bucket's too)
+        root = storage.normpath(storage.join(storage.dirname(path), root))
+    return _read_rows(path, lines, lambda rel: storage.join(root, rel))
 
 
 def _read_rows(path: str, lines: list[str], locate) -> list[Entry]:
@@ -71,12 +74,25 @@ def _read_rows(path: str, lines: list[str], locate) -> list[Entry]:
 
 
 def check_files_exist(manifest: str, entries: list[Entry]) -> None:
-    """FileNotFoundError listing (up to ten) manifest lines whose audio is missing."""
-    missing = [e for e in entries if not _exists(e.path)]
+    """FileNotFoundError listing (up to ten) manifest lines whose audio is missing. Objects in a bucket are
+    listed once per folder, not asked for one by one."""
+    remote = {storage.dirname(e.path) for e in entries if storage.is_remote(e.path)}
+    listed = set().union(*(storage.files_under(folder) for folder in _outermost(remote))) if remote else set()
+    missing = [e for e in entries if not (e.path in listed if storage.is_remote(e.path) else _exists(e.path))]
     if missing:
         listed = ", ".join(f"line {e.line}: {e.path}" for e in missing[:10])
         raise FileNotFoundError(f"{manifest}: {len(missing)} audio file(s) missing ({listed}"
                                 f"{' ...' if len(missing) > 10 else ''})")
+
+
+def _outermost(folders: set[str]) -> list[str]:
+    """The folders not inside another one of the set."""
+    ordered = sorted(folders)
+    kept: list[str] = []
+    for folder in ordered:
+        if not kept or not folder.startswith(kept[-1].rstrip("/") + "/"):
+            kept.append(folder)
+    return kept
 
 
 def _exists(path: str) -> bool:
@@ -158,7 +174,7 @@ def _read_ahead(read, items, threads: int):
 
 def read_label_lines(path: str, expected_lines: int) -> list[list[str]]:
     """Tokens per utterance; the line count must equal the manifest's utterance count."""
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     if len(lines) != expected_lines:
         raise ValueError(f"{path}: {len(lines)} lines, but the manifest has {expected_lines} utterances")
@@ -232,12 +248,12 @@ class IntLabelFile:
     offsets per host instead of ~720M integers."""
 
     def __init__(self, path: str, expected_frames: list[int], *, tolerance: int = 0):
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise FileNotFoundError(f"{path}: no such label file")
         self.path, self.expected, self.tolerance = path, list(expected_frames), tolerance
         self.skipped = skipped_lines(path)
         offsets, top, position = [], -1, 0
-        with open(path, "rb") as f:
+        with storage.open(path, "rb") as f:
             for number, line in enumerate(f, start=1):
                 if number <= len(self.expected):
                     labels = self._parse(line, number)
@@ -250,7 +266,16 @@ class IntLabelFile:
         offsets.append(position)
         self.offsets = np.asarray(offsets, np.int64)
         self.max_label = top
-        self._fd = os.open(path, os.O_RDONLY)
+        self._fd = self._open()
+
+    def _open(self):
+        return None if storage.is_remote(self.path) else os.open(self.path, os.O_RDONLY)
+
+    def _read(self, start: int, end: int) -> bytes:
+        """Bytes [start, end): os.pread locally (thread-safe), a ranged read from a bucket."""
+        if self._fd is None:
+            return storage.read_range(self.path, start, end)
+        return os.pread(self._fd, end - start, start)
 
     def _parse(self, line: bytes, number: int) -> np.ndarray:
         return _label_line(self.path, number, line.split(), self.expected[number - 1], self.tolerance, np.int32,
@@ -262,14 +287,14 @@ class IntLabelFile:
     def __getitem__(self, index: int) -> np.ndarray:
         """Line `index` (0-based), cut or edge-padded to the expected frame count."""
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-        return _to_frames(self._parse(os.pread(self._fd, end - start, start), index + 1), self.expected[index])
+        return _to_frames(self._parse(self._read(start, end), index + 1), self.expected[index])
 
     def __getstate__(self):  # picklable (e.g. for worker processes): reopen on arrival
         return {k: v for k, v in self.__dict__.items() if k != "_fd"}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = self._open()
 
     def __del__(self):
         fd = getattr(self, "_fd", None)
@@ -291,7 +316,7 @@ def write_skipped(path: str, skipped: dict[int, str]) -> None:
 def read_skipped(path: str) -> dict[int, str]:
     """{index: reason} of a `.skipped` file, {} without one."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path, encoding="utf-8") as f:
             rows = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
     except FileNotFoundError:
         return {}

@@ -37,6 +37,7 @@ from hubert_jax.data.manifest import (
     read_manifest,
     write_int_labels,
 )
+from hubert_jax import storage
 from hubert_jax.data.audio import resampled_counts, resampled_summary
 from hubert_jax.cli_errors import prog_name
 from hubert_jax.labels import provenance
@@ -124,7 +125,7 @@ def _output_folder(path: str) -> None:
 
 
 def _manifest_record(manifest: str) -> dict:
-    return {"manifest": os.path.abspath(manifest), "manifest_sha256": provenance.file_sha256(manifest)}
+    return {"manifest": storage.absolute(manifest), "manifest_sha256": provenance.file_sha256(manifest)}
 
 
 def _records(feats: str, nshard: int) -> list:
@@ -139,7 +140,7 @@ def _audio_paths(feats: str, nshard: int) -> list[str] | None:
     """The audio file of each utterance of the features, from the manifest their record names (None when
     no record names one)."""
     manifests = {r.get("manifest") for r in _records(feats, nshard) if r}
-    if len(manifests) != 1 or None in manifests or not os.path.isfile(next(iter(manifests))):
+    if len(manifests) != 1 or None in manifests or not storage.isfile(next(iter(manifests))):
         return None
     return [e.path for e in read_manifest(next(iter(manifests)))]
 

@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 
+from hubert_jax import storage
+
 SUFFIX = ".made.json"
 
 
@@ -74,7 +76,7 @@ def claim(prefix: str, made: dict, existing: list[str]) -> None:
 def file_sha256(path: str) -> str:
     """A file's SHA-256, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -1,0 +1,136 @@
+"""One path layer for the files hubert-jax reads and writes: local paths go through `open` and `os` exactly as
+before; `gs://bucket/...` paths go through fsspec's Cloud Storage filesystem (gcsfs).
+
+Why fsspec/gcsfs: it is what grain, tensorstore-backed Orbax and pandas users already have beside JAX, it
+speaks the JSON API that the Cloud Storage emulators implement (tests point it at one through
+`STORAGE_EMULATOR_HOST`), and it gives file objects with seek and ranged reads, so soundfile and NumPy read
+objects as they read files. etils.epath would route gs:// through TensorFlow's gfile or the same fsspec.
+
+Remote errors end in one line that names the path and the fix: a missing bucket or object, no permission,
+no credentials (`StorageError`, a subclass of the OSError kinds callers already catch).
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import io
+import os
+import posixpath
+
+REMOTE_PREFIX = "gs://"
+
+
+class StorageError(OSError):
+    """A remote path that cannot be read or written, with the reason and the fix in one line."""
+
+
+class MissingError(StorageError, FileNotFoundError):
+    """A bucket or object that does not exist."""
+
+
+def is_remote(path) -> bool:
+    return isinstance(path, str) and path.startswith(REMOTE_PREFIX)
+
+
+@functools.lru_cache(maxsize=None)
+def _filesystem():
+    try:
+        import gcsfs
+    except ImportError as e:  # pragma: no cover - gcsfs is a declared dependency
+        raise StorageError("gs:// paths need gcsfs: pip install gcsfs") from e
+    return gcsfs.GCSFileSystem(skip_instance_cache=True)  # this process' one client, made when first needed
+
+
+def _explained(path: str, e: Exception) -> StorageError:
+    """One line naming the path, what went wrong and what to do."""
+    text = f"{type(e).__name__}: {e}".splitlines()[0]
+    bucket = path[len(REMOTE_PREFIX):].split("/", 1)[0]
+    if isinstance(e, FileNotFoundError) or "404" in text or "No such" in text:
+        return MissingError(f"{path}: no such object (or no bucket gs://{bucket}); check the path, or create the "
+                            f"bucket first ({text})")
+    if isinstance(e, PermissionError) or "403" in text or "401" in text:
+        return StorageError(f"{path}: permission denied; give this machine's service account read/write access "
+                            f"to gs://{bucket} (roles/storage.objectAdmin) ({text})")
+    if "credential" in text.lower() or "DefaultCredentialsError" in text:
+        return StorageError(f"{path}: no Google Cloud credentials; run `gcloud auth application-default login` or "
+                            f"set GOOGLE_APPLICATION_CREDENTIALS ({text})")
+    return StorageError(f"{path}: {text}")
+
+
+def _remote(path: str, call, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except StorageError:
+        raise
+    except Exception as e:  # gcsfs raises OSError kinds, HttpError, google.auth errors
+        raise _explained(path, e) from e
+
+
+def open(path, mode: str = "r", *, encoding: str | None = None, newline: str | None = None):  # noqa: A001
+    """builtins.open for a local path; a file object on the object for gs:// (text modes decode `encoding`)."""
+    if not is_remote(path):
+        return builtins.open(path, mode, encoding=encoding, newline=newline)
+    binary = _remote(path, _filesystem().open, path, mode.replace("t", "").replace("b", "") + "b")
+    if "b" in mode:
+        return binary
+    return io.TextIOWrapper(binary, encoding=encoding or "utf-8", newline=newline)
+
+
+def read_bytes(path) -> bytes:
+    if not is_remote(path):
+        with builtins.open(path, "rb") as f:
+            return f.read()
+    return _remote(path, _filesystem().cat_file, path)
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a gs:// object (one ranged request)."""
+    return _remote(path, _filesystem().cat_file, path, start=start, end=end)
+
+
+def isfile(path) -> bool:
+    if not is_remote(path):
+        return os.path.isfile(path)
+    return bool(_remote(path, _filesystem().isfile, path))
+
+
+def isdir(path) -> bool:
+    if not is_remote(path):
+        return os.path.isdir(path)
+    return bool(_remote(path, _filesystem().isdir, path))
+
+
+def exists(path) -> bool:
+    if not is_remote(path):
+        return os.path.exists(path)
+    return bool(_remote(path, _filesystem().exists, path))
+
+
+def files_under(root: str) -> set[str]:
+    """Every object under a gs:// prefix, as gs:// paths: one listing instead of a request per file."""
+    found = _remote(root, _filesystem().find, root.rstrip("/"))
+    return {REMOTE_PREFIX + p if not p.startswith(REMOTE_PREFIX) else p for p in found}
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def dirname(path: str) -> str:
+    return posixpath.dirname(path) if is_remote(path) else os.path.dirname(os.path.abspath(path))
+
+
+def is_absolute(path: str) -> bool:
+    return is_remote(path) or os.path.isabs(path)
+
+
+def absolute(path: str) -> str:
+    """os.path.abspath for a local path; a gs:// path as it is."""
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def normpath(path: str) -> str:
+    if is_remote(path):
+        return REMOTE_PREFIX + posixpath.normpath(path[len(REMOTE_PREFIX):])
+    return os.path.normpath(path)
