@@ -49,6 +49,15 @@ HUBERT_HEADS = ("final_proj", "label_embs_concat")
 _CONV_RE = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.(0|2|2\.1)\.(weight|bias)$")
 
 
+def _layer_key(key: str, renames) -> str | None:
+    """encoder.layers.{i}.{old}... -> encoder.layers.{i}.{new}... by the first (old, new) that matches."""
+    index, rest = key[len("encoder.layers."):].split(".", 1)
+    for old, new in renames:
+        if rest.startswith(old + ".") or rest == old:
+            return f"encoder.layers.{index}.{new}{rest[len(old):]}"
+    return None
+
+
 def rename_key(key: str, *, wav2vec2_pretraining: bool = False) -> str | None:
     """One fairseq-style name -> transformers' name, or None when the table does not know it."""
     m = _CONV_RE.match(key)
@@ -56,11 +65,7 @@ def rename_key(key: str, *, wav2vec2_pretraining: bool = False) -> str | None:
         part = "conv" if m[2] == "0" else "layer_norm"
         return f"feature_extractor.conv_layers.{m[1]}.{part}.{m[3]}"
     if key.startswith("encoder.layers."):
-        index, rest = key[len("encoder.layers."):].split(".", 1)
-        for old, new in _LAYER_RENAMES:
-            if rest.startswith(old + ".") or rest == old:
-                return f"encoder.layers.{index}.{new}{rest[len(old):]}"
-        return None
+        return _layer_key(key, _LAYER_RENAMES)
     stem, _, leaf = key.rpartition(".")
     if key in _TOP_RENAMES:  # parameters without a leaf (mask_emb, quantizer.vars)
         return _TOP_RENAMES[key]
@@ -79,11 +84,7 @@ def fairseq_key(name: str, *, group_norm: bool, wav2vec2_pretraining: bool = Fal
         part = "0" if m[2] == "conv" else "2" if group_norm else "2.1"
         return f"feature_extractor.conv_layers.{m[1]}.{part}.{m[3]}"
     if name.startswith("encoder.layers."):
-        index, rest = name[len("encoder.layers."):].split(".", 1)
-        for old, new in _LAYER_RENAMES:
-            if rest.startswith(new + ".") or rest == new:
-                return f"encoder.layers.{index}.{old}{rest[len(new):]}"
-        return None
+        return _layer_key(name, [(new, old) for old, new in _LAYER_RENAMES])
     if wav2vec2_pretraining and name.startswith("project_hid."):
         return "final_proj." + name[len("project_hid."):]
     for old, new in _TOP_RENAMES.items():
