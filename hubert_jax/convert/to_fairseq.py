@@ -264,6 +264,44 @@ def target_dictionary(vocab: dict[str, int], vocab_size: int, where: str) -> Dic
     return Dictionary(by_id[i] for i in range(4, vocab_size))
 
 
+def _ctc_checkpoint(config, state: dict, encoder: dict, vocab, *, normalize: bool, step: int, where: str) -> dict:
+    """A CTC head's fine-tuned checkpoint: the encoder under `w2v_encoder.w2v_model.`, the output layer as
+    `w2v_encoder.proj`, `w2v_args` holding the encoder's settings (the module docstring says why)."""
+    if vocab is None:
+        raise ValueError(f"{where}: a CTC model without its vocab.json: fairseq's checkpoint needs the target "
+                         f"dictionary")
+    head = {"w2v_encoder.proj.weight": state["lm_head.weight"], "w2v_encoder.proj.bias": state["lm_head.bias"]}
+    weights = {f"w2v_encoder.w2v_model.{k}": v for k, v in encoder.items()} | head
+    dictionary = target_dictionary(vocab, int(state["lm_head.weight"].shape[0]), where)
+    hubert = config.model_type == "hubert"
+    head_cfg = None
+    if hubert:  # the pretraining model fairseq builds (and strips) under the CTC head has its heads' sizes
+        from hubert_jax.models.pretraining_hubert import HeadConfig
+        head_cfg = HeadConfig(num_classes=(DEFAULT_CLUSTERS + len(SPECIALS),), label_offset=len(SPECIALS))
+    w2v_args = {"model": pretraining_model_cfg(config, head_cfg),
+                "task": pretraining_task_cfg(config, normalize=normalize, head=head_cfg)}
+    if not hubert:
+        w2v_args["model"] = {**w2v_args["model"], "quantize_targets": True}
+    model_cfg = {"_name": "hubert_ctc" if hubert else "wav2vec_ctc", "w2v_path": "", "w2v_args": w2v_args,
+                 "normalize": normalize, "data": ".", "apply_mask": bool(config.mask_time_prob or
+                                                                         config.mask_feature_prob),
+                 "mask_prob": config.mask_time_prob, "mask_length": config.mask_time_length,
+                 "mask_channel_prob": config.mask_feature_prob, "mask_channel_length": config.mask_feature_length,
+                 "dropout_input": config.feat_proj_dropout, "final_dropout": config.final_dropout,
+                 "dropout": config.hidden_dropout, "attention_dropout": config.attention_dropout,
+                 "activation_dropout": config.activation_dropout, "layerdrop": config.layerdrop,
+                 "feature_grad_mult": 0.0}
+    if hubert:
+        task_cfg = {"_name": "hubert_pretraining", "data": ".", "fine_tuning": True, "labels": ["ltr"],
+                    "label_rate": -1.0, "sample_rate": 16000, "normalize": normalize, "single_target": True}
+        task_state = {"target_dictionary": dictionary, "dictionaries": [None]}
+    else:
+        task_cfg = {"_name": "audio_finetuning", "data": ".", "labels": "ltr", "sample_rate": 16000,
+                    "normalize": normalize}
+        task_state = {"target_dictionary": dictionary}
+    return _checkpoint({"model": model_cfg, "task": task_cfg}, weights, task_state, "CtcCriterion", step)
+
+
 def fairseq_checkpoint(model, *, normalize: bool, vocab: dict[str, int] | None = None, step: int = 0,
                        clusters: int | None = None, seed: int = 0, where: str = "model") -> dict:
     """A hubert-jax model as a fairseq checkpoint (entries as `torch.load` gives them, arrays as numpy).
@@ -277,39 +315,7 @@ def fairseq_checkpoint(model, *, normalize: bool, vocab: dict[str, int] | None =
     if "mask_emb" not in encoder:
         encoder["mask_emb"] = _new((config.hidden_size,), rng, "mask_emb", "uniform_", _uniform01)
     if hasattr(model, "lm_head"):
-        if vocab is None:
-            raise ValueError(f"{where}: a CTC model without its vocab.json: fairseq's checkpoint needs the target "
-                             f"dictionary")
-        head = {"w2v_encoder.proj.weight": state["lm_head.weight"], "w2v_encoder.proj.bias": state["lm_head.bias"]}
-        weights = {f"w2v_encoder.w2v_model.{k}": v for k, v in encoder.items()} | head
-        dictionary = target_dictionary(vocab, int(state["lm_head.weight"].shape[0]), where)
-        hubert = config.model_type == "hubert"
-        head_cfg = None
-        if hubert:  # the pretraining model fairseq builds (and strips) under the CTC head has its heads' sizes
-            from hubert_jax.models.pretraining_hubert import HeadConfig
-            head_cfg = HeadConfig(num_classes=(DEFAULT_CLUSTERS + len(SPECIALS),), label_offset=len(SPECIALS))
-        w2v_args = {"model": pretraining_model_cfg(config, head_cfg),
-                    "task": pretraining_task_cfg(config, normalize=normalize, head=head_cfg)}
-        if not hubert:
-            w2v_args["model"] = {**w2v_args["model"], "quantize_targets": True}
-        model_cfg = {"_name": "hubert_ctc" if hubert else "wav2vec_ctc", "w2v_path": "", "w2v_args": w2v_args,
-                     "normalize": normalize, "data": ".", "apply_mask": bool(config.mask_time_prob or
-                                                                             config.mask_feature_prob),
-                     "mask_prob": config.mask_time_prob, "mask_length": config.mask_time_length,
-                     "mask_channel_prob": config.mask_feature_prob, "mask_channel_length": config.mask_feature_length,
-                     "dropout_input": config.feat_proj_dropout, "final_dropout": config.final_dropout,
-                     "dropout": config.hidden_dropout, "attention_dropout": config.attention_dropout,
-                     "activation_dropout": config.activation_dropout, "layerdrop": config.layerdrop,
-                     "feature_grad_mult": 0.0}
-        if hubert:
-            task_cfg = {"_name": "hubert_pretraining", "data": ".", "fine_tuning": True, "labels": ["ltr"],
-                        "label_rate": -1.0, "sample_rate": 16000, "normalize": normalize, "single_target": True}
-            task_state = {"target_dictionary": dictionary, "dictionaries": [None]}
-        else:
-            task_cfg = {"_name": "audio_finetuning", "data": ".", "labels": "ltr", "sample_rate": 16000,
-                        "normalize": normalize}
-            task_state = {"target_dictionary": dictionary}
-        return _checkpoint({"model": model_cfg, "task": task_cfg}, weights, task_state, "CtcCriterion", step)
+        return _ctc_checkpoint(config, state, encoder, vocab, normalize=normalize, step=step, where=where)
     if config.model_type == "hubert":
         head, proj_w, proj_b, embeddings = _hubert_head(model, state, rng, clusters)
         weights = {**encoder, "final_proj.weight": proj_w, "final_proj.bias": proj_b, "label_embs_concat": embeddings}
