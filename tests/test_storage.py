@@ -93,3 +93,91 @@ def test_remote_failures_end_in_one_line_naming_the_path(gcs_bucket):
     with pytest.raises(storage.MissingError, match="gs://no-such-bucket-here/x.npy: no such object"):
         storage.read_bytes("gs://no-such-bucket-here/x.npy")
     assert storage.is_remote("gs://b/x") and not storage.is_remote("/tmp/x") and not storage.is_remote("tfds://x/y")
+
+
+# ---------------------------------------------------------------------------------------------- the lock
+FOREIGN = {"host": "tpu-vm-7", "boot_id": "x", "pid_ns": 1, "pid": 4242, "started": "2026-01-01T00:00:00+00:00",
+           "command": ["train.py"], "token": "theirs", "heartbeat": 3}
+ACQUIRE = """
+import sys
+from hubert_jax.training.workdir_lock import ObjectLock, WorkdirBusy
+lock = ObjectLock(sys.argv[1], heartbeat_s=60)
+sys.stdin.readline()  # every contender waits for the same go
+try:
+    lock.acquire()
+    print("took", flush=True)
+    sys.stdin.readline()
+    lock.release()
+except WorkdirBusy as e:
+    print("busy", str(e).splitlines()[0], flush=True)
+"""
+
+
+def test_of_runs_started_together_on_one_bucket_workdir_exactly_one_takes_it(gcs_bucket, tmp_path):
+    import json
+
+    workdir = f"{gcs_bucket}/{tmp_path.name}/run"
+    procs = [subprocess.Popen([sys.executable, "-c", ACQUIRE, workdir], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for _ in range(4)]
+    import time
+    time.sleep(8)  # every contender imported and waiting
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    said = {}
+    for p in procs:
+        said[p] = p.stdout.readline().strip()
+    took = [p for p, line in said.items() if line == "took"]
+    assert len(took) == 1, {p.pid: (line, p.stderr.read()[-500:] if not line else "") for p, line in said.items()}
+    holder = json.loads(storage.read_bytes(f"{workdir}/run.lock"))
+    assert holder["pid"] == took[0].pid
+    for p, line in said.items():
+        if p is not took[0]:
+            assert line.startswith("busy") and f"pid {took[0].pid}" in line, line
+    took[0].stdin.write("done\n")
+    took[0].stdin.flush()
+    for p in procs:
+        assert p.wait(timeout=60) == 0, p.stderr.read()[-2000:]
+    assert not storage.exists(f"{workdir}/run.lock")  # given back
+
+
+def test_another_machines_lock_in_a_bucket_counts_by_its_age_on_the_stores_clock(gcs_bucket, tmp_path, caplog):
+    import json
+    import logging
+    import time
+
+    from hubert_jax.training.workdir_lock import ObjectLock, WorkdirBusy
+
+    lock = ObjectLock(f"{gcs_bucket}/{tmp_path.name}/run", stale_after_s=2.0, heartbeat_s=60)
+    assert storage.create_if_absent(lock.path, json.dumps(FOREIGN).encode()) is not None
+    with pytest.raises(WorkdirBusy, match="host tpu-vm-7, pid 4242"):
+        lock.acquire()
+    time.sleep(2.5)  # no heartbeat for longer than stale_after_s, as the store's clock counts it
+    with caplog.at_level(logging.WARNING):
+        lock.acquire()
+    assert "took over a stale lock (no heartbeat for " in caplog.text and "host tpu-vm-7" in caplog.text
+    assert lock.held()
+    lock.release()
+    assert not storage.exists(lock.path)
+
+
+def test_a_bucket_lock_taken_over_is_never_written_back_and_stops_the_run(gcs_bucket, tmp_path):
+    import json
+
+    from hubert_jax.training.workdir_lock import LockLost, ObjectLock
+
+    lock = ObjectLock(f"{gcs_bucket}/{tmp_path.name}/run", heartbeat_s=3600).acquire()
+    lock.check()
+    mine = storage.stat(lock.path)["generation"]
+    lock._write_heartbeat({**lock._record(), "started": lock._started})  # a heartbeat: a new generation, still ours
+    assert lock.held() and storage.stat(lock.path)["generation"] != mine
+    # another run takes it over (it judged this run stale)
+    assert storage.replace_if_generation(lock.path, json.dumps(FOREIGN).encode(),
+                                         storage.stat(lock.path)["generation"]) is not None
+    lock._write_heartbeat({**lock._record(), "started": lock._started})  # a late heartbeat: refused by the store
+    assert json.loads(storage.read_bytes(lock.path))["token"] == "theirs"
+    with pytest.raises(LockLost, match="host tpu-vm-7"):
+        lock.check()
+    lock.release()  # not ours any more: left in place
+    assert json.loads(storage.read_bytes(lock.path))["token"] == "theirs"

@@ -27,6 +27,8 @@ import sys
 import threading
 import uuid
 
+from hubert_jax import storage
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
@@ -143,13 +145,20 @@ class WorkdirLock:
         self._started = record["started"]
         return True
 
+    def _holder(self) -> dict | None:
+        """The lock's record: None when there is no lock, {} when it is unreadable."""
+        return _read(self.path)
+
+    def _prepare(self) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+
     def acquire(self) -> "WorkdirLock":
         """Take the lock, taking over a stale one with a warning; WorkdirBusy names a live holder."""
-        os.makedirs(self.workdir, exist_ok=True)
+        self._prepare()
         for _ in range(3):  # a holder may release (or a taker replace) between our looks
             if self._create():
                 break
-            holder = _read(self.path)
+            holder = self._holder()
             if holder is None:
                 continue  # released meanwhile
             why = self.stale_reason(holder)
@@ -226,28 +235,31 @@ class WorkdirLock:
 
     def held(self) -> bool:
         """Whether the lock file is still this run's."""
-        current = _read(self.path)
+        current = self._holder()
         return bool(current) and current.get("token") == self.token
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             if not self.held():
-                self._lost = describe(_read(self.path) or {})
+                self._lost = describe(self._holder() or {})
                 logger.error("%s: this run's workdir lock was taken over (%s)", self.path, self._lost)
                 return
             self._beats += 1
-            tmp = f"{self.path}.{self.token}.tmp"
             try:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump({**self._record(), "started": self._started}, f)
-                os.replace(tmp, self.path)
+                self._write_heartbeat({**self._record(), "started": self._started})
             except OSError as e:  # a full disk or a flaky mount: the next beat tries again
                 logger.warning("%s: heartbeat not written (%s)", self.path, e)
+
+    def _write_heartbeat(self, record: dict) -> None:
+        tmp = f"{self.path}.{self.token}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        os.replace(tmp, self.path)
 
     def check(self) -> None:
         """Raise LockLost when another run took this run's lock: call before writing to the workdir."""
         if self._lost is None and not self.held():
-            self._lost = describe(_read(self.path) or {})
+            self._lost = describe(self._holder() or {})
         if self._lost is not None:
             raise LockLost(f"{self.path}: another run took over this workdir ({self._lost}); stopping without "
                            f"writing. Its lock looked stale to it: was this run stalled for over "
@@ -260,13 +272,90 @@ class WorkdirLock:
             self._thread.join()
             self._thread = None
         if self.held():
-            os.remove(self.path)
+            self._remove()
+
+    def _remove(self) -> None:
+        os.remove(self.path)
 
     def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc):
         self.release()
+
+
+class ObjectLock(WorkdirLock):
+    """The same lock for a `gs://` workdir, on the object store's own atomic primitives: the lock object is
+    created only if absent (`ifGenerationMatch=0`), each heartbeat replaces exactly the generation this run
+    wrote last (so a run whose lock was taken over cannot write it back), and a stale lock is taken over by
+    replacing exactly the generation that was judged stale, so of two runs taking over at once one wins and
+    no guard object is needed. Ages are measured on the store's clock: the lock's `updated` time against a
+    probe object's, written now."""
+
+    def __init__(self, workdir: str, **kw):
+        super().__init__(workdir, **kw)
+        self.workdir = workdir.rstrip("/")
+        self.path = storage.join(self.workdir, kw.get("name", LOCK_NAME))
+        self.what = kw.get("what") or self.workdir
+        self._generation: int | None = None
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(storage.read_bytes(self.path) or b"{}")
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+
+    def _create(self) -> bool:
+        record = self._record()
+        generation = storage.create_if_absent(self.path, json.dumps(record).encode())
+        if generation is None:
+            return False
+        self._generation, self._started = generation, record["started"]
+        return True
+
+    def _prepare(self) -> None:
+        pass  # a bucket has no folders to make
+
+    def _age(self, path: str | None = None) -> float | None:
+        probe = storage.join(self.workdir, f".{LOCK_NAME}.probe-{self.token}")
+        try:
+            if storage.create_if_absent(probe, b"") is None:
+                return None
+            now, then = storage.stat(probe), storage.stat(path or self.path)
+            return None if now is None or then is None else now["updated"] - then["updated"]
+        finally:
+            storage.remove(probe)
+
+    def _take_over(self, holder: dict, why: str) -> bool:
+        current = storage.stat(self.path)
+        if current is None or self._holder() != holder:
+            return False  # changed meanwhile: look again
+        record = self._record()
+        generation = storage.replace_if_generation(self.path, json.dumps(record).encode(), current["generation"])
+        if generation is None:
+            return False  # another run's write (a heartbeat, or another taker) came first
+        self._generation, self._started = generation, record["started"]
+        logger.warning("%s: took over a stale lock (%s): %s", self.path, why, describe(holder))
+        return True
+
+    def held(self) -> bool:
+        current = storage.stat(self.path)
+        return current is not None and current["generation"] == self._generation
+
+    def _write_heartbeat(self, record: dict) -> None:
+        generation = storage.replace_if_generation(self.path, json.dumps(record).encode(), self._generation)
+        if generation is not None:
+            self._generation = generation
+
+    def _remove(self) -> None:
+        storage.remove(self.path)
+
+
+def make_lock(workdir: str, **kw) -> WorkdirLock:
+    """The lock for a workdir: on its filesystem, or on the object store for gs://."""
+    return ObjectLock(workdir, **kw) if storage.is_remote(workdir) else WorkdirLock(workdir, **kw)
 
 
 def lock_workdir(workdir: str, *, heartbeat_s: float = 30.0, stale_after_s: float = 300.0) -> WorkdirLock | None:
@@ -279,7 +368,7 @@ def lock_workdir(workdir: str, *, heartbeat_s: float = 30.0, stale_after_s: floa
     lock, error = None, None
     if jax.process_index() == 0:
         try:
-            lock = WorkdirLock(workdir, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s).acquire()
+            lock = make_lock(workdir, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s).acquire()
         except WorkdirBusy as e:
             error = e
     if not all_hosts_agree(error is None):
