@@ -15,7 +15,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 import test_export_fairseq as exports  # noqa: E402
 
-import hubert_jax  # noqa: E402
 from hubert_jax.convert.cli import main as convert  # noqa: E402
 
 
@@ -27,12 +26,8 @@ def main() -> int:
         ref = dict(np.load(os.path.join(exports.EXPORTED, f"{name}.npz")))
         back = os.path.join(work, f"back_{name}")
         convert([paths[name], back])
-        ctc, hubert = name.endswith("_ctc"), name.startswith("hubert")
-        auto = (hubert_jax.FlaxAutoModelForCTC if ctc else hubert_jax.FlaxAutoModel if hubert
-                else hubert_jax.FlaxAutoModelForPreTraining)
+        auto, key, theirs = exports.read_back(name)
         model = auto.from_pretrained(back)
-        key, theirs = (("logits", "logits") if ctc else ("last_hidden_state", "last") if hubert
-                       else ("projected_states", "projected_states"))
         layers = head = 0.0
         for i, x in enumerate(exports.clips()):
             out = model(jnp.asarray(x)[None], output_hidden_states=True)

@@ -12,9 +12,8 @@ import urllib.request
 def emulator_env(url: str) -> dict:
     """The variables that point gcsfs, tensorstore and subprocesses at the emulator."""
     return {"STORAGE_EMULATOR_HOST": url,  # gcsfs, google-cloud-storage
-            "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",  # tensorstore (Orbax)
-            # gcsfs' experimental hierarchical-namespace probe talks gRPC to the real service: off for the emulator
-            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+            "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator"}  # tensorstore (Orbax)
+    # (gcsfs' GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false, which gcsfs reads when imported: tests/conftest.py)
 
 
 def create_bucket(url: str, name: str) -> None:

@@ -76,6 +76,18 @@ def recorded():
         return json.load(f)
 
 
+def read_back(name: str):
+    """(FlaxAuto class, output compared, its key in the recorded outputs) of an export read back: CTC logits,
+    HuBERT's last hidden state, wav2vec 2.0's projected states."""
+    import hubert_jax
+
+    if name.endswith("_ctc"):
+        return hubert_jax.FlaxAutoModelForCTC, "logits", "logits"
+    if name.startswith("hubert"):
+        return hubert_jax.FlaxAutoModel, "last_hidden_state", "last"
+    return hubert_jax.FlaxAutoModelForPreTraining, "projected_states", "projected_states"
+
+
 def clips():
     data = np.load(os.path.join(PEER, "audio.npz"))
     return [data["audio_0"], data["audio_1"]]
@@ -99,8 +111,7 @@ def test_the_export_gives_fairseqs_outputs_for_it(exports, tmp_path, name):
     out = tmp_path / "back"
     assert convert([exports[name], str(out)]) == 0  # self-contained: no --w2v-checkpoint for the CTC files
     ctc, hubert = name.endswith("_ctc"), name.startswith("hubert")
-    auto = (hubert_jax.FlaxAutoModelForCTC if ctc else hubert_jax.FlaxAutoModel if hubert
-            else hubert_jax.FlaxAutoModelForPreTraining)
+    auto, output, recorded_as = read_back(name)
     model = auto.from_pretrained(out)
     for i, x in enumerate(clips()):
         result = model(jnp.asarray(x)[None], output_hidden_states=True)
@@ -109,13 +120,9 @@ def test_the_export_gives_fairseqs_outputs_for_it(exports, tmp_path, name):
         for layer, value in enumerate(hidden):
             np.testing.assert_allclose(np.asarray(value[0]), ref[f"hidden_{i}_{layer}"], atol=TOL, rtol=0,
                                        err_msg=f"{name}: hidden_states[{layer}]")
-        if ctc:
-            np.testing.assert_allclose(np.asarray(result.logits[0]), ref[f"logits_{i}"], atol=TOL, rtol=0)
-        elif hubert:
-            np.testing.assert_allclose(np.asarray(result.last_hidden_state[0]), ref[f"last_{i}"], atol=TOL, rtol=0)
-        else:
-            np.testing.assert_allclose(np.asarray(result.projected_states[0]), ref[f"projected_states_{i}"],
-                                       atol=TOL, rtol=0)
+        np.testing.assert_allclose(np.asarray(getattr(result, output)[0]), ref[f"{recorded_as}_{i}"], atol=TOL,
+                                   rtol=0, err_msg=f"{name}: {output}")
+        if not (ctc or hubert):
             np.testing.assert_allclose(np.asarray(result.projected_quantized_states[0]),
                                        ref[f"projected_quantized_{i}"], atol=TOL, rtol=0)
     if hubert and not ctc:

@@ -86,11 +86,12 @@ def _to_fairseq(parser, args) -> int:
         parser.error(f"--to-fairseq takes a hubert-jax or transformers model directory as SRC, not {args.src}")
     if os.path.isdir(args.out):
         parser.error(f"{args.out} is a directory: --to-fairseq writes one checkpoint file (e.g. {args.out}/model.pt)")
-    if os.path.exists(args.out) and not args.overwrite:
-        parser.error(f"{args.out} exists; pass --overwrite to replace it")
     if args.clusters is not None and args.clusters < 1:
         parser.error(f"--clusters {args.clusters}: expected a positive cluster count")
-    ckpt = export_directory(args.src, args.out, overwrite=True, clusters=args.clusters)
+    try:
+        ckpt = export_directory(args.src, args.out, overwrite=args.overwrite, clusters=args.clusters)
+    except FileExistsError as e:
+        parser.error(str(e))
     cfg = ckpt["cfg"]
     print(f"wrote {args.out}: fairseq {cfg['model']['_name']} / {cfg['task']['_name']} (content digest "
           f"{checkpoint_digest(ckpt)[:16]}; load it with fairseq's checkpoint_utils.load_model_ensemble_and_task)")

@@ -133,14 +133,13 @@ def pretraining_model_cfg(config, head=None) -> dict:
             "logit_temp": float(config.contrastive_logits_temperature)}
 
 
-def pretraining_task_cfg(config, *, normalize: bool, head=None, fine_tuning: bool = False) -> dict:
-    """cfg.task of a pretraining checkpoint (`hubert_pretraining` with one `km` label set per head, or
-    `audio_pretraining`). `data` is '.': fairseq's runs give their own."""
+def pretraining_task_cfg(config, *, normalize: bool, head=None) -> dict:
+    """cfg.task of a pretraining checkpoint (`hubert_pretraining` with one `km` label set per label set of `head`,
+    a HeadConfig, or `audio_pretraining`). `data` is '.': fairseq's runs give their own."""
     if config.model_type == "hubert":
-        labels = ["km"] if head is None else ["km"] + [f"km{i}" for i in range(1, len(head.num_classes))]
-        return {"_name": "hubert_pretraining", "data": ".", "fine_tuning": fine_tuning, "labels": labels,
-                "label_rate": float(head.label_rate) if head is not None else 50.0, "sample_rate": 16000,
-                "normalize": normalize}
+        labels = ["km"] + [f"km{i}" for i in range(1, len(head.num_classes))]
+        return {"_name": "hubert_pretraining", "data": ".", "fine_tuning": False, "labels": labels,
+                "label_rate": float(head.label_rate), "sample_rate": 16000, "normalize": normalize}
     return {"_name": "audio_pretraining", "data": ".", "sample_rate": 16000, "normalize": normalize}
 
 
@@ -191,12 +190,12 @@ def _uniform01(rng, shape):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _checkpoint(cfg: dict, state: dict, task_state: dict, criterion: str, step: int) -> dict:
+def _checkpoint(cfg: dict, state: dict, task_state: dict, criterion: str) -> dict:
     """The entries fairseq's `load_checkpoint_to_cpu` and trainer read (no optimizer state: a run restores
     from it with `reset_optimizer`)."""
     return {"args": None, "cfg": cfg, "model": state, "criterion": None,
             "optimizer_history": [{"criterion_name": criterion, "optimizer_name": "FairseqAdam",
-                                   "lr_scheduler_state": {"best": None}, "num_updates": int(step)}],
+                                   "lr_scheduler_state": {"best": None}, "num_updates": 0}],
             "task_state": task_state,
             "extra_state": {"train_iterator": {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True},
                             "val_loss": None, "previous_training_time": 0.0},
@@ -264,7 +263,7 @@ def target_dictionary(vocab: dict[str, int], vocab_size: int, where: str) -> Dic
     return Dictionary(by_id[i] for i in range(4, vocab_size))
 
 
-def _ctc_checkpoint(config, state: dict, encoder: dict, vocab, *, normalize: bool, step: int, where: str) -> dict:
+def _ctc_checkpoint(config, state: dict, encoder: dict, vocab, *, normalize: bool, where: str) -> dict:
     """A CTC head's fine-tuned checkpoint: the encoder under `w2v_encoder.w2v_model.`, the output layer as
     `w2v_encoder.proj`, `w2v_args` holding the encoder's settings (the module docstring says why)."""
     if vocab is None:
@@ -299,10 +298,10 @@ def _ctc_checkpoint(config, state: dict, encoder: dict, vocab, *, normalize: boo
         task_cfg = {"_name": "audio_finetuning", "data": ".", "labels": "ltr", "sample_rate": 16000,
                     "normalize": normalize}
         task_state = {"target_dictionary": dictionary}
-    return _checkpoint({"model": model_cfg, "task": task_cfg}, weights, task_state, "CtcCriterion", step)
+    return _checkpoint({"model": model_cfg, "task": task_cfg}, weights, task_state, "CtcCriterion")
 
 
-def fairseq_checkpoint(model, *, normalize: bool, vocab: dict[str, int] | None = None, step: int = 0,
+def fairseq_checkpoint(model, *, normalize: bool, vocab: dict[str, int] | None = None,
                        clusters: int | None = None, seed: int = 0, where: str = "model") -> dict:
     """A hubert-jax model as a fairseq checkpoint (entries as `torch.load` gives them, arrays as numpy).
     `clusters`: a base HuBERT's new label set (default DEFAULT_CLUSTERS); `seed`: the parameters made new."""
@@ -315,17 +314,17 @@ def fairseq_checkpoint(model, *, normalize: bool, vocab: dict[str, int] | None =
     if "mask_emb" not in encoder:
         encoder["mask_emb"] = _new((config.hidden_size,), rng, "mask_emb", "uniform_", _uniform01)
     if hasattr(model, "lm_head"):
-        return _ctc_checkpoint(config, state, encoder, vocab, normalize=normalize, step=step, where=where)
+        return _ctc_checkpoint(config, state, encoder, vocab, normalize=normalize, where=where)
     if config.model_type == "hubert":
         head, proj_w, proj_b, embeddings = _hubert_head(model, state, rng, clusters)
         weights = {**encoder, "final_proj.weight": proj_w, "final_proj.bias": proj_b, "label_embs_concat": embeddings}
         dictionaries = [Dictionary(range(n - len(SPECIALS))) for n in head.num_classes]
         cfg = {"model": pretraining_model_cfg(config, head),
                "task": pretraining_task_cfg(config, normalize=normalize, head=head)}
-        return _checkpoint(cfg, weights, {"dictionaries": dictionaries}, "HubertCriterion", step)
+        return _checkpoint(cfg, weights, {"dictionaries": dictionaries}, "HubertCriterion")
     weights = {**encoder, **_wav2vec2_heads(model, state, rng)}
     cfg = {"model": pretraining_model_cfg(config), "task": pretraining_task_cfg(config, normalize=normalize)}
-    return _checkpoint(cfg, weights, {}, "Wav2vecCriterion", step)
+    return _checkpoint(cfg, weights, {}, "Wav2vecCriterion")
 
 
 def checkpoint_digest(ckpt: dict) -> str:
@@ -371,8 +370,7 @@ def save_checkpoint(ckpt: dict, path: str) -> None:
             os.remove(tmp)
 
 
-def export_directory(src: str, out: str, *, overwrite: bool = False, clusters: int | None = None,
-                     step: int = 0) -> dict:
+def export_directory(src: str, out: str, *, overwrite: bool = False, clusters: int | None = None) -> dict:
     """A hubert-jax or transformers model directory -> the fairseq checkpoint file `out`. Returns the checkpoint."""
     from hubert_jax.auto import FlaxAutoModelForPreTraining, load_any
     from hubert_jax.config import SpeechConfig
@@ -397,6 +395,6 @@ def export_directory(src: str, out: str, *, overwrite: bool = False, clusters: i
         if not os.path.isfile(os.path.join(src, VOCAB_FILE)):
             raise FileNotFoundError(f"{src}: a CTC model needs its {VOCAB_FILE} for fairseq's target dictionary")
         vocab = CTCTokenizer.from_pretrained(src).vocab
-    ckpt = fairseq_checkpoint(model, normalize=normalize, vocab=vocab, step=step, clusters=clusters, where=src)
+    ckpt = fairseq_checkpoint(model, normalize=normalize, vocab=vocab, clusters=clusters, where=src)
     save_checkpoint(ckpt, out)
     return ckpt

@@ -99,8 +99,8 @@ class WorkdirLock:
                  name: str = LOCK_NAME, what: str | None = None, option: str = "--workdir"):
         """`name`: the lock file in `workdir`; `what` (default: the workdir) and `option` name, in a refusal,
         what the lock guards and the option that picks another (a label stage locks its output prefix)."""
-        self.workdir = os.path.abspath(workdir)
-        self.path = os.path.join(self.workdir, name)
+        self.workdir = storage.absolute(workdir)
+        self.path = storage.join(self.workdir, name)
         self.what, self.option = what or self.workdir, option
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self.token = uuid.uuid4().hex
@@ -294,10 +294,7 @@ class ObjectLock(WorkdirLock):
 
     def __init__(self, workdir: str, **kw):
         super().__init__(workdir, **kw)
-        self.workdir = workdir.rstrip("/")
-        self.path = storage.join(self.workdir, kw.get("name", LOCK_NAME))
-        self.what = kw.get("what") or self.workdir
-        self._generation: int | None = None
+        self._generation: int | None = None  # the lock object's generation this run wrote last
 
     def _holder(self) -> dict | None:
         try:
