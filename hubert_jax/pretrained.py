@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from hubert_jax.config import SpeechConfig
-from hubert_jax import families
+from hubert_jax import families, storage
 from hubert_jax.weights import files as io
 from hubert_jax.weights.state import (check_flat, flat_state, load_flat, model_to_flat, per_layer_names,
                                       stack_layers, torch_to_flat, unstack_layers)
@@ -48,6 +48,8 @@ def resolve(path_or_id: str | os.PathLike, *, revision: str | None = None, cache
     """A local directory as is; an argument that looks like a hub id (`owner/name`) through huggingface_hub
     (cache first, offline when cached); anything else that is no directory is "no such directory"."""
     path = os.fspath(path_or_id)
+    if storage.is_remote(path):
+        return _download(path, cache_dir)
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
@@ -71,6 +73,21 @@ def resolve(path_or_id: str | os.PathLike, *, revision: str | None = None, cache
         return snapshot_download(path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
     except Exception as e:
         raise FileNotFoundError(f"{where} it could not be fetched ({type(e).__name__}: {str(e)[:300]})") from None
+
+
+def _download(path: str, cache_dir: str | None) -> str:
+    """A gs:// model directory copied whole into a local folder (under `cache_dir`, or the temporary folder), which
+    the loaders then read as any directory."""
+    if not storage.isfile(storage.join(path, "config.json")):
+        raise FileNotFoundError(f"{path}: no config.json there, so no model directory (an export that was cut short "
+                                f"has none either: export it again)")
+    import hashlib
+
+    # one folder per path and process, replaced at each load: repeated loads do not pile up copies
+    key = f"{hashlib.sha256(path.encode()).hexdigest()[:16]}-{os.getpid()}"
+    local = os.path.join(cache_dir or os.path.join(tempfile.gettempdir(), "hubert-jax"), "gs", key)
+    shutil.rmtree(local, ignore_errors=True)
+    return storage.download_folder(path, local)
 
 
 # ----------------------------------------------------------------------------- base model vs head prefixes
@@ -258,7 +275,11 @@ def _follow_umask(directory: str) -> None:
 
 def write_directory(directory: str, fill, *, overwrite: bool = True) -> str:
     """Write a model directory atomically: `fill(tmp)` writes into a temp dir next to `directory`, which then
-    replaces it. A failure leaves the previous contents (or nothing) in place, never a half-written directory."""
+    replaces it. A failure leaves the previous contents (or nothing) in place, never a half-written directory.
+    A gs:// directory is filled locally, then uploaded with config.json last (storage.upload_folder): a copy cut
+    short leaves no config.json, so nothing loads half of it."""
+    if storage.is_remote(os.fspath(directory)):
+        return _write_remote_directory(os.fspath(directory), fill, overwrite=overwrite)
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"{directory} exists and is not a directory")
@@ -280,6 +301,17 @@ def write_directory(directory: str, fill, *, overwrite: bool = True) -> str:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return directory
+
+
+def _write_remote_directory(directory: str, fill, *, overwrite: bool) -> str:
+    if storage.isfile(directory):
+        raise ValueError(f"{directory} exists and is not a directory")
+    if not overwrite and storage.listdir(directory):
+        raise FileExistsError(f"{directory} exists and is not empty (pass overwrite=True / --overwrite)")
+    with tempfile.TemporaryDirectory(prefix="hubert-jax-upload-") as tmp:
+        fill(tmp)
+        storage.upload_folder(tmp, directory)
     return directory
 
 

@@ -39,7 +39,9 @@ def _filesystem():
         import gcsfs
     except ImportError as e:  # pragma: no cover - gcsfs is a declared dependency
         raise StorageError("gs:// paths need gcsfs: pip install gcsfs") from e
-    return gcsfs.GCSFileSystem(skip_instance_cache=True)  # this process' one client, made when first needed
+    # this process' one client, made when first needed; no listings cache: other hosts and runs write the same
+    # bucket, and a cached listing of a folder hides what they (or an Orbax save) added since
+    return gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
 
 
 def _explained(path: str, e: Exception) -> StorageError:
@@ -208,3 +210,129 @@ def remove(path: str) -> None:
         pass
     except Exception as e:
         raise _explained(path, e) from e
+
+
+# ----------------------------------------------------------------------------- folders and growing files
+def listdir(path: str) -> list[str]:
+    """The names directly under a folder (local) or prefix (gs://); [] when there is none."""
+    if not is_remote(path):
+        return os.listdir(path) if os.path.isdir(path) else []
+    try:
+        found = _filesystem().ls(path.rstrip("/"), detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    except Exception as e:
+        raise _explained(path, e) from e
+    return sorted({posixpath.basename(p.rstrip("/")) for p in found})
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """The whole file or object at once (an object appears complete or not at all)."""
+    if not is_remote(path):
+        with builtins.open(path, "wb") as f:
+            f.write(data)
+        return
+    _remote(path, _filesystem().pipe_file, path, data)
+
+
+def upload_folder(local: str, remote: str, *, last: str = "config.json") -> None:
+    """Copy a local folder to a gs:// prefix, replacing what the prefix held. `last` is removed first and written
+    last: a reader that finds it finds the whole folder, and a copy cut short leaves none (so no loader takes a
+    mix of the old and the new files for a model)."""
+    fs = _filesystem()
+    names = sorted(os.path.relpath(os.path.join(root, f), local) for root, _, files in os.walk(local) for f in files)
+    stale = files_under(remote) if exists(remote) else set()
+    if join(remote, last) in stale:
+        remove(join(remote, last))
+    for path in sorted(stale - {join(remote, n) for n in names} - {join(remote, last)}):
+        remove(path)
+    for name in sorted(names, key=lambda n: n == last):
+        _remote(remote, fs.put_file, os.path.join(local, name), join(remote, name))
+    fs.invalidate_cache(remote)
+
+
+def download_folder(remote: str, local: str) -> str:
+    """Copy every object under a gs:// prefix into a local folder (made if absent); returns `local`."""
+    fs = _filesystem()
+    prefix = remote.rstrip("/") + "/"
+    for path in sorted(files_under(remote)):
+        target = os.path.join(local, *path[len(prefix):].split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _remote(path, fs.get_file, path, target)
+    return local
+
+
+def move_folder(source: str, target: str, *, first: str | None = None) -> None:
+    """Move a folder: os.rename locally; on gs:// (which has no rename) `first` is deleted first (the object whose
+    presence marks the folder complete: a move cut short leaves no complete folder at the source), then every
+    object is copied to `target` and deleted from `source`."""
+    if not is_remote(source):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(source, target)
+        return
+    fs = _filesystem()
+    prefix = source.rstrip("/") + "/"
+    if first is not None and exists(join(source, first)):
+        remove(join(source, first))
+    for path in sorted(files_under(source)):
+        _remote(path, fs.copy, path, join(target, path[len(prefix):]))
+        remove(path)
+    fs.invalidate_cache(source)
+
+
+class GrowingFile:
+    """A text file that only grows (metrics.jsonl, run.log): appended and flushed as usual on a local path; on
+    gs://, which cannot append, the object is rewritten whole (what it held when opened, then every line since)
+    at most every `every_s` seconds and at flush(force=True)/close, so a run that is killed loses at most the
+    last `every_s` seconds of lines."""
+
+    def __init__(self, path: str, *, every_s: float = 30.0):
+        import time
+
+        self.path, self.every_s, self._clock = path, every_s, time.monotonic
+        if is_remote(path):
+            self._text = read_bytes(path).decode("utf-8") if exists(path) else ""
+            self._written, self._file = self._clock(), None
+        else:
+            self._file = builtins.open(path, "a", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        if self._file is not None:
+            self._file.write(text)
+        else:
+            self._text += text
+
+    def flush(self, force: bool = False) -> None:
+        if self._file is not None:
+            self._file.flush()
+        elif force or self._clock() - self._written >= self.every_s:
+            write_bytes(self.path, self._text.encode("utf-8"))
+            self._written = self._clock()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        else:
+            self.flush(force=True)
+
+
+def prepare_for_orbax(path: str) -> None:
+    """Make etils.epath's Cloud Storage client (through which Orbax lists, creates and commits gs:// steps) in
+    this thread. epath caches one gcsfs client per process; made first inside one of Orbax's worker threads, it
+    is tied to that thread's short-lived event loop, and later calls through it wait forever (seen: a second
+    run's CheckpointManager in one process hung in epath's `exists`). Its listings cache is emptied, so that Orbax
+    sees the steps other processes wrote since."""
+    if is_remote(path):
+        from etils import epath
+
+        _remote(path, epath.Path(path).exists)
+        refresh_orbax_view(path)
+
+
+def refresh_orbax_view(path: str) -> None:
+    """Empty the listings cache of epath's Cloud Storage client, so that Orbax sees the objects other processes (or
+    this one, through our own client) wrote or removed since it last listed."""
+    if is_remote(path):
+        import fsspec
+
+        fsspec.filesystem("gcs", finalize_on_close=True).invalidate_cache()

@@ -60,14 +60,38 @@ class _WorkdirLog(logging.FileHandler):
         super().handleError(record)
 
 
+class _BucketLog(logging.StreamHandler):
+    """run.log in a gs:// workdir: uploaded at most every 30 s and when logging shuts down (storage.GrowingFile)."""
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            super().close()
+
+
+def close_bucket_logs() -> None:
+    """Upload and close run.log of a gs:// workdir now, while the storage client still runs (at the interpreter's
+    exit, where logging would close it, the client's event loop may already be gone)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _BucketLog)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def log_to_workdir(workdir: str, process_index: int) -> str | None:
     """Every log record into {workdir}/run.log (run-{process}.log beyond process 0; the file is made at its
     first line)."""
-    if "://" in workdir:  # run() refuses it with its own message
+    from hubert_jax import storage
+
+    if "://" in workdir and not storage.is_remote(workdir):  # run() refuses it with its own message
         return None
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "run.log" if process_index == 0 else f"run-{process_index}.log")
-    handler = _WorkdirLog(path, delay=True, encoding="utf-8")
+    path = storage.join(workdir, "run.log" if process_index == 0 else f"run-{process_index}.log")
+    if storage.is_remote(workdir):
+        handler = _BucketLog(storage.GrowingFile(path))
+    else:
+        os.makedirs(workdir, exist_ok=True)
+        handler = _WorkdirLog(path, delay=True, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return path
@@ -103,6 +127,8 @@ def main(argv):
         sys.stderr.write(f"train.py: {e}\n")
         sys.stderr.flush()
         os._exit(1)
+    finally:
+        close_bucket_logs()
 
 
 def console_main(prog: str = "train.py") -> None:

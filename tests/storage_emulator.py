@@ -6,6 +6,7 @@ beyond 127.0.0.1."""
 import contextlib
 import json
 import os
+import threading
 import urllib.request
 
 
@@ -23,6 +24,11 @@ def create_bucket(url: str, name: str) -> None:
         assert response.status == 200, response.status
 
 
+def _drain(stream) -> None:
+    for _ in iter(lambda: stream.read(65536), b""):
+        pass
+
+
 @contextlib.contextmanager
 def running_emulator(bucket: str):
     """Yields (url, "gs://bucket") with the environment pointed at a fresh emulator; restores it after."""
@@ -31,6 +37,10 @@ def running_emulator(bucket: str):
     saved = dict(os.environ)
     server = FakeGCSServer(host="127.0.0.1")
     server.start()
+    # the wrapper keeps the server's stderr (a log line per request) in a pipe it never reads: once some 64 KiB
+    # of log wait there, the server blocks on its next line and stops answering (seen: after a few hundred of
+    # Orbax's requests). Read it here, for as long as the server runs.
+    threading.Thread(target=_drain, args=(server._process.stderr,), daemon=True).start()
     try:
         os.environ.update(emulator_env(server.url))
         create_bucket(server.url, bucket)

@@ -30,6 +30,7 @@ import time
 import jax
 import numpy as np
 
+from hubert_jax import storage
 from hubert_jax.distributed import all_hosts_agree, sync
 from hubert_jax.training import integrity
 
@@ -197,9 +198,11 @@ class Checkpoints:
 
         quiet_disk_full_logs()
         whole_small_arrays()
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, "checkpoints")
-        self.damaged_directory = os.path.join(self.workdir, "checkpoints.damaged")
+        self.workdir = storage.absolute(workdir)
+        self.directory = storage.join(self.workdir, "checkpoints")
+        self.damaged_directory = storage.join(self.workdir, "checkpoints.damaged")
+        self.remote = storage.is_remote(self.workdir)  # a bucket: no disk to fill, no rename (Orbax commits by file)
+        storage.prepare_for_orbax(self.directory)
         self.config_json = config_json
         self.keep = keep
         self.protected: int | None = None  # the newest step known to verify: never deleted by `keep`
@@ -230,17 +233,20 @@ class Checkpoints:
         return int(1.1 * (newest or (array_bytes(state) if state is not None else 0)) + (1 << 20))
 
     def _unfinished(self) -> list[str]:
-        """Orbax's temporary folders of saves that did not finish."""
-        if not os.path.isdir(self.directory):
+        """Orbax's temporary folders of saves that did not finish (on a local disk: a bucket has no space to run out
+        of, and Orbax ignores, then removes, a step there that has no commit_success.txt)."""
+        if self.remote or not os.path.isdir(self.directory):
             return []
         return [name for name in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in name]
 
     def failed_for_space(self, state=None) -> bool:
         """Whether a save was left unfinished while the disk has less free space than a checkpoint needs
         (a failed write's follow-on errors need not say ENOSPC)."""
-        return bool(self._unfinished()) and shutil.disk_usage(self.directory).free < self.space_needed(state)
+        return not self.remote and bool(self._unfinished()) and shutil.disk_usage(self.directory).free < self.space_needed(state)
 
     def _check_space(self, step: int, flat: dict) -> None:
+        if self.remote:
+            return
         needed = self.space_needed(flat)
         free = shutil.disk_usage(self.directory).free
         if free < needed:
@@ -301,7 +307,7 @@ class Checkpoints:
         import grain.checkpoint
         import orbax.checkpoint as ocp
 
-        where = os.path.join(self.directory, str(step))
+        where = storage.join(self.directory, str(step))
         try:
             saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
         except Exception as e:
@@ -317,8 +323,8 @@ class Checkpoints:
             raise IncompatibleCheckpoint(
                 f"{where}: the batch plan differs from the run this workdir holds, so the resumed run would not be "
                 f"the run it continues:\n  " + "\n  ".join(plan) + "\nRestore those settings, or resume under the "
-                f"new plan with --config.train.allow_new_batch_plan=True (its batches then differ from an "
-                f"uninterrupted run's)")
+                "new plan with --config.train.allow_new_batch_plan=True (its batches then differ from an "
+                "uninterrupted run's)")
         if plan:
             logger.warning("%s: resuming under a new batch plan (config.train.allow_new_batch_plan): %s", where,
                            "; ".join(plan))
@@ -342,7 +348,7 @@ class Checkpoints:
         items = dict(state=ocp.args.StandardRestore(target))
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-        has_digests = os.path.isdir(os.path.join(where, "integrity"))
+        has_digests = storage.isdir(storage.join(where, "integrity"))
         if not has_digests:
             digested = self.steps_with_digests()
             if digested:  # its siblings were written with digests: so was it, and the folder was lost
@@ -377,9 +383,8 @@ class Checkpoints:
         checkpoints carried them) is restored unverified."""
         found = []
         for directory in (self.directory, self.damaged_directory):
-            if os.path.isdir(directory):
-                found += [int(name.split("-")[0]) for name in os.listdir(directory)
-                          if name.split("-")[0].isdigit() and os.path.isdir(os.path.join(directory, name, "integrity"))]
+            found += [int(name.split("-")[0]) for name in storage.listdir(directory)
+                      if name.split("-")[0].isdigit() and storage.isdir(storage.join(directory, name, "integrity"))]
         return sorted(set(found))
 
     def restore_newest(self, abstract_state, shardings, iterator=None, *,
@@ -414,12 +419,12 @@ class Checkpoints:
 
     def quarantine(self, step: int) -> str:
         """Move a damaged step out of the checkpoints (orbax no longer sees it) into checkpoints.damaged/."""
-        source = os.path.join(self.directory, str(step))
-        target = os.path.join(self.damaged_directory, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
-        if jax.process_index() == 0:
-            os.makedirs(self.damaged_directory, exist_ok=True)
-            os.rename(source, target)
+        source = storage.join(self.directory, str(step))
+        target = storage.join(self.damaged_directory, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+        if jax.process_index() == 0:  # in a bucket Orbax stops listing the step once its commit file is gone
+            storage.move_folder(source, target, first="commit_success.txt")
         sync(f"quarantine {step}")
+        storage.refresh_orbax_view(self.directory)
         self.manager.reload()
         return target
 

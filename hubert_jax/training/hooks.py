@@ -136,7 +136,8 @@ class CheckpointHook(Hook):
     def after_step(self, info: StepInfo) -> None:
         preempting = self.preemption.flag  # read once: a signal may land at any point of the step
         # saved before the evaluation: an evaluation that fails never costs the step just trained
-        self.checkpoints.save(info.step, info.state, self.iterator, force=info.stopping or preempting)
+        if self.checkpoints.save(info.step, info.state, self.iterator, force=info.stopping or preempting):
+            self.log.sync()  # the metrics up to a checkpoint are kept with it (in a bucket they are uploaded now)
         if preempting:
             self.log.message(f"preempted ({self.preemption.why}): saved step {info.step} to "
                              f"{self.checkpoints.directory}; exiting")

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from hubert_jax import storage
 from hubert_jax.progress import format_eta
 
 logger = logging.getLogger(__name__)
@@ -30,13 +31,16 @@ class MetricLog:
         self.tb = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if not storage.is_remote(workdir):
+            os.makedirs(workdir, exist_ok=True)
+        self.jsonl = storage.GrowingFile(storage.join(workdir, "metrics.jsonl"))
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                if storage.is_remote(workdir):
+                    remote_event_files()
+                self.tb = SummaryWriter(storage.join(workdir, "tensorboard"))
             except ImportError:
                 logger.warning("tensorboardX is not installed: no TensorBoard logs (pip install tensorboardX)")
 
@@ -72,6 +76,12 @@ class MetricLog:
         left = format_eta((self.total - step) / rate)
         return f"[{bar}] {step}/{self.total} {shown}  {rate:.3g} steps/s, {left} left ({elapsed:.0f} s)"
 
+    def sync(self) -> None:
+        """Write out metrics.jsonl as it stands (in a gs:// workdir it is otherwise uploaded at most every 30 s;
+        the TensorBoard event file there is, and at close)."""
+        if self.jsonl is not None:
+            self.jsonl.flush(force=True)
+
     def message(self, text: str) -> None:
         """A line on the console."""
         if self.enabled:
@@ -81,9 +91,44 @@ class MetricLog:
     def close(self) -> None:
         """Close metrics.jsonl and the TensorBoard writer."""
         if self.jsonl is not None:
-            self.jsonl.close()
+            self.jsonl.close()  # on gs://: the last lines uploaded
         if self.tb is not None:
             self.tb.close()
+
+
+class _EventFile:
+    """tensorboardX's record writer for a gs:// event file, through hubert_jax.storage (tensorboardX's own needs
+    google-cloud-storage and uploads at every flush): the object is rewritten at most every 30 s and at close."""
+
+    def __init__(self, path: str):
+        self.path, self.data = path, bytearray()
+        self.last = time.monotonic()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def flush(self, force: bool = False) -> None:
+        if force or time.monotonic() - self.last >= 30.0:
+            storage.write_bytes(self.path, bytes(self.data))
+            self.last = time.monotonic()
+
+    def close(self) -> None:
+        self.flush(force=True)
+
+
+class _EventFiles:
+    def open(self, path: str) -> _EventFile:
+        return _EventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        pass  # a bucket has no folders to make
+
+
+def remote_event_files() -> None:
+    """Route tensorboardX's gs:// event files through hubert_jax.storage (once per process)."""
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory("gs", _EventFiles())
 
 
 def _fmt(v: float) -> str:

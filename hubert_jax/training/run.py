@@ -13,6 +13,7 @@ import threading
 
 import jax
 
+from hubert_jax import storage
 from hubert_jax.data.pipeline import DataConfig, bucket_batch_sizes, check_batch_split, make_dataset, make_iterator
 from hubert_jax.lengths import SAMPLE_RATE
 from hubert_jax.sharding import data_shards, mesh_from_config
@@ -89,11 +90,15 @@ def evaluate(trainer: Trainer, state, source, data_cfg: DataConfig, batch_size: 
 def write_config(workdir: str, config_json: str, step: int) -> str:
     """`config.json` (the config the workdir's run now follows) and, kept for good, `configs/` with one file
     per start (`{n}-step{step}.json`): a resumed run's earlier configs are never lost."""
-    history = os.path.join(workdir, "configs")
-    os.makedirs(history, exist_ok=True)
-    starts = [name for name in os.listdir(history) if name.split("-")[0].isdigit()]
-    name = os.path.join(history, f"{len(starts) + 1:04d}-step{step}.json")
-    for path in (name, os.path.join(workdir, "config.json")):
+    history = storage.join(workdir, "configs")
+    if not storage.is_remote(history):
+        os.makedirs(history, exist_ok=True)
+    starts = [name for name in storage.listdir(history) if name.split("-")[0].isdigit()]
+    name = storage.join(history, f"{len(starts) + 1:04d}-step{step}.json")
+    for path in (name, storage.join(workdir, "config.json")):
+        if storage.is_remote(path):  # an object is written whole or not at all
+            storage.write_bytes(path, (config_json + "\n").encode("utf-8"))
+            continue
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(config_json + "\n")
         os.replace(path + ".tmp", path)
@@ -152,11 +157,10 @@ def _abandon_saves(checkpoints) -> list[str]:
 def run(cfg, workdir: str, *, stop_after: int | None = None) -> RunResult:
     """Train to cfg.train.steps (or `stop_after` more steps), resuming from the newest checkpoint of the
     workdir that verifies. The workdir is locked for the run (hubert_jax/training/workdir_lock.py)."""
-    if "://" in workdir:
-        raise ValueError(f"--workdir {workdir}: give a filesystem path. Checkpoints, config.json and the logs are "
-                         f"written through the filesystem; mount a bucket with Cloud Storage FUSE (gcsfuse) on every "
-                         f"host and pass the mount, e.g. /gcs/BUCKET/ckpt/run")
-    os.makedirs(workdir, exist_ok=True)
+    if "://" in workdir and not storage.is_remote(workdir):
+        raise ValueError(f"--workdir {workdir}: give a filesystem path or a gs://BUCKET/... prefix")
+    if not storage.is_remote(workdir):
+        os.makedirs(workdir, exist_ok=True)
     lock = lock_workdir(workdir, heartbeat_s=cfg.train.get("lock_heartbeat_s", 30.0),
                         stale_after_s=cfg.train.get("lock_stale_after_s", 300.0))
     try:
@@ -235,7 +239,7 @@ def _run(cfg, workdir: str, lock, stop_after: int | None) -> RunResult:
             every=cfg.train.eval_every)
         hooks.append(evaluation)
     if task.export_when_done:
-        hooks.append(ExportHook(trainer.export, os.path.join(workdir, "model"), total, preemption, log))
+        hooks.append(ExportHook(trainer.export, storage.join(workdir, "model"), total, preemption, log))
     end = total if stop_after is None else min(total, step + stop_after)
     at = StepInfo(step=step, end=end, state=state, metrics={}, batch={}, stopping=step >= end)
     try:

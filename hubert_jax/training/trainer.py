@@ -11,7 +11,6 @@ layerdrop) comes from fold_in(rng, s), so a resumed run draws what an uninterrup
 
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from hubert_jax import storage
 from hubert_jax.models.layers import ModelOptions
 from hubert_jax.sharding import (DEFAULT_RULES, activation_sharding, batch_sharding, from_host, to_host,
                                  variable_sharding)
@@ -110,7 +110,7 @@ class Trainer:
 
         model = self.host_model(state)
         write_directory_from_run(directory, lambda tmp: self.task.export(model, tmp))
-        return os.path.abspath(directory)
+        return storage.absolute(directory)
 
     def host_model(self, state):
         """The model with the state's values as host (CPU) arrays, gathered from every host."""

@@ -20,10 +20,10 @@ A task is built from the run's config and says
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
+from hubert_jax import storage
 from hubert_jax.data.pipeline import DataConfig, LabeledAudio
 
 
@@ -149,7 +149,7 @@ def crop_config(cfg, split: str, *, labels: bool) -> DataConfig:
     paths = tuple(part.labels) if labels else ()
     if labels and part.manifest:
         given = [p for p in paths if p]
-        missing = [p for p in given if not os.path.isfile(p)]
+        missing = [p for p in given if not storage.isfile(p)]
         if not given or missing:
             what = "no label file given" if not given else ", ".join(f"{p!r} does not exist" for p in missing)
             raise FileNotFoundError(

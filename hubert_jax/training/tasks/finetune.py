@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hubert_jax import storage
 from hubert_jax.data.manifest import read_manifest
 from hubert_jax.data.pipeline import DataConfig
 from hubert_jax.data.targets import TargetAudio
@@ -225,9 +226,9 @@ class ClassesTask(FineTuneTask):
 
 
 def _write_meta(workdir: str, meta: dict) -> None:
-    path = os.path.join(workdir, META_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
+    path = storage.join(workdir, META_FILE)
+    if storage.exists(path):
+        with storage.open(path, encoding="utf-8") as f:
             old = json.load(f)
         if old != json.loads(json.dumps(meta)):
             changed = sorted(k for k in set(old) | set(meta) if old.get(k) != json.loads(json.dumps(meta)).get(k))
@@ -235,12 +236,13 @@ def _write_meta(workdir: str, meta: dict) -> None:
                              f"differ: e.g. a new vocabulary); use a new --workdir")
         return
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
+        if not storage.is_remote(workdir):
+            os.makedirs(workdir, exist_ok=True)
+        with storage.open(path, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1, ensure_ascii=False)
 
 
 def read_meta(workdir: str) -> dict:
     """The targets' meta (vocabulary or classes) a fine-tuning run recorded in its workdir."""
-    with open(os.path.join(workdir, META_FILE), encoding="utf-8") as f:
+    with storage.open(storage.join(workdir, META_FILE), encoding="utf-8") as f:
         return json.load(f)

@@ -1,0 +1,122 @@
+"""A run whose workdir and data are in a bucket (gs://, on the Cloud Storage emulator this test process starts:
+tests/storage_emulator.py): train.py killed with SIGKILL and started again ends bit-identical to an
+uninterrupted local run; a damaged newest step is set aside in the bucket and the run resumes from the step
+before; the run's export loads from the bucket; a model saved into the bucket loads back."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from hubert_jax import storage
+from hubert_jax.training.run import restore_latest, run
+from tests import tiny_config
+from tests.processes import TRAIN
+
+ROOT = tiny_config.ROOT
+DEMO = os.path.join(ROOT, "data", "demo")
+
+
+def upload_demo(remote: str) -> None:
+    """data/demo's manifests (their root made ".": the bucket folder itself), the audio they list and the labels."""
+    fs = storage._filesystem()
+    for split in ("train", "valid"):
+        lines = open(os.path.join(DEMO, f"{split}.tsv"), encoding="utf-8").read().splitlines()
+        storage.write_bytes(f"{remote}/{split}.tsv", "\n".join(["."] + lines[1:]).encode() + b"\n")
+        fs.put([os.path.join(DEMO, line.split("\t")[0]) for line in lines[1:]],
+               [f"{remote}/{line.split(chr(9))[0]}" for line in lines[1:]])
+        fs.put_file(os.path.join(DEMO, f"{split}.phn"), f"{remote}/{split}.phn")
+
+
+def bucket_config(data: str):
+    cfg = tiny_config.get_config()
+    cfg.train.checkpoint_every = 1
+    for split in ("train", "valid"):
+        cfg.data[split].manifest = f"{data}/{split}.tsv"
+        cfg.data[split].labels = (f"{data}/{split}.phn",)
+    return cfg
+
+
+def overrides(data: str) -> list[str]:
+    return ["--config.train.checkpoint_every=1"] + [
+        f"--config.data.{split}.{field}={data}/{split}.{ext}"
+        for split in ("train", "valid") for field, ext in (("manifest", "tsv"), ("labels", "phn"))]
+
+
+def finished_steps(workdir: str) -> list[int]:
+    """The checkpoint steps Orbax has committed in the bucket (their commit_success.txt written)."""
+    names = storage.listdir(f"{workdir}/checkpoints")
+    return sorted(int(n) for n in names if n.isdigit() and storage.exists(f"{workdir}/checkpoints/{n}/commit_success.txt"))
+
+
+def same_params(a, b) -> bool:
+    import jax
+
+    x, y = jax.tree.leaves(jax.device_get(a["params"])), jax.tree.leaves(jax.device_get(b["params"]))
+    return len(x) == len(y) and all(np.array_equal(p, q) for p, q in zip(x, y))
+
+
+@pytest.mark.xdist_group("bucket_workdir")
+def test_train_py_in_a_bucket_killed_and_restarted_ends_as_the_uninterrupted_local_run(gcs_bucket, tmp_path):
+    data, workdir = f"{gcs_bucket}/{tmp_path.name}/data", f"{gcs_bucket}/{tmp_path.name}/run"
+    upload_demo(data)
+    reference = run(tiny_config.get_config(), str(tmp_path / "local"))  # local data, local workdir, no stop
+
+    log = open(tmp_path / "train.log", "w")
+    proc = subprocess.Popen(TRAIN + ["--workdir", workdir, *overrides(data)], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT)  # the emulator's variables are in this process' environment, so in its
+    deadline = time.time() + 300
+    while not [s for s in finished_steps(workdir) if s >= 4]:
+        assert proc.poll() is None, open(tmp_path / "train.log").read()[-3000:]
+        assert time.time() < deadline, "no checkpoint reached the bucket"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert storage.isfile(f"{workdir}/run.lock")  # the killed run's lock, left behind
+    done = subprocess.run(TRAIN + ["--workdir", workdir, *overrides(data)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resumed from gs://" in done.stdout
+    cfg = bucket_config(data)
+    _, state = restore_latest(cfg, workdir)
+    assert int(state["step"]) == 12 and same_params(reference.state, state)
+    # the workdir in the bucket holds what a local one does
+    for name in ("config.json", "metrics.jsonl", "run.log", "model/config.json", "model/flax_model.safetensors"):
+        assert storage.isfile(f"{workdir}/{name}"), name
+    assert len([n for n in storage.listdir(f"{workdir}/configs") if n.endswith(".json")]) == 2
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
+             storage.read_bytes(f"{workdir}/metrics.jsonl").decode().splitlines() if '"split": "train"' in line]
+    assert set(steps) == set(range(1, 13))
+    assert finished_steps(workdir)[-2:] == [11, 12] and len(finished_steps(workdir)) <= 3  # keep 2 (+ the resumed)
+
+    # a damaged newest step: set aside in the bucket, the run resumes from the step before and ends the same
+    storage.remove(f"{workdir}/checkpoints/12/state/_METADATA")
+    again = run(cfg, workdir)
+    assert again.step == 12 and same_params(reference.state, again.state)
+    damaged = storage.listdir(f"{workdir}/checkpoints.damaged")
+    assert len(damaged) == 1 and damaged[0].startswith("12-"), damaged
+    assert storage.isfile(f"{workdir}/checkpoints.damaged/{damaged[0]}/integrity/metadata")
+    assert 12 in finished_steps(workdir)  # written again by the resumed run
+
+    # the export, loaded from the bucket, is the trained model; a model saved into the bucket loads back
+    from hubert_jax.auto import FlaxAutoModelForPreTraining
+    from hubert_jax.weights.state import model_to_flat
+
+    exported = FlaxAutoModelForPreTraining.from_pretrained(f"{workdir}/model")
+    local = FlaxAutoModelForPreTraining.from_pretrained(str(tmp_path / "local" / "model"))
+    ours, theirs = model_to_flat(exported), model_to_flat(local)
+    assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    exported.save_pretrained(f"{gcs_bucket}/{tmp_path.name}/saved")
+    back = model_to_flat(FlaxAutoModelForPreTraining.from_pretrained(f"{gcs_bucket}/{tmp_path.name}/saved"))
+    assert all(np.array_equal(back[k], ours[k]) for k in ours)
+
+
+def test_a_bucket_folder_without_config_json_is_no_model_and_says_so(gcs_bucket, tmp_path):
+    from hubert_jax.auto import FlaxAutoModel
+
+    storage.write_bytes(f"{gcs_bucket}/{tmp_path.name}/cut/flax_model.safetensors", b"partial")
+    with pytest.raises(FileNotFoundError, match=r"cut: no config.json there"):
+        FlaxAutoModel.from_pretrained(f"{gcs_bucket}/{tmp_path.name}/cut")
