@@ -336,3 +336,14 @@ def refresh_orbax_view(path: str) -> None:
         import fsspec
 
         fsspec.filesystem("gcs", finalize_on_close=True).invalidate_cache()
+
+
+def download_file(remote: str, local: str) -> str:
+    """Copy one gs:// object to a local path; returns `local`."""
+    _remote(remote, _filesystem().get_file, remote, local)
+    return local
+
+
+def upload_file(local: str, remote: str) -> None:
+    """Copy one local file to a gs:// object (the object appears whole or not at all)."""
+    _remote(remote, _filesystem().put_file, local, remote)

@@ -120,3 +120,30 @@ def test_a_bucket_folder_without_config_json_is_no_model_and_says_so(gcs_bucket,
     storage.write_bytes(f"{gcs_bucket}/{tmp_path.name}/cut/flax_model.safetensors", b"partial")
     with pytest.raises(FileNotFoundError, match=r"cut: no config.json there"):
         FlaxAutoModel.from_pretrained(f"{gcs_bucket}/{tmp_path.name}/cut")
+
+
+def test_the_converter_reads_and_writes_a_bucket(gcs_bucket, tmp_path):
+    """fairseq's file from the bucket to a hubert-jax directory in the bucket, that directory back to a fairseq
+    file in the bucket: the same bytes as the same conversions on the local disk."""
+    from hubert_jax.convert.cli import main as convert_main
+
+    fs, remote = storage._filesystem(), f"{gcs_bucket}/{tmp_path.name}"
+    source = os.path.join(ROOT, "tests", "fixtures", "peer", "hubert_base", "checkpoint_last.pt")
+    fs.put_file(source, f"{remote}/fairseq/checkpoint_last.pt")
+    assert convert_main([f"{remote}/fairseq/checkpoint_last.pt", f"{remote}/flax"]) == 0
+    assert convert_main([source, str(tmp_path / "flax")]) == 0
+    assert sorted(storage.listdir(f"{remote}/flax")) == sorted(os.listdir(tmp_path / "flax"))
+    for name in os.listdir(tmp_path / "flax"):
+        ours, theirs = storage.read_bytes(f"{remote}/flax/{name}"), (tmp_path / "flax" / name).read_bytes()
+        if name.endswith(".safetensors"):  # the header's metadata is a map, in no fixed order: compare the arrays
+            from safetensors.numpy import load
+
+            ours, theirs = load(ours), load(theirs)
+            assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours), name
+        else:
+            assert ours == theirs, name
+    assert convert_main([f"{remote}/flax", f"{remote}/back.pt", "--to-fairseq"]) == 0
+    assert convert_main([str(tmp_path / "flax"), str(tmp_path / "back.pt"), "--to-fairseq"]) == 0
+    assert storage.read_bytes(f"{remote}/back.pt") == (tmp_path / "back.pt").read_bytes()
+    with pytest.raises(SystemExit):  # an existing OUT is refused, as on disk
+        convert_main([f"{remote}/flax", f"{remote}/back.pt", "--to-fairseq"])

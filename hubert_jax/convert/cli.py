@@ -19,10 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import posixpath
 import sys
+import tempfile
 
 import numpy as np
 
+from hubert_jax import storage
 from hubert_jax.lengths import SAMPLE_RATE
 
 VERIFY_TOL = 1e-4
@@ -84,12 +87,20 @@ def _to_fairseq(parser, args) -> int:
         parser.error("--to-fairseq and --to-pytorch are two different outputs: give one")
     if not os.path.isdir(args.src):
         parser.error(f"--to-fairseq takes a hubert-jax or transformers model directory as SRC, not {args.src}")
-    if os.path.isdir(args.out):
+    if storage.isdir(args.out):
         parser.error(f"{args.out} is a directory: --to-fairseq writes one checkpoint file (e.g. {args.out}/model.pt)")
     if args.clusters is not None and args.clusters < 1:
         parser.error(f"--clusters {args.clusters}: expected a positive cluster count")
     try:
-        ckpt = export_directory(args.src, args.out, overwrite=args.overwrite, clusters=args.clusters)
+        if storage.is_remote(args.out):  # written here, then uploaded whole
+            if storage.exists(args.out) and not args.overwrite:
+                raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+            with tempfile.TemporaryDirectory(prefix="hubert-jax-export-") as tmp:
+                local = os.path.join(tmp, posixpath.basename(args.out))
+                ckpt = export_directory(args.src, local, clusters=args.clusters)
+                storage.upload_file(local, args.out)
+        else:
+            ckpt = export_directory(args.src, args.out, overwrite=args.overwrite, clusters=args.clusters)
     except FileExistsError as e:
         parser.error(str(e))
     cfg = ckpt["cfg"]
@@ -99,10 +110,7 @@ def _to_fairseq(parser, args) -> int:
 
 
 def main(argv=None) -> int:
-    from hubert_jax import pretrained
     from hubert_jax.cli_errors import prog_name
-    from hubert_jax.convert.original import convert_original_checkpoint
-    from hubert_jax.export import copy_processor_files, write_transformers_files
 
     parser = argparse.ArgumentParser(prog=prog_name("convert_pt_to_flax.py"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src")
@@ -123,13 +131,32 @@ def main(argv=None) -> int:
                         help="shard weights past this size (e.g. 500MB)")
     args = parser.parse_args(argv)
 
-    out = os.path.abspath(args.out)
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+    out = storage.absolute(args.out)
+    if not args.to_fairseq and storage.listdir(out) and not args.overwrite:
         parser.error(f"{out} exists and is not empty; pass --overwrite to replace it")
-    if not os.path.exists(args.src):
+    if not storage.exists(args.src):
         parser.error(f"{args.src}: no such file or directory")
-    if args.to_fairseq:
-        return _to_fairseq(parser, args)
+    with tempfile.TemporaryDirectory(prefix="hubert-jax-convert-") as staging:
+        args.src = _local(args.src, staging)  # a gs:// SRC is read from a local copy; a gs:// OUT written through
+        return _to_fairseq(parser, args) if args.to_fairseq else _convert(parser, args, out)
+
+
+def _local(src: str, staging: str) -> str:
+    """SRC itself, or for gs:// a copy of the object or folder in `staging`."""
+    if not storage.is_remote(src):
+        return src
+    if storage.isfile(src):
+        local = os.path.join(staging, posixpath.basename(src))
+        storage.download_file(src, local)
+        return local
+    return storage.download_folder(src, os.path.join(staging, posixpath.basename(src.rstrip("/")) or "src"))
+
+
+def _convert(parser, args, out: str) -> int:
+    from hubert_jax import pretrained
+    from hubert_jax.convert.original import convert_original_checkpoint
+    from hubert_jax.export import copy_processor_files, write_transformers_files
+
     if args.clusters is not None:
         parser.error("--clusters goes with --to-fairseq")
     if os.path.isfile(args.src):  # fairseq / unilm / s3prl checkpoint
