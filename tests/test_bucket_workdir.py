@@ -59,7 +59,6 @@ def same_params(a, b) -> bool:
     return len(x) == len(y) and all(np.array_equal(p, q) for p, q in zip(x, y))
 
 
-@pytest.mark.xdist_group("bucket_workdir")
 def test_train_py_in_a_bucket_killed_and_restarted_ends_as_the_uninterrupted_local_run(gcs_bucket, tmp_path):
     data, workdir = f"{gcs_bucket}/{tmp_path.name}/data", f"{gcs_bucket}/{tmp_path.name}/run"
     upload_demo(data)
