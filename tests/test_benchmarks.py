@@ -128,3 +128,12 @@ def test_stage_benchmark_times_every_stage_against_transformers():
     assert [r[2] for r in rows] == ["conv feature encoder", "feature projection", "positional conv",
                                     "encoder layer 0", "encoder", "whole model"], stdout
     assert all(float(r[3]) > 0 and float(r[4]) > 0 and float(r[5]) > 0 for r in rows), rows
+
+
+def test_bucket_reads_benchmark_reads_the_same_audio_from_disk_and_bucket():
+    stdout = run_benchmark("bucket_reads.py", "--files", "12", "--threads", "1", "4", "--repeats", "1")
+    assert stdout.splitlines()[0].startswith("12 utterances, "), stdout
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith(("| local disk |", "| bucket (emulator) |"))]
+    assert [(r[0], r[1]) for r in rows] == [(w, t) for w in ("local disk", "bucket (emulator)") for t in ("1", "4")]
+    assert rows[0][4] == "1.00" and all(float(r[2]) > 0 and float(r[4].replace(",", "")) > 0 for r in rows), rows
