@@ -146,3 +146,29 @@ def test_the_converter_reads_and_writes_a_bucket(gcs_bucket, tmp_path):
     assert storage.read_bytes(f"{remote}/back.pt") == (tmp_path / "back.pt").read_bytes()
     with pytest.raises(SystemExit):  # an existing OUT is refused, as on disk
         convert_main([f"{remote}/flax", f"{remote}/back.pt", "--to-fairseq"])
+
+
+def test_metrics_and_tensorboard_of_a_bucket_workdir_reach_the_bucket(gcs_bucket, tmp_path):
+    """metrics.jsonl is uploaded at a sync (each checkpoint) and TensorBoard's event file at close, readable as
+    TensorBoard reads it: length-prefixed records of Event protos."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    from hubert_jax.training.metrics_log import MetricLog
+
+    workdir = f"{gcs_bucket}/{tmp_path.name}/w"
+    log = MetricLog(workdir, 10, tensorboard=True, stream=open(os.devnull, "w"))
+    for step in (1, 2, 3):
+        log.write(step, "train", {"loss": 1.0 / step})
+    log.sync()
+    assert storage.read_bytes(f"{workdir}/metrics.jsonl").decode().count('"split": "train"') == 3
+    log.close()
+    (events,) = storage.listdir(f"{workdir}/tensorboard")
+    data, at, values = storage.read_bytes(f"{workdir}/tensorboard/{events}"), 0, []
+    while at < len(data):
+        (size,) = struct.unpack("<Q", data[at:at + 8])
+        event = event_pb2.Event.FromString(data[at + 12:at + 12 + size])
+        values += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+        at += 12 + size + 4
+    assert values == [(1, "train/loss", 1.0), (2, "train/loss", 0.5), (3, "train/loss", np.float32(1 / 3))]
