@@ -242,7 +242,7 @@ class Checkpoints:
     def failed_for_space(self, state=None) -> bool:
         """Whether a save was left unfinished while the disk has less free space than a checkpoint needs
         (a failed write's follow-on errors need not say ENOSPC)."""
-        return not self.remote and bool(self._unfinished()) and shutil.disk_usage(self.directory).free < self.space_needed(state)
+        return bool(self._unfinished()) and shutil.disk_usage(self.directory).free < self.space_needed(state)
 
     def _check_space(self, step: int, flat: dict) -> None:
         if self.remote:
