@@ -45,6 +45,7 @@ from hubert_jax.labels.features import (FeatureWriter, describe_rows, load_featu
                                         write_skipped)
 from hubert_jax.labels.mfcc import mfcc_with_deltas
 from hubert_jax.labels.sample import frame_rows, sample_utterances
+from hubert_jax.labels.staging import Staging
 from hubert_jax.progress import Progress, main_process
 from hubert_jax.lengths import SAMPLE_RATE
 
@@ -62,7 +63,8 @@ def cmd_mfcc(args) -> None:
     sharded = args.rank is not None or args.world is not None or world > 1
     first, last = shard_range(len(entries), world, rank)
     entries = entries[first:last]
-    prefix = f"{args.out}_{rank}_{world}" if sharded else args.out
+    prefix = args.stage.output(f"{args.out}_{rank}_{world}" if sharded else args.out)
+    shown = args.stage.name(prefix)
     check_files_exist(args.manifest, entries)
     resampled_before = resampled_counts()
     stream, skipped = iter_audio(entries, strict=args.strict, manifest=args.manifest, threads=args.threads)
@@ -109,8 +111,8 @@ def cmd_mfcc(args) -> None:
     provenance.write(prefix, {**_manifest_record(args.manifest), "stage": "mfcc", "features": "kaldi mfcc + deltas",
                               **({"rank": rank, "world": world, "utterances": len(entries)} if sharded else {})})
     resampled = resampled_summary(resampled_before)
-    print(f"{prefix}.npy: {frames} frames of 39-d MFCC from {len(entries) - len(skipped)} "
-          f"files ({len(skipped)} skipped{f', listed in {prefix}.skipped' if skipped else ''}"
+    print(f"{shown}.npy: {frames} frames of 39-d MFCC from {len(entries) - len(skipped)} "
+          f"files ({len(skipped)} skipped{f', listed in {shown}.skipped' if skipped else ''}"
           f"{f'; {resampled}' if resampled else ''}); {seconds:.0f} s of audio in {elapsed:.1f} s = "
           f"{seconds / max(elapsed, 1e-9):.0f} audio seconds per second")
 
@@ -150,8 +152,10 @@ def cmd_kmeans(args) -> None:
 
     from hubert_jax.labels.kmeans import KMeansConfig, fit, inertia, save_centroids
 
-    feats, lengths = load_features(args.feats, args.nshard)
-    _output_folder(args.out)  # before the fit: a folder that cannot be made fails now, not after it
+    local = args.stage.fetch(args.feats, prefix=True)
+    feats, lengths = load_features(local, args.nshard)
+    out = args.stage.output(args.out, owner=jax.process_index() == 0)
+    _output_folder(out)  # before the fit: a folder that cannot be made fails now, not after it
     utterances = sample_utterances(len(lengths), args.percent, args.seed)  # whole utterances, as fairseq
     rows = frame_rows(lengths, utterances) if len(utterances) < len(lengths) else None
     take = len(feats) if rows is None else len(rows)
@@ -161,7 +165,7 @@ def cmd_kmeans(args) -> None:
     rng = np.random.default_rng(args.seed)
     bad = nonfinite_rows(feats, rows)
     if len(bad):  # a NaN frame would make a NaN centroid, and every frame's label the same
-        print(f"{args.feats}: dropped {describe_rows(bad, lengths, _audio_paths(args.feats, args.nshard))}: NaN or "
+        print(f"{args.feats}: dropped {describe_rows(bad, lengths, _audio_paths(local, args.nshard))}: NaN or "
               f"infinite values", file=sys.stderr)
         rows = np.setdiff1d(np.arange(len(feats)) if rows is None else rows, bad)
     config = KMeansConfig(args.clusters, batch_size=args.batch_size, max_iter=args.max_iter, n_init=args.n_init,
@@ -175,16 +179,16 @@ def cmd_kmeans(args) -> None:
     centers = fit(feats, config, rows=rows, mesh=mesh,
                   progress=lambda total: _kmeans_progress(total, args.max_iter))
     if jax.process_index() == 0:
-        save_centroids(args.out, centers)
+        save_centroids(out, centers)
     elapsed = time.perf_counter() - start
     check = np.sort(rng.choice(len(feats), min(len(feats), 200000), replace=False))  # inertia on a sample
     check = np.setdiff1d(check, bad)  # a NaN frame has no distance to any centroid
     per_frame = inertia(feats, centers, rows=check, mesh=mesh) / len(check)
     if jax.process_index() == 0:
-        provenance.write(args.out, {"stage": "kmeans", "feats": os.path.abspath(args.feats),
-                                    "feats_made": _records(args.feats, args.nshard), "clusters": args.clusters,
-                                    "percent": args.percent, "seed": args.seed, "utterances": len(utterances),
-                                    "frames": int(take - len(bad))})
+        provenance.write(out, {"stage": "kmeans", "feats": storage.absolute(args.feats),
+                               "feats_made": _records(local, args.nshard), "clusters": args.clusters,
+                               "percent": args.percent, "seed": args.seed, "utterances": len(utterances),
+                               "frames": int(take - len(bad))})
     print(f"{args.out}: {args.clusters} centroids from {take - len(bad)} frames of {len(utterances)} utterances in "
           f"{elapsed:.1f} s; inertia per frame "
           f"{per_frame:.4g}" + (f" (on {len(check)} frames)" if len(check) < len(feats) else ""))
@@ -212,46 +216,50 @@ def cmd_label(args) -> None:
                          "computed on the fly, with --layer and --manifest)")
     if args.model is not None:
         return _label_from_model(args)
-    feats, lengths = load_features(args.feats, args.nshard)
-    records = _records(args.feats, args.nshard)
+    local = args.stage.fetch(args.feats, prefix=True)
+    feats, lengths = load_features(local, args.nshard)
+    records = _records(local, args.nshard)
     sampled = [r for r in records if r and r.get("percent", 1) < 1]
     if sampled:
         raise ValueError(f"label: {args.feats} holds a sample of {sampled[0]['percent']:g} of the manifest's "
                          f"utterances (dump --percent), for k-means; a .km file needs every utterance: label "
                          f"--model (no dump) or a dump without --percent")
-    centers = load_centroids(args.centroids)
-    _output_folder(args.out)
+    centroids = args.stage.fetch(args.centroids)
+    centers = load_centroids(centroids)
+    rank, world = jax.process_index(), jax.process_count()
+    out = args.stage.output(args.out, owner=rank == 0)
+    _output_folder(out)
     if centers.shape[1] != feats.shape[1]:
         raise ValueError(f"{args.centroids}: {centers.shape[1]}-d centroids for {feats.shape[1]}-d features "
                          f"in {args.feats}.npy")
-    made = {"stage": "label", "feats": os.path.abspath(args.feats), "feats_made": records,
-            "centroids": os.path.abspath(args.centroids), "centroids_sha256": provenance.file_sha256(args.centroids)}
-    rank, world = jax.process_index(), jax.process_count()
+    made = {"stage": "label", "feats": storage.absolute(args.feats), "feats_made": records,
+            "centroids": storage.absolute(args.centroids), "centroids_sha256": provenance.file_sha256(centroids)}
     first, last = shard_range(len(lengths), world, rank)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    part = args.out if world == 1 else f"{args.out}.part{rank}-of-{world}"
+    part = out if world == 1 else f"{out}.part{rank}-of-{world}"
     with Progress(int(offsets[last] - offsets[first]), "label", unit="frame", enabled=main_process()) as bar:
         try:
             write_int_labels(part, label_utterances(feats, lengths, centers, first=first, last=last, progress=bar))
         except NonFiniteFeatures as e:
             raise ValueError(
-                f"label: {args.feats}: {describe_rows(e.rows, lengths, _audio_paths(args.feats, args.nshard))} "
+                f"label: {args.feats}: {describe_rows(e.rows, lengths, _audio_paths(local, args.nshard))} "
                 f"are NaN or infinite and have no nearest centroid; fix or drop those utterances") from None
     if world == 1:
-        provenance.write(args.out, made)
-        write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
+        provenance.write(out, made)
+        write_skipped(f"{out}.skipped", load_skipped(local, args.nshard))
         print(f"{args.out}: {len(lengths)} utterances, {int(offsets[-1])} frames")
         return
     from jax.experimental import multihost_utils
 
+    args.stage.publish()  # in a bucket, this host's part is there before process 0 looks for it
     multihost_utils.sync_global_devices(f"label parts {args.out}")
     if rank == 0:
-        parts = [f"{args.out}.part{r}-of-{world}" for r in range(world)]
-        concatenate(parts, args.out)
-        write_skipped(f"{args.out}.skipped", load_skipped(args.feats, args.nshard))
-        provenance.write(args.out, made)
+        parts = [args.stage.sibling(out, f".part{r}-of-{world}") for r in range(world)]
+        concatenate(parts, out)
+        write_skipped(f"{out}.skipped", load_skipped(local, args.nshard))
+        provenance.write(out, made)
         for path in parts:
-            os.remove(path)
+            args.stage.remove(path)
         print(f"{args.out}: {len(lengths)} utterances from {world} hosts")
     multihost_utils.sync_global_devices(f"label done {args.out}")
 
@@ -268,23 +276,30 @@ def _label_from_model(args) -> None:
         if getattr(args, flag) is None:
             raise SystemExit(f"label --model: give --{flag} as well")
     model = FlaxAutoModel.from_pretrained(args.model)
-    centers = load_centroids(args.centroids)
+    centroids = args.stage.fetch(args.centroids)
+    centers = load_centroids(centroids)
     entries = read_manifest(args.manifest)
     check_files_exist(args.manifest, entries)
     rank = jax.process_index() if args.rank is None else args.rank
     world = jax.process_count() if args.world is None else args.world
-    _output_folder(args.out)
+    out = args.stage.output(args.out, resume=True, owner=world == 1)
+    _output_folder(out)
     first, last = shard_range(len(entries), world, rank)
     start = time.perf_counter()
+
+    def other_parts(paths: list[str]) -> list[str | None]:  # in a bucket: this host's part uploaded, the others' copied
+        args.stage.publish()
+        return [path if r == rank else args.stage.sibling(out, path[len(out):]) for r, path in enumerate(paths)]
+
     with Progress(last - first, f"label layer {args.layer}", unit="utt", enabled=main_process()) as bar:
-        stats = label_with_model(model, entries, args.out, layer=args.layer, centers=centers, rank=rank, world=world,
+        stats = label_with_model(model, entries, out, layer=args.layer, centers=centers, rank=rank, world=world,
                                  chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
-                                 threads=args.threads, progress=bar, manifest=args.manifest,
+                                 threads=args.threads, progress=bar, manifest=args.manifest, parts=other_parts,
                                  made=_manifest_record(args.manifest) | {
-                                     "model": os.path.abspath(args.model),
-                                     "centroids_sha256": provenance.file_sha256(args.centroids)})
+                                     "model": storage.absolute(args.model),
+                                     "centroids_sha256": provenance.file_sha256(centroids)})
     elapsed = time.perf_counter() - start
-    print(f"{part_path(args.out, rank, world)}: layer {args.layer} labels of {stats['utterances']} utterances, "
+    print(f"{args.stage.name(part_path(out, rank, world))}: layer {args.layer} labels of {stats['utterances']} utterances, "
           f"{stats['computed']} of {stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "
           f"{stats['audio_seconds']:.0f} s of audio in {elapsed:.1f} s"
           + (f"; joined every host's part into {args.out}" if stats["joined"] and world > 1 else ""))
@@ -320,7 +335,7 @@ def cmd_dump(args) -> None:
         sample = {"percent": args.percent, "sample_seed": args.sample_seed}
     rank = jax.process_index() if args.rank is None else args.rank
     world = jax.process_count() if args.world is None else args.world
-    prefix = f"{args.out}_{rank}_{world}"
+    prefix = args.stage.output(f"{args.out}_{rank}_{world}", resume=True)
     start = time.perf_counter()
     from hubert_jax.labels.dump import shard_range
 
@@ -330,9 +345,9 @@ def cmd_dump(args) -> None:
                               chunk_size=args.chunk_size, max_tokens=args.max_tokens, strict=args.strict,
                               threads=args.threads, progress=bar, manifest=args.manifest,
                               made=_manifest_record(args.manifest) | sample | {
-                                  "model": os.path.abspath(args.model) if args.model else f"preset {args.preset}"})
+                                  "model": storage.absolute(args.model) if args.model else f"preset {args.preset}"})
     elapsed = time.perf_counter() - start
-    print(f"{prefix}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
+    print(f"{args.stage.name(prefix)}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
           f"{stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "
           f"{stats['audio_seconds']:.0f} s of audio in {elapsed:.1f} s = "
           f"{stats['audio_seconds'] / max(elapsed, 1e-9):.1f} audio seconds per second")
@@ -473,6 +488,7 @@ def main(argv=None) -> int:
         if name != "manifest":  # one host lists the folder
             _distributed_arguments(p)
     args = parser.parse_args(argv)
+    args.stage = Staging()
     if getattr(args, "local", False):
         args.func(args)
         return 0
@@ -481,6 +497,9 @@ def main(argv=None) -> int:
     distributed.initialize(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
                            process_id=args.process_id, timeout_s=args.init_timeout, mode=args.distributed)
     args.func(args)
+    uploaded = args.stage.publish()  # gs:// outputs, written in the scratch folder (labels/staging.py)
+    if uploaded:
+        print(f"uploaded {len(uploaded)} file(s): {', '.join(uploaded)}")
     return 0
 
 

@@ -55,9 +55,12 @@ def _join(paths: list[tuple[str, int]], out: str) -> None:
 
 def label_with_model(model, entries: list[Entry], out: str, *, layer: int, centers: np.ndarray, rank: int = 0,
                      world: int = 1, chunk_size: int = 64, max_tokens: int = 64 * SAMPLE_RATE, strict: bool = False,
-                     progress=None, manifest: str = "manifest", made: dict | None = None, threads: int = 4) -> dict:
+                     progress=None, manifest: str = "manifest", made: dict | None = None, threads: int = 4,
+                     parts=None) -> dict:
     """Label this rank's slice of `entries` (see the module), `threads` audio files read ahead in parallel;
-    returns run_in_chunks' counts, and `joined`: whether this call wrote the whole `out`."""
+    returns run_in_chunks' counts, and `joined`: whether this call wrote the whole `out`. `parts(paths)`, given
+    every host's part path, returns where each can be read here (None: not there yet); without it they are
+    read where they are (a shared disk). The label command passes one that goes through a bucket."""
     from hubert_jax.labels.kmeans import NonFiniteFeatures, predict
 
     centers = np.asarray(centers, np.float32)
@@ -90,8 +93,10 @@ def label_with_model(model, entries: list[Entry], out: str, *, layer: int, cente
                           outputs=(part,), merge=merge,
                           complete=lambda utterances: os.path.exists(part) and _line_count(part) == utterances)
     stats["joined"] = world == 1
-    parts = [(part_path(out, r, world), sizes[r]) for r in range(world)]
-    if world > 1 and all(os.path.exists(p) and _line_count(p) == n for p, n in parts):  # the last host to finish
-        _join(parts, out)
-        stats["joined"] = True
+    if world > 1:
+        paths = [part_path(out, r, world) for r in range(world)]
+        found = list(zip(paths if parts is None else parts(paths), sizes))
+        if all(p is not None and os.path.exists(p) and _line_count(p) == n for p, n in found):  # the last host done
+            _join(found, out)
+            stats["joined"] = True
     return stats

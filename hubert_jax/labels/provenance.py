@@ -89,5 +89,6 @@ def weights_digest(model) -> str:
     from hubert_jax.training.integrity import array_digests
 
     flat = {"/".join(map(str, path)): value for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    text = json.dumps(array_digests({k: getattr(v, "value", v) for k, v in flat.items()}), sort_keys=True)
+    text = json.dumps(array_digests({k: v.get_value() if hasattr(v, "get_value") else v for k, v in flat.items()}),
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
