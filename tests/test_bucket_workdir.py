@@ -1,6 +1,6 @@
 """A run whose workdir and data are in a bucket (gs://, on the Cloud Storage emulator this test process starts:
-tests/storage_emulator.py): train.py killed with SIGKILL and started again ends bit-identical to an
-uninterrupted local run; a damaged newest step is set aside in the bucket and the run resumes from the step
+tests/storage_emulator.py): of two train.py started together on it one trains and the other is refused; the
+one that trains, killed with SIGKILL and started again, ends bit-identical to an uninterrupted local run; a damaged newest step is set aside in the bucket and the run resumes from the step
 before; the run's export loads from the bucket; a model saved into the bucket loads back."""
 
 import os
@@ -64,14 +64,23 @@ def test_train_py_in_a_bucket_killed_and_restarted_ends_as_the_uninterrupted_loc
     upload_demo(data)
     reference = run(tiny_config.get_config(), str(tmp_path / "local"))  # local data, local workdir, no stop
 
-    log = open(tmp_path / "train.log", "w")
-    proc = subprocess.Popen(TRAIN + ["--workdir", workdir, *overrides(data)], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=ROOT)  # the emulator's variables are in this process' environment, so in its
+    # two runs started together on the workdir (the emulator's variables are in this process' environment, so in
+    # theirs): one takes the lock and trains, the other is refused in one line naming the holder
+    logs = [tmp_path / f"train{i}.log" for i in range(2)]
+    procs = [subprocess.Popen(TRAIN + ["--workdir", workdir, *overrides(data)], stdout=open(path, "w"),
+                              stderr=subprocess.STDOUT, cwd=ROOT) for path in logs]
     deadline = time.time() + 300
     while not [s for s in finished_steps(workdir) if s >= 4]:
-        assert proc.poll() is None, open(tmp_path / "train.log").read()[-3000:]
+        assert [p.poll() for p in procs].count(None) >= 1, [path.read_text()[-3000:] for path in logs]
         assert time.time() < deadline, "no checkpoint reached the bucket"
         time.sleep(0.2)
+    while all(p.poll() is None for p in procs) and time.time() < deadline:
+        time.sleep(0.2)  # the refused one exits at the lock, long before a step
+    codes = [p.poll() for p in procs]
+    assert sorted(codes, key=str) == [1, None], (codes, [path.read_text()[-3000:] for path in logs])
+    refused = logs[codes.index(1)].read_text()
+    assert "is in use by another run (host" in refused.splitlines()[-1] and "Traceback" not in refused, refused
+    proc = procs[codes.index(None)]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert storage.isfile(f"{workdir}/run.lock")  # the killed run's lock, left behind
