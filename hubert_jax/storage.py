@@ -115,6 +115,18 @@ def files_under(root: str) -> set[str]:
     return {REMOTE_PREFIX + p if not p.startswith(REMOTE_PREFIX) else p for p in found}
 
 
+def walk(root: str):
+    """os.walk(root, followlinks=True) for a local folder; for a gs:// prefix the same (folder, folders, files)
+    triples, a listing per folder, top-down (pruning `folders` in place skips them), folders as gs:// paths."""
+    if not is_remote(root):
+        yield from os.walk(root, followlinks=True)
+        return
+    found = _remote(root, _filesystem().walk, root.rstrip("/"), topdown=True, refresh=True)
+    while (step := _remote(root, next, found, None)) is not None:
+        folder, folders, files = step
+        yield (folder if folder.startswith(REMOTE_PREFIX) else REMOTE_PREFIX + folder), folders, files
+
+
 def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
 

@@ -114,3 +114,27 @@ def test_dump_and_labels_from_a_model_over_two_hosts_in_a_bucket_equal_one_host_
         assert storage.exists(f"{remote}/train.km") == (rank == 1)
     assert storage.read_bytes(f"{remote}/train.km") == open(f"{local}/train.km", "rb").read()
     assert json.loads(storage.read_bytes(f"{remote}/train.km.part1-of-2.made.json"))["model"] == f"{remote}/model"
+
+
+def test_a_manifest_of_a_bucket_folder_lists_what_the_same_folder_on_disk_lists(gcs_bucket, tmp_path, monkeypatch):
+    import shutil
+
+    remote = f"{gcs_bucket}/{tmp_path.name}"
+    lines = open(os.path.join(DEMO, "train.tsv"), encoding="utf-8").read().splitlines()[1: UTTERANCES + 1]
+    names = [line.split("\t")[0] for line in lines]
+    for i, name in enumerate(names):  # in two folders and a hidden one, as a corpus would be laid out
+        for folder in (str(tmp_path / "audio"), f"{remote}/audio"):
+            target = f"{folder}/{'.hidden' if i == 0 else f'spk{i % 2}'}/{os.path.basename(name)}"
+            if storage.is_remote(target):
+                storage.upload_file(os.path.join(DEMO, name), target)
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy(os.path.join(DEMO, name), target)
+    for root, out in ((tmp_path / "audio", tmp_path / "manifests"), (f"{remote}/audio", f"{remote}/manifests")):
+        labels(monkeypatch, tmp_path / "a", "manifest", root, "--out", out, "--valid-percent", 0.2)
+    for split in ("train", "valid"):
+        on_disk = (tmp_path / "manifests" / f"{split}.tsv").read_text().splitlines()
+        in_bucket = storage.read_bytes(f"{remote}/manifests/{split}.tsv").decode().splitlines()
+        assert in_bucket[0] == f"{remote}/audio" and in_bucket[1:] == on_disk[1:] and len(on_disk) > 1, split
+    assert sum(len(storage.read_bytes(f"{remote}/manifests/{s}.tsv").splitlines()) - 1
+               for s in ("train", "valid")) == UTTERANCES - 1  # the hidden folder's file left out

@@ -216,10 +216,15 @@ def num_samples(path: str) -> int | None:
     import soundfile as sf
 
     try:
-        info = sf.info(path)
+        if storage.is_remote(path):  # the header's first bytes, through a file object on the object
+            with storage.open(path, "rb") as f:
+                info = sf.info(f)
+                frames = wav_header_frames(f) or info.frames
+        else:
+            info = sf.info(path)
+            frames = wav_header_frames(path) or info.frames
     except Exception:
         return None
-    frames = wav_header_frames(path) or info.frames
     return int(round(frames * SAMPLE_RATE / info.samplerate))
 
 

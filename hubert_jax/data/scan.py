@@ -21,8 +21,10 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 
+from hubert_jax import storage
 from hubert_jax.data.audio import num_samples
 from hubert_jax.lengths import SAMPLE_RATE
 
@@ -43,16 +45,22 @@ def audio_files(root: str, extensions: tuple[str, ...]) -> Iterator[str]:
     """Paths (relative to `root`) of the files under it with one of `extensions` (lower-case, no dot; the
     match ignores case), in sorted walk order; hidden files and folders are skipped."""
     suffixes = tuple("." + e.lower().lstrip(".") for e in extensions)
-    for directory, folders, files in os.walk(root, followlinks=True):
+    for directory, folders, files in storage.walk(root):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and name.lower().endswith(suffixes):
-                yield os.path.relpath(os.path.join(directory, name), root)
+                yield _relative(storage.join(directory, name), root)
+
+
+def _relative(path: str, root: str) -> str:
+    if storage.is_remote(root):
+        return path[len(root.rstrip("/")) + 1:]
+    return os.path.relpath(path, root)
 
 
 def check_root(root: str) -> None:
     """FileNotFoundError naming `root` unless it is a folder."""
-    if not os.path.isdir(root):
+    if not storage.isdir(root):
         raise FileNotFoundError(f"{root}: no such folder (expected the folder that holds the audio files)")
 
 
@@ -78,7 +86,7 @@ def counts(root: str, relative: Iterator[str], *, threads: int = 16, window: int
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         pending: collections.deque = collections.deque()
         for rel in relative:
-            pending.append((rel, pool.submit(_header_count, os.path.join(root, rel))))
+            pending.append((rel, pool.submit(_header_count, storage.join(root, rel))))
             if len(pending) >= window:
                 rel, future = pending.popleft()
                 yield (rel, *future.result())
@@ -93,16 +101,22 @@ def write_manifests(root: str, out: str, *, extensions: tuple[str, ...] = ("flac
                     progress: Callable[[int], None] | None = None) -> ManifestSummary:
     """Write `{out}/train.tsv` (and `{out}/valid.tsv` when `valid_fraction` > 0) for the audio under `root`.
     `report(path, why)` is called for each file left out; `progress(n)` after each file. Each manifest is
-    written to a temporary file and renamed when complete."""
+    written to a temporary file and renamed when complete (`root` and `out` may be gs:// folders: a manifest
+    then goes up as one object when complete)."""
     check_root(root)
     if not 0.0 <= valid_fraction < 1.0:
         raise ValueError(f"--valid-percent={valid_fraction}: expected a fraction in [0, 1) (0.01 puts about 1% "
                          f"of the files in valid.tsv), as fairseq's wav2vec_manifest.py takes it")
-    root = os.path.realpath(root)
-    os.makedirs(out, exist_ok=True)
+    root = storage.normpath(root) if storage.is_remote(root) else os.path.realpath(root)
     splits = ("train", "valid") if valid_fraction > 0 else ("train",)
-    paths = {s: os.path.join(out, f"{s}.tsv") for s in splits}
-    handles = {s: open(paths[s] + ".tmp", "w", encoding="utf-8") for s in splits}
+    paths = {s: storage.join(out, f"{s}.tsv") for s in splits}
+    if storage.is_remote(out):
+        staging = tempfile.mkdtemp(prefix="manifest-")
+        written = {s: os.path.join(staging, f"{s}.tsv") for s in splits}
+    else:
+        os.makedirs(out, exist_ok=True)
+        written = paths
+    handles = {s: open(written[s] + ".tmp", "w", encoding="utf-8") for s in splits}
     summary = ManifestSummary({s: 0 for s in splits}, {s: 0 for s in splits}, [], paths)
     try:
         for f in handles.values():
@@ -111,7 +125,7 @@ def write_manifests(root: str, out: str, *, extensions: tuple[str, ...] = ("flac
             if count is None:
                 summary.unreadable.append((rel, why))
                 if report is not None:
-                    report(os.path.join(root, rel), why)
+                    report(storage.join(root, rel), why)
             else:
                 split = "valid" if valid_fraction > 0 and is_valid(rel, seed, valid_fraction) else "train"
                 handles[split].write(f"{rel}\t{count}\n")
@@ -122,9 +136,12 @@ def write_manifests(root: str, out: str, *, extensions: tuple[str, ...] = ("flac
     except BaseException:
         for s, f in handles.items():
             f.close()
-            os.remove(paths[s] + ".tmp")
+            os.remove(written[s] + ".tmp")
         raise
     for s, f in handles.items():
         f.close()
-        os.replace(paths[s] + ".tmp", paths[s])
+        os.replace(written[s] + ".tmp", written[s])
+        if written[s] != paths[s]:
+            storage.upload_file(written[s], paths[s])
+            os.remove(written[s])
     return summary

@@ -11,6 +11,9 @@
     python -m hubert_jax.labels quality --km work/train.km --phones data/demo/train.phn --manifest data/demo/train.tsv
     python -m hubert_jax.labels tfds    --dataset tfds://librispeech/train_clean100 --out work/ls/train_clean100
 
+Every path may be `gs://` except `--data-dir` and the tfds shards: feature, centroid and label files go through a
+scratch folder on each host (labels/staging.py), audio and manifests are read from the bucket.
+
 The `tfds` command writes a manifest (and `.wrd` transcripts) for a prepared tensorflow-datasets split;
 the other commands then read that split's audio from its ArrayRecord files.
 
