@@ -293,32 +293,32 @@ def move_folder(source: str, target: str, *, first: str | None = None) -> None:
 
 
 class GrowingFile:
-    """A text file that only grows (metrics.jsonl, run.log): appended and flushed as usual on a local path; on
-    gs://, which cannot append, the object is rewritten whole (what it held when opened, then every line since)
-    at most every `every_s` seconds and at flush(force=True)/close, so a run that is killed loses at most the
-    last `every_s` seconds of lines."""
+    """A file that only grows (metrics.jsonl, run.log, a TensorBoard event file): appended and flushed as usual on a
+    local path; on gs://, which cannot append, the object is rewritten whole (what it held when opened, then all
+    written since) at most every `every_s` seconds and at flush(force=True)/close, so a run that is killed loses
+    at most the last `every_s` seconds. `binary`: bytes are written, not text."""
 
-    def __init__(self, path: str, *, every_s: float = 30.0):
+    def __init__(self, path: str, *, every_s: float = 30.0, binary: bool = False):
         import time
 
-        self.path, self.every_s, self._clock = path, every_s, time.monotonic
+        self.path, self.every_s, self._clock, self._binary = path, every_s, time.monotonic, binary
         if is_remote(path):
-            self._text = read_bytes(path).decode("utf-8") if exists(path) else ""
+            self._data = bytearray(read_bytes(path) if exists(path) else b"")
             self._written, self._file = self._clock(), None
         else:
-            self._file = builtins.open(path, "a", encoding="utf-8")
+            self._file = builtins.open(path, "ab") if binary else builtins.open(path, "a", encoding="utf-8")
 
-    def write(self, text: str) -> None:
+    def write(self, data) -> None:
         if self._file is not None:
-            self._file.write(text)
+            self._file.write(data)
         else:
-            self._text += text
+            self._data += data if self._binary else data.encode("utf-8")
 
     def flush(self, force: bool = False) -> None:
         if self._file is not None:
             self._file.flush()
         elif force or self._clock() - self._written >= self.every_s:
-            write_bytes(self.path, self._text.encode("utf-8"))
+            write_bytes(self.path, bytes(self._data))
             self._written = self._clock()
 
     def close(self) -> None:

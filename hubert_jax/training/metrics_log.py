@@ -96,29 +96,12 @@ class MetricLog:
             self.tb.close()
 
 
-class _EventFile:
-    """tensorboardX's record writer for a gs:// event file, through hubert_jax.storage (tensorboardX's own needs
-    google-cloud-storage and uploads at every flush): the object is rewritten at most every 30 s and at close."""
-
-    def __init__(self, path: str):
-        self.path, self.data = path, bytearray()
-        self.last = time.monotonic()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def flush(self, force: bool = False) -> None:
-        if force or time.monotonic() - self.last >= 30.0:
-            storage.write_bytes(self.path, bytes(self.data))
-            self.last = time.monotonic()
-
-    def close(self) -> None:
-        self.flush(force=True)
-
-
 class _EventFiles:
-    def open(self, path: str) -> _EventFile:
-        return _EventFile(path)
+    """tensorboardX's record writers for gs:// event files, through hubert_jax.storage (tensorboardX's own needs
+    google-cloud-storage and uploads at every flush): each object is rewritten at most every 30 s and at close."""
+
+    def open(self, path: str) -> storage.GrowingFile:
+        return storage.GrowingFile(path, binary=True)
 
     def directory_check(self, path: str) -> None:
         pass  # a bucket has no folders to make
