@@ -13,7 +13,8 @@ import urllib.request
 def emulator_env(url: str) -> dict:
     """The variables that point gcsfs, tensorstore and subprocesses at the emulator."""
     return {"STORAGE_EMULATOR_HOST": url,  # gcsfs, google-cloud-storage
-            "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator"}  # tensorstore (Orbax)
+            "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",  # tensorstore (Orbax)
+            "CLOUD_STORAGE_EMULATOR_ENDPOINT": url}  # google-cloud-cpp, inside array_record (tfds shards)
     # (gcsfs' GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false, which gcsfs reads when imported: tests/conftest.py)
 
 

@@ -135,3 +135,33 @@ def test_manifest_index_past_the_split_is_reported(dataset, tmp_path):
     open_split.cache_clear()
     with pytest.raises(FileNotFoundError, match=r"dev.tsv: 1 audio file\(s\) missing \(line 3: tfds://"):
         check_files_exist(str(manifest), read_manifest(str(manifest)))
+
+
+def test_a_split_in_a_bucket_reads_as_the_same_split_on_disk(dataset, gcs_bucket, tmp_path, monkeypatch):
+    """The prepared dataset uploaded to the bucket (the emulator): its manifest written into the bucket names it
+    there, and its audio and MFCC equal the split's on disk."""
+    from hubert_jax import storage
+
+    data_dir, examples = dataset
+    remote = f"{gcs_bucket}/{tmp_path.name}"
+    monkeypatch.setenv("HUBERT_JAX_SCRATCH", str(tmp_path / "scratch"))  # where mfcc writes before uploading
+    for folder, _, files in os.walk(data_dir):
+        for name in files:
+            path = os.path.join(folder, name)
+            storage.upload_file(path, f"{remote}/tfds/{os.path.relpath(path, data_dir)}")
+    out = f"{remote}/manifests/train"
+    assert cli.main(["tfds", "--dataset", "tfds://tiny_speech/train", "--data-dir", f"{remote}/tfds", "--out", out]) == 0
+    lines = storage.read_bytes(f"{out}.tsv").decode().splitlines()
+    assert lines[0] == f"tfds://tiny_speech/train?data_dir={remote}/tfds"
+    assert lines[1:] == [f"{i}\t{len(ex['speech'])}" for i, ex in enumerate(examples)]
+    assert storage.read_bytes(f"{out}.wrd").decode().splitlines() == [ex["text"].decode() for ex in examples]
+
+    stream, skipped = iter_audio(read_manifest(f"{out}.tsv"), strict=True)
+    for (_, audio), ex in zip(stream, examples, strict=True):
+        np.testing.assert_array_equal(audio, ex["speech"].astype(np.float32) / 32768)
+    assert not skipped
+    local = str(tmp_path / "local")
+    assert cli.main(["tfds", "--dataset", "tfds://tiny_speech/train", "--data-dir", data_dir, "--out", local]) == 0
+    for manifest, prefix in ((f"{local}.tsv", tmp_path / "mfcc_local"), (f"{out}.tsv", f"{remote}/mfcc")):
+        assert cli.main(["mfcc", "--manifest", manifest, "--out", str(prefix)]) == 0
+    assert storage.read_bytes(f"{remote}/mfcc.npy") == open(tmp_path / "mfcc_local.npy", "rb").read()

@@ -12,6 +12,11 @@ wrote without it: `dataset_info.json` for the splits and shards, `features.json`
 the audio, ArrayRecord shards through the `array_record` package, and `tf.train.Example` records through
 the proto that tensorflow-datasets ships. Datasets must be prepared in the random-access ArrayRecord
 format (`tfds build librispeech --file_format=array_record`), which Grain needs as well.
+
+The data dir may be a bucket (`--data-dir gs://BUCKET/tensorflow_datasets`, or `?data_dir=` in the address):
+the JSON files go through hubert_jax.storage, and `array_record` reads the shards from Cloud Storage with its
+own client (Google's default credentials; `CLOUD_STORAGE_EMULATOR_ENDPOINT` points it at an emulator), a
+ranged request per record, so no host copies the dataset.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import re
 
 import numpy as np
 
+from hubert_jax import storage
 from hubert_jax.lengths import SAMPLE_RATE
 
 SCHEME = "tfds://"
@@ -70,27 +76,26 @@ def _version_key(v: str) -> tuple[int, ...]:
 
 def dataset_dir(address: Address) -> str:
     """The prepared dataset's folder: DATA_DIR/NAME[/CONFIG]/VERSION (the newest version if none given)."""
-    base = os.path.join(address.data_dir or default_data_dir(), address.name)
+    base = storage.join(address.data_dir or default_data_dir(), address.name)
     if address.config:
-        base = os.path.join(base, address.config)
+        base = storage.join(base, address.config)
     if address.version:
-        path = os.path.join(base, address.version)
+        path = storage.join(base, address.version)
     else:
-        versions = sorted((v for v in (os.listdir(base) if os.path.isdir(base) else [])
-                           if re.fullmatch(r"\d+\.\d+\.\d+", v)), key=_version_key)
+        versions = sorted((v for v in storage.listdir(base) if re.fullmatch(r"\d+\.\d+\.\d+", v)), key=_version_key)
         if not versions:
             raise FileNotFoundError(f"{base}: no prepared versions of {address.name!r} (run `tfds build "
                                     f"{address.name} --file_format=array_record --data_dir "
                                     f"{address.data_dir or default_data_dir()}` first)")
-        path = os.path.join(base, versions[-1])
-    if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+        path = storage.join(base, versions[-1])
+    if not storage.isfile(storage.join(path, "dataset_info.json")):
         raise FileNotFoundError(f"{path}: no dataset_info.json; is this a prepared tensorflow-datasets folder?")
     return path
 
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read ({e})") from e
@@ -106,7 +111,7 @@ class TfdsSplit:
     def __init__(self, address: Address | str, *, audio_key: str | None = None, text_key: str | None = None):
         self.address = Address.parse(address) if isinstance(address, str) else address
         self.path = dataset_dir(self.address)
-        info = _read_json(os.path.join(self.path, "dataset_info.json"))
+        info = _read_json(storage.join(self.path, "dataset_info.json"))
         file_format = info.get("fileFormat", "tfrecord")
         if file_format != "array_record":
             raise ValueError(f"{self.path}: prepared as {file_format!r}; hubert-jax reads the random-access "
@@ -118,16 +123,16 @@ class TfdsSplit:
         split = splits[self.address.split]
         lengths = [int(n) for n in split.get("shardLengths", [])]
         template = split.get("filepathTemplate") or "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
-        self.files = [os.path.join(self.path, template.format(
+        self.files = [storage.join(self.path, template.format(
             DATASET=info["name"], SPLIT=self.address.split, FILEFORMAT=file_format,
             SHARD_X_OF_Y=f"{i:05d}-of-{len(lengths):05d}", SHARD_INDEX=f"{i:05d}", NUM_SHARDS=f"{len(lengths):05d}"))
             for i in range(len(lengths))]
-        missing = [f for f in self.files if not os.path.isfile(f)]
+        missing = [f for f in self.files if not storage.isfile(f)]
         if missing:
             raise FileNotFoundError(f"{self.path}: {len(missing)} of {len(self.files)} shard files of split "
                                     f"{self.address.split!r} missing (first: {missing[0]})")
         self._length = sum(lengths)
-        features = _top_features(_read_json(os.path.join(self.path, "features.json")))
+        features = _top_features(_read_json(storage.join(self.path, "features.json")))
         audio = [k for k, v in features.items() if v.get("pythonClassName") == _AUDIO_CLASS]
         self.audio_key = audio_key or (audio[0] if len(audio) == 1 else None)
         if self.audio_key not in features:
@@ -213,7 +218,8 @@ def write_manifest(address: Address | str, out: str) -> int:
         n = audio.shape[0] if rate == SAMPLE_RATE else round(audio.shape[0] * SAMPLE_RATE / rate)
         rows.append(f"{i}\t{n}")
         texts.append(split._text(example))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if not storage.is_remote(out):
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     _write_atomic(f"{out}.tsv", [str(split.address)] + rows)
     if split.text_key is not None:
         _write_atomic(f"{out}.wrd", [t.strip() for t in texts])
@@ -221,6 +227,9 @@ def write_manifest(address: Address | str, out: str) -> int:
 
 
 def _write_atomic(path: str, lines: list[str]) -> None:
+    if storage.is_remote(path):  # an object appears whole or not at all
+        storage.write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+        return
     with open(f"{path}.tmp", "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(f"{path}.tmp", path)
