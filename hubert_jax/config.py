@@ -42,6 +42,14 @@ _XXLARGE = dict(hidden_size=1920, num_hidden_layers=48, num_attention_heads=16, 
 _PRE_LN = dict(feat_extract_norm="layer", do_stable_layer_norm=True)
 
 
+def workdir_is_no_model(workdir: str) -> ValueError:
+    """The error for a training run's workdir given where a model directory is expected, naming the export."""
+    model = workdir.rstrip("/") + "/model" if workdir.startswith("gs://") else os.path.join(workdir, "model")
+    return ValueError(f"{workdir} is a training run's workdir, not a model directory: export its model with "
+                      f"`python -m hubert_jax.export {workdir} OUT [--step N]` and load OUT (a finished run has "
+                      f"written one to {model})")
+
+
 @dataclasses.dataclass(eq=False)
 class SpeechConfig:
     """Fields shared by HuBERT, WavLM and wav2vec2 (transformers names and defaults)."""
@@ -244,9 +252,7 @@ class SpeechConfig:
             raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
         data, workdir = read_json_object(path), os.path.dirname(path)
         if "model_type" not in data and os.path.isdir(os.path.join(workdir, "checkpoints")):
-            raise ValueError(f"{workdir} is a training run's workdir, not a model directory: export its model with "
-                             f"`python -m hubert_jax.export {workdir} OUT [--step N]` and load OUT (a finished run "
-                             f"has written one to {os.path.join(workdir, 'model')})")
+            raise workdir_is_no_model(workdir)
         return cls.from_dict(data)
 
     def to_json_string(self) -> str:

@@ -81,6 +81,13 @@ def _download(path: str, cache_dir: str | None) -> str:
     if not storage.isfile(storage.join(path, "config.json")):
         raise FileNotFoundError(f"{path}: no config.json there, so no model directory (an export that was cut short "
                                 f"has none either: export it again)")
+    if storage.listdir(storage.join(path, "checkpoints")):  # a training workdir: refused before copying its steps
+        import json
+
+        from hubert_jax.config import workdir_is_no_model
+
+        if "model_type" not in json.loads(storage.read_bytes(storage.join(path, "config.json"))):
+            raise workdir_is_no_model(path)
     import hashlib
 
     # one folder per path and process, replaced at each load: repeated loads do not pile up copies

@@ -117,6 +117,16 @@ def test_train_py_in_a_bucket_killed_and_restarted_ends_as_the_uninterrupted_loc
     local = FlaxAutoModelForPreTraining.from_pretrained(str(tmp_path / "local" / "model"))
     ours, theirs = model_to_flat(exported), model_to_flat(local)
     assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    # `python -m hubert_jax.export` of a step of the bucket's workdir into the bucket; an existing OUT refused
+    from hubert_jax.export.__main__ import main as export_main
+
+    assert export_main([workdir, f"{workdir}/step11", "--step", "11"]) == 0
+    step11 = model_to_flat(FlaxAutoModelForPreTraining.from_pretrained(f"{workdir}/step11"))
+    assert step11.keys() == ours.keys() and not all(np.array_equal(step11[k], ours[k]) for k in ours)
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        export_main([workdir, f"{workdir}/step11"])
+    with pytest.raises(ValueError, match=f"export its model with `python -m hubert_jax.export {workdir} OUT"):
+        FlaxAutoModelForPreTraining.from_pretrained(workdir)  # the workdir itself is no model: it says so
     exported.save_pretrained(f"{gcs_bucket}/{tmp_path.name}/saved")
     back = model_to_flat(FlaxAutoModelForPreTraining.from_pretrained(f"{gcs_bucket}/{tmp_path.name}/saved"))
     assert all(np.array_equal(back[k], ours[k]) for k in ours)

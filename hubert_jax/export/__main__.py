@@ -10,7 +10,6 @@ it; a fine-tuning run: the model with its head), loadable with hubert_jax.FlaxAu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from hubert_jax.cli_errors import prog_name
@@ -18,10 +17,11 @@ from hubert_jax.cli_errors import prog_name
 
 def export_run(workdir: str, out: str, *, step: int | None = None, overwrite: bool = False) -> str:
     """Write step `step` (default: the newest that verifies) of the run in `workdir` to `out`."""
+    from hubert_jax import storage
     from hubert_jax.training.config import workdir_config
     from hubert_jax.training.run import restore_latest
 
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    if storage.listdir(out) and not overwrite:  # a folder, or a gs:// prefix, that holds something
         raise FileExistsError(f"{out} exists and is not empty (pass --overwrite)")
     trainer, state = restore_latest(workdir_config(workdir), workdir, step)
     return trainer.export(state, out)

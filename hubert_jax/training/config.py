@@ -35,10 +35,12 @@ def workdir_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a training workdir's run follows (its config.json; sequences as tuples, as configs write them)."""
     import json
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    from hubert_jax import storage
+
+    path = storage.join(workdir, "config.json")
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{workdir}: no config.json there (expected a training run's --workdir)")
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, encoding="utf-8") as f:
         data = json.load(f)
     if "task" not in data or "train" not in data:
         raise ValueError(f"{path} is no training run's config (it has no task / train sections)")
