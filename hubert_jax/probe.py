@@ -25,7 +25,9 @@ def utterance_features(model, manifest: str) -> np.ndarray:
 
 
 def read_classes(path: str, count: int) -> list[str]:
-    with open(path, encoding="utf-8") as f:
+    from hubert_jax import storage
+
+    with storage.open(path, encoding="utf-8") as f:
         lines = [line.strip() for line in f]
     if len(lines) != count:
         raise ValueError(f"{path}: {len(lines)} lines, expected one per utterance ({count})")
