@@ -191,3 +191,31 @@ def test_metrics_and_tensorboard_of_a_bucket_workdir_reach_the_bucket(gcs_bucket
         values += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
         at += 12 + size + 4
     assert values == [(1, "train/loss", 1.0), (2, "train/loss", 0.5), (3, "train/loss", np.float32(1 / 3))]
+
+
+def test_a_demo_with_a_bucket_workdir_runs_in_a_local_copy_that_goes_back_to_the_bucket(gcs_bucket, tmp_path):
+    """The demos' work folder (hubert_jax/demos/common.py): what the bucket holds is there for the run to resume
+    from, and what the run writes reaches the bucket, also when it stops with an error; the summary's paths name
+    the bucket."""
+    from hubert_jax.demos.common import in_work_folder
+
+    workdir = f"{gcs_bucket}/{tmp_path.name}/demo"
+    storage.write_bytes(f"{workdir}/mfcc/train.len", b"3\n")  # an earlier run's stage
+
+    def job(folder):
+        assert open(os.path.join(folder, "mfcc", "train.len")).read() == "3\n"
+        os.makedirs(os.path.join(folder, "model"))
+        open(os.path.join(folder, "model", "config.json"), "w").write("{}")
+        return {"export": os.path.join(folder, "model"), "steps": 3, "runs": [os.path.join(folder, "iter1")]}
+
+    assert in_work_folder(workdir, job) == {"export": f"{workdir}/model", "steps": 3, "runs": [f"{workdir}/iter1"]}
+    assert storage.read_bytes(f"{workdir}/model/config.json") == b"{}"
+    assert storage.read_bytes(f"{workdir}/mfcc/train.len") == b"3\n"
+
+    def stopped(folder):
+        open(os.path.join(folder, "stage2.done"), "w").write("yes")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        in_work_folder(workdir, stopped)
+    assert storage.read_bytes(f"{workdir}/stage2.done") == b"yes" and storage.isfile(f"{workdir}/model/config.json")

@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 
-from hubert_jax.demos.common import ROOT, repo_config
+from hubert_jax.demos.common import ROOT, in_work_folder, repo_config
 
 
 def ctc_config(init_from: str, *, preset: str | None = None, steps: int | None = None):
@@ -56,10 +56,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", default="work/demo")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the config's)")
     args = parser.parse_args(argv)
-    wd = os.path.abspath(args.workdir)
+    return in_work_folder(args.workdir, lambda wd: _demo(args, wd))
+
+
+def _demo(args, wd: str) -> dict:
     pretrained = os.path.join(wd, "model")
     if not os.path.isfile(os.path.join(pretrained, "config.json")):
-        raise SystemExit(f"{pretrained}: no pretrained demo model; run `python -m hubert_jax.demo --workdir "
+        raise SystemExit(f"{args.workdir.rstrip('/')}/model: no pretrained demo model; run `python -m hubert_jax.demo --workdir "
                          f"{args.workdir}` first")
     summary = fine_tune_both(wd, pretrained, steps=args.steps)
     with open(os.path.join(wd, "ctc_summary.json"), "w", encoding="utf-8") as f:

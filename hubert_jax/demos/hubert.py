@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from hubert_jax.cli_errors import prog_name
-from hubert_jax.demos.common import DATA, demo_config, say
+from hubert_jax.demos.common import DATA, demo_config, in_work_folder, say
 
 SPLITS = ("train", "valid")
 
@@ -180,8 +180,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--layer", type=int, help="iteration-1 layer for the iteration-2 labels (default: the "
                                                   "last but one; see README for why not the middle)")
     args = parser.parse_args(argv)
-    from hubert_jax.labels import cli as labels_cli
-
     start = time.perf_counter()
     if not os.path.isfile(os.path.join(DATA, "train.tsv")):
         raise SystemExit(f"{DATA}: the demo corpus is not there; run the demo from a clone of the repository "
@@ -191,7 +189,15 @@ def main(argv=None) -> dict:
         from hubert_jax.demos import wav2vec2
 
         return wav2vec2.main(args)
-    wd = os.path.abspath(args.workdir or ("work/demo" if family == "hubert" else "work/demo_wavlm"))
+    return in_work_folder(args.workdir or ("work/demo" if family == "hubert" else "work/demo_wavlm"),
+                          lambda wd: _demo(args, wd, start))
+
+
+def _demo(args, wd: str, start: float) -> dict:
+    """Stages 1-6 in the work folder `wd` (a local folder)."""
+    from hubert_jax.labels import cli as labels_cli
+
+    family = args.family
     name = {"hubert": "HuBERT", "wavlm": "WavLM (utterance mixing)"}[family]
     base = demo_config(family)
     steps1 = args.steps1 or base.train.steps

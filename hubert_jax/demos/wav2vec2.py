@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from hubert_jax.demos.common import DATA, demo_config as base_config, say
+from hubert_jax.demos.common import DATA, demo_config as base_config, in_work_folder, say
 
 
 def language_manifests(out_dir: str) -> dict[str, str]:
@@ -93,11 +93,15 @@ def check_export(directory: str) -> float:
 
 
 def main(args) -> dict:
+    start = time.perf_counter()
+    return in_work_folder(args.workdir or "work/demo_wav2vec2", lambda wd: _demo(args, wd, start))
+
+
+def _demo(args, wd: str, start: float) -> dict:
+    """Stages 1-4 in the work folder `wd` (a local folder)."""
     from hubert_jax.demos.ctc import fine_tune_both
     from hubert_jax.training.run import run
 
-    start = time.perf_counter()
-    wd = os.path.abspath(args.workdir or "work/demo_wav2vec2")
     steps = args.steps1 or 600
 
     say("1. two languages (the corpus' English and Korean halves), drawn with p ~ (hours / total)^0.5")
