@@ -20,8 +20,10 @@ CONFIG_NAME = "config.json"
 
 def read_json_object(path: str | os.PathLike) -> dict:
     """A JSON file holding an object; errors name the file."""
+    from hubert_jax import storage
+
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(os.fspath(path), encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e

@@ -187,7 +187,9 @@ def _read_heads(model, directory: str) -> dict:
 
 def load_weights_into(model, directory: str) -> None:
     """Load a directory's weights (ours or transformers') into an existing model in place, its names and shapes
-    checked."""
+    checked. A gs:// directory is copied to a local folder first (resolve)."""
+    if storage.is_remote(os.fspath(directory)):
+        directory = resolve(directory)
     flat, allowed, source = checkpoint_flat(model, directory)
     load_flat(model, flat, allow_missing=allowed, source=source)
 

@@ -134,17 +134,22 @@ def test_sharded_step_equals_the_single_device_step(single_device, name):
 
 
 # ----------------------------------------------------------------------------- several processes
-def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path):
+def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path, gcs_bucket):
     """2 processes x 2 devices (jax.distributed on localhost, gloo collectives) against 1 process x 4
     devices, global batch 8, both starting from the same exported model (--config.model.init_from, which
-    each host places shard by shard): the same batches, so the same parameters."""
+    each host places shard by shard): the same batches, so the same parameters. The two hosts' model and
+    workdir are in a bucket (gs://, the Cloud Storage emulator: tests/storage_emulator.py), as on a pod without
+    a shared disk; the one process' on the local disk."""
+    from hubert_jax import storage
+
     cfg = get_config()
     cfg.seed = 7  # weights no fresh run of the test config starts from
     trainer = make_trainer(cfg, mesh_from_config(dict(data=-1)))
-    start = trainer.export(trainer.init(), str(tmp_path / "start"))
+    start = trainer.export(trainer.init(), f"{gcs_bucket}/{tmp_path.name}/start")
     init_from = f"--config.model.init_from={start}"
+    two = f"{gcs_bucket}/{tmp_path.name}/two"
     port = free_port()
-    procs = [subprocess.Popen(train_command(tmp_path / "two", init_from, "--coordinator_address", f"127.0.0.1:{port}",
+    procs = [subprocess.Popen(train_command(two, init_from, "--coordinator_address", f"127.0.0.1:{port}",
                                          "--num_processes", "2", "--process_id", str(i)),
                               env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
@@ -157,14 +162,15 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
 
     cfg = get_config()
     cfg.train.update(dict(steps=4, checkpoint_every=4, eval_every=100))
-    _, two = restore_latest(cfg, str(tmp_path / "two"))
+    _, two_state = restore_latest(cfg, two)
     _, single = restore_latest(cfg, str(tmp_path / "one"))
-    assert int(two["step"]) == int(single["step"]) == 4
-    assert_params_close(two["params"], single["params"])
-    assert "initialised from" in (tmp_path / "two" / "metrics.jsonl").read_text() + outs[0]
+    assert int(two_state["step"]) == int(single["step"]) == 4
+    assert_params_close(two_state["params"], single["params"])
+    metrics = storage.read_bytes(f"{two}/metrics.jsonl").decode()
+    assert "initialised from" in metrics + outs[0]
     # only process 0 writes the logs
-    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    assert len([line for line in lines if '"train"' in line]) == 4
+    assert len([line for line in metrics.splitlines() if '"train"' in line]) == 4
+    assert {"run.log", "run-1.log"} <= set(storage.listdir(two))  # each host's log beside it
 
 
 # ----------------------------------------------------------------------------- checkpoints across meshes

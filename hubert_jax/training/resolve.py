@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
+from hubert_jax import storage
 from hubert_jax.config import SpeechConfig, preset
 
 logger = logging.getLogger(__name__)
@@ -18,8 +18,8 @@ def init_from_json(model_cfg) -> dict | None:
         return None
     from hubert_jax.config import read_json_object
 
-    path = os.path.join(model_cfg.init_from, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(model_cfg.init_from, "config.json")
+    if not storage.isfile(path):
         raise FileNotFoundError(f"config.model.init_from={model_cfg.init_from}: no config.json there (expected a "
                                 f"hubert-jax or transformers model directory)")
     return read_json_object(path)
@@ -55,12 +55,12 @@ def with_init_from_heads(cfg):
     from hubert_jax.weights.files import PRETRAINING_HEADS
 
     saved = (init_from_json(cfg.model) or {}).get("hubert_pretraining")
-    if not saved or not os.path.isfile(os.path.join(cfg.model.init_from, PRETRAINING_HEADS)):
+    if not saved or not storage.isfile(storage.join(cfg.model.init_from, PRETRAINING_HEADS)):
         return cfg
     try:
         head = HeadConfig.from_dict(saved)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{os.path.join(cfg.model.init_from, 'config.json')}: {e}") from e
+        raise ValueError(f"{storage.join(cfg.model.init_from, 'config.json')}: {e}") from e
     cfg = cfg.copy_and_resolve_references()
     for name in HEAD_FIELDS_FROM_INIT:
         current, value = cfg.model.head[name], getattr(head, name)
