@@ -51,12 +51,12 @@ def _explained(path: str, e: Exception) -> StorageError:
     if isinstance(e, FileNotFoundError) or "404" in text or "No such" in text:
         return MissingError(f"{path}: no such object (or no bucket gs://{bucket}); check the path, or create the "
                             f"bucket first ({text})")
+    if "credential" in text.lower() or "anonymous caller" in text.lower() or text.endswith(", 401"):
+        return StorageError(f"{path}: no Google Cloud credentials; run `gcloud auth application-default login` or "
+                            f"set GOOGLE_APPLICATION_CREDENTIALS ({text})")  # gcsfs goes anonymous without any
     if isinstance(e, PermissionError) or "403" in text or "401" in text:
         return StorageError(f"{path}: permission denied; give this machine's service account read/write access "
                             f"to gs://{bucket} (roles/storage.objectAdmin) ({text})")
-    if "credential" in text.lower() or "DefaultCredentialsError" in text:
-        return StorageError(f"{path}: no Google Cloud credentials; run `gcloud auth application-default login` or "
-                            f"set GOOGLE_APPLICATION_CREDENTIALS ({text})")
     return StorageError(f"{path}: {text}")
 
 

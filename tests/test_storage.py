@@ -181,3 +181,26 @@ def test_a_bucket_lock_taken_over_is_never_written_back_and_stops_the_run(gcs_bu
         lock.check()
     lock.release()  # not ours any more: left in place
     assert json.loads(storage.read_bytes(lock.path))["token"] == "theirs"
+
+
+def test_each_kind_of_remote_failure_names_its_fix():
+    """What gcsfs and google-auth raise (their own exception classes) for a missing object, no permission and no
+    credentials (gcsfs goes anonymous when it finds none): one line each, the path and the fix. The emulator
+    checks no permissions, so these are the client's exceptions, not a server's answers."""
+    from gcsfs.retry import HttpError
+    from google.auth.exceptions import DefaultCredentialsError
+
+    path = "gs://corpus/ko/train.tsv"
+    cases = {
+        HttpError({"code": 404, "message": "No such object: corpus/ko/train.tsv"}): "no such object",
+        FileNotFoundError(path): "no such object",
+        HttpError({"code": 403, "message": "sa@p.iam.gserviceaccount.com does not have storage.objects.get access "
+                                           "to the Google Cloud Storage object."}): "roles/storage.objectAdmin",
+        HttpError({"code": 401, "message": "Anonymous caller does not have storage.objects.get access to the "
+                                           "Google Cloud Storage object."}): "gcloud auth application-default login",
+        DefaultCredentialsError("Your default credentials were not found."): "GOOGLE_APPLICATION_CREDENTIALS",
+    }
+    for error, fix in cases.items():
+        message = str(storage._explained(path, error))
+        assert message.startswith(f"{path}: ") and fix in message and "\n" not in message, (error, message)
+    assert isinstance(storage._explained(path, FileNotFoundError(path)), FileNotFoundError)
