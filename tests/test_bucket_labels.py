@@ -138,3 +138,27 @@ def test_a_manifest_of_a_bucket_folder_lists_what_the_same_folder_on_disk_lists(
         assert in_bucket[0] == f"{remote}/audio" and in_bucket[1:] == on_disk[1:] and len(on_disk) > 1, split
     assert sum(len(storage.read_bytes(f"{remote}/manifests/{s}.tsv").splitlines()) - 1
                for s in ("train", "valid")) == UTTERANCES - 1  # the hidden folder's file left out
+
+
+def test_a_stale_copy_in_a_hosts_scratch_folder_never_replaces_the_buckets_object(gcs_bucket, tmp_path):
+    """A host's scratch folder outlives a command: a file an earlier command left there is not uploaded by a later
+    one, which uploads only what it wrote (here: a label part, while another host has written the joined file)."""
+    import time
+
+    from hubert_jax.labels.staging import Staging
+
+    remote = f"{gcs_bucket}/{tmp_path.name}/labels/train.km"
+    stage = Staging(str(tmp_path / "scratch"))
+    stale = stage.local(remote)
+    os.makedirs(os.path.dirname(stale))
+    _write(stale, b"an earlier command's labels\n")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    storage.write_bytes(remote, b"joined by another host\n")
+
+    out = stage.output(remote, owner=False)
+    assert out == stale
+    _write(f"{out}.part1-of-2", b"this host's part\n")
+    assert stage.publish() == [f"{remote}.part1-of-2"]
+    assert storage.read_bytes(remote) == b"joined by another host\n"
+    assert storage.read_bytes(f"{remote}.part1-of-2") == b"this host's part\n"

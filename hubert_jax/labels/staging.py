@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 
 from hubert_jax import storage
+
 
 def scratch_root() -> str:
     return os.environ.get("HUBERT_JAX_SCRATCH") or os.path.join(os.path.expanduser("~"), ".cache", "hubert_jax",
@@ -42,6 +44,10 @@ class Staging:
         self.root = root or scratch_root()
         self._outputs: list[tuple[str, bool]] = []  # (local prefix, whether this process alone writes it)
         self._synced: dict[str, int] = {}  # local file -> its mtime when last downloaded or uploaded
+        # files older than this command are an earlier command's (this host's scratch outlives a command): never
+        # uploaded, so a stale copy cannot replace what another host wrote since (a second of slack for the
+        # filesystem's coarser clock)
+        self._since_ns = time.time_ns() - 1_000_000_000
 
     def local(self, path: str) -> str:
         return os.path.join(self.root, *path[len(storage.REMOTE_PREFIX):].split("/"))
@@ -123,7 +129,7 @@ class Staging:
             storage.remove(remote)
 
     def publish(self) -> list[str]:
-        """Upload every file of each output prefix that this process wrote or changed since it was last copied,
+        """Upload every file of each output prefix that this command wrote or changed since it was last copied,
         the completion markers last; returns the gs:// paths written."""
         written = []
         for local, owner in self._outputs:
@@ -133,8 +139,9 @@ class Staging:
                            key=lambda n: {base + ".len": 1, base: 2}.get(n, 0))
             for name in names:
                 path = os.path.join(folder, name)
-                if self._synced.get(path) == os.stat(path).st_mtime_ns:
-                    continue  # as it was copied from or to the bucket
+                mtime = os.stat(path).st_mtime_ns
+                if self._synced.get(path) == mtime or mtime < self._since_ns:
+                    continue  # as it was copied from or to the bucket, or not written by this command
                 target = posixpath.join(posixpath.dirname(remote), name)
                 storage.upload_file(path, target)
                 self._synced[path] = os.stat(path).st_mtime_ns
