@@ -46,10 +46,11 @@ _PRE_LN = dict(feat_extract_norm="layer", do_stable_layer_norm=True)
 
 def workdir_is_no_model(workdir: str) -> ValueError:
     """The error for a training run's workdir given where a model directory is expected, naming the export."""
-    model = workdir.rstrip("/") + "/model" if workdir.startswith("gs://") else os.path.join(workdir, "model")
+    from hubert_jax import storage
+
     return ValueError(f"{workdir} is a training run's workdir, not a model directory: export its model with "
                       f"`python -m hubert_jax.export {workdir} OUT [--step N]` and load OUT (a finished run has "
-                      f"written one to {model})")
+                      f"written one to {storage.join(workdir, 'model')})")
 
 
 @dataclasses.dataclass(eq=False)

@@ -78,17 +78,18 @@ def resolve(path_or_id: str | os.PathLike, *, revision: str | None = None, cache
 def _download(path: str, cache_dir: str | None) -> str:
     """A gs:// model directory copied whole into a local folder (under `cache_dir`, or the temporary folder), which
     the loaders then read as any directory."""
-    if not storage.isfile(storage.join(path, "config.json")):
-        raise FileNotFoundError(f"{path}: no config.json there, so no model directory (an export that was cut short "
-                                f"has none either: export it again)")
-    if storage.listdir(storage.join(path, "checkpoints")):  # a training workdir: refused before copying its steps
-        import json
-
-        from hubert_jax.config import workdir_is_no_model
-
-        if "model_type" not in json.loads(storage.read_bytes(storage.join(path, "config.json"))):
-            raise workdir_is_no_model(path)
     import hashlib
+    import json
+
+    from hubert_jax.config import workdir_is_no_model
+
+    try:
+        config = json.loads(storage.read_bytes(storage.join(path, "config.json")))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no config.json there, so no model directory (an export that was cut short "
+                                f"has none either: export it again)") from None
+    if "model_type" not in config and storage.listdir(storage.join(path, "checkpoints")):
+        raise workdir_is_no_model(path)  # a training workdir: refused before copying its steps
 
     # one folder per path and process, replaced at each load: repeated loads do not pile up copies
     key = f"{hashlib.sha256(path.encode()).hexdigest()[:16]}-{os.getpid()}"

@@ -239,10 +239,12 @@ def listdir(path: str) -> list[str]:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """The whole file or object at once (an object appears complete or not at all)."""
+    """The whole file or object at once, atomically: a local file is written aside and renamed into place, an
+    object appears complete or not at all."""
     if not is_remote(path):
-        with builtins.open(path, "wb") as f:
+        with builtins.open(f"{path}.tmp", "wb") as f:
             f.write(data)
+        os.replace(f"{path}.tmp", path)
         return
     _remote(path, _filesystem().pipe_file, path, data)
 

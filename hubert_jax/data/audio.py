@@ -215,14 +215,10 @@ def num_samples(path: str) -> int | None:
     """The file's length at 16 kHz from its header alone (None where it cannot be told)."""
     import soundfile as sf
 
-    try:
-        if storage.is_remote(path):  # the header's first bytes, through a file object on the object
-            with storage.open(path, "rb") as f:
-                info = sf.info(f)
-                frames = wav_header_frames(f) or info.frames
-        else:
-            info = sf.info(path)
-            frames = wav_header_frames(path) or info.frames
+    try:  # an object's header through a file object on it, a file's by its name
+        with storage.open(path, "rb") if storage.is_remote(path) else contextlib.nullcontext(path) as source:
+            info = sf.info(source)
+            frames = wav_header_frames(source) or info.frames
     except Exception:
         return None
     return int(round(frames * SAMPLE_RATE / info.samplerate))

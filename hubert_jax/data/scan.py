@@ -21,6 +21,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 
@@ -110,12 +111,10 @@ def write_manifests(root: str, out: str, *, extensions: tuple[str, ...] = ("flac
     root = storage.normpath(root) if storage.is_remote(root) else os.path.realpath(root)
     splits = ("train", "valid") if valid_fraction > 0 else ("train",)
     paths = {s: storage.join(out, f"{s}.tsv") for s in splits}
-    if storage.is_remote(out):
-        staging = tempfile.mkdtemp(prefix="manifest-")
-        written = {s: os.path.join(staging, f"{s}.tsv") for s in splits}
-    else:
+    staging = tempfile.mkdtemp(prefix="manifest-") if storage.is_remote(out) else None  # uploaded from here
+    if staging is None:
         os.makedirs(out, exist_ok=True)
-        written = paths
+    written = paths if staging is None else {s: os.path.join(staging, f"{s}.tsv") for s in splits}
     handles = {s: open(written[s] + ".tmp", "w", encoding="utf-8") for s in splits}
     summary = ManifestSummary({s: 0 for s in splits}, {s: 0 for s in splits}, [], paths)
     try:
@@ -133,15 +132,18 @@ def write_manifests(root: str, out: str, *, extensions: tuple[str, ...] = ("flac
                 summary.samples[split] += count
             if progress is not None:
                 progress(1)
+        for s, f in handles.items():
+            f.close()
+            os.replace(written[s] + ".tmp", written[s])
+            if staging is not None:
+                storage.upload_file(written[s], paths[s])
     except BaseException:
         for s, f in handles.items():
             f.close()
-            os.remove(written[s] + ".tmp")
+            if os.path.exists(written[s] + ".tmp"):
+                os.remove(written[s] + ".tmp")
         raise
-    for s, f in handles.items():
-        f.close()
-        os.replace(written[s] + ".tmp", written[s])
-        if written[s] != paths[s]:
-            storage.upload_file(written[s], paths[s])
-            os.remove(written[s])
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return summary

@@ -227,9 +227,4 @@ def write_manifest(address: Address | str, out: str) -> int:
 
 
 def _write_atomic(path: str, lines: list[str]) -> None:
-    if storage.is_remote(path):  # an object appears whole or not at all
-        storage.write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
-        return
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(f"{path}.tmp", path)
+    storage.write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))

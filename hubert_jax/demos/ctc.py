@@ -62,8 +62,8 @@ def main(argv=None) -> dict:
 def _demo(args, wd: str) -> dict:
     pretrained = os.path.join(wd, "model")
     if not os.path.isfile(os.path.join(pretrained, "config.json")):
-        raise SystemExit(f"{args.workdir.rstrip('/')}/model: no pretrained demo model; run `python -m hubert_jax.demo --workdir "
-                         f"{args.workdir}` first")
+        raise SystemExit(f"{args.workdir.rstrip('/')}/model: no pretrained demo model; run `python -m "
+                         f"hubert_jax.demo --workdir {args.workdir}` first")
     summary = fine_tune_both(wd, pretrained, steps=args.steps)
     with open(os.path.join(wd, "ctc_summary.json"), "w", encoding="utf-8") as f:
         json.dump({k: v for k, v in summary.items() if k != "steps"}, f, indent=2)

@@ -302,8 +302,8 @@ def _label_from_model(args) -> None:
                                      "model": storage.absolute(args.model),
                                      "centroids_sha256": provenance.file_sha256(centroids)})
     elapsed = time.perf_counter() - start
-    print(f"{args.stage.name(part_path(out, rank, world))}: layer {args.layer} labels of {stats['utterances']} utterances, "
-          f"{stats['computed']} of {stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "
+    print(f"{args.stage.name(part_path(out, rank, world))}: layer {args.layer} labels of {stats['utterances']} "
+          f"utterances, {stats['computed']} of {stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "
           f"{stats['audio_seconds']:.0f} s of audio in {elapsed:.1f} s"
           + (f"; joined every host's part into {args.out}" if stats["joined"] and world > 1 else ""))
 
@@ -350,8 +350,8 @@ def cmd_dump(args) -> None:
                               made=_manifest_record(args.manifest) | sample | {
                                   "model": storage.absolute(args.model) if args.model else f"preset {args.preset}"})
     elapsed = time.perf_counter() - start
-    print(f"{args.stage.name(prefix)}.npy: layer {args.layer} of {stats['utterances']} utterances, {stats['computed']} of "
-          f"{stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "
+    print(f"{args.stage.name(prefix)}.npy: layer {args.layer} of {stats['utterances']} utterances, "
+          f"{stats['computed']} of {stats['chunks']} chunks computed now, {stats['skipped']} files skipped; "
           f"{stats['audio_seconds']:.0f} s of audio in {elapsed:.1f} s = "
           f"{stats['audio_seconds'] / max(elapsed, 1e-9):.1f} audio seconds per second")
 

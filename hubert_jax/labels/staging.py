@@ -72,6 +72,12 @@ class Staging:
         folder, base = posixpath.split(path)
         return [n for n in storage.listdir(folder) if _belongs(n, base, shards=shards) and _owned(n)]
 
+    def _get_beside(self, path: str, names: list[str]) -> None:
+        """The objects `names` of gs:// `path`'s folder, copied beside its stand-in."""
+        folder = os.path.dirname(self.local(path))
+        for name in names:
+            self._get(posixpath.join(posixpath.dirname(path), name), os.path.join(folder, name))
+
     def fetch(self, path: str, *, prefix: bool = False) -> str:
         """An input: one gs:// file, or with `prefix` every file of a feature prefix (`{path}.*` and the shards
         `{path}_*`), copied here (local files of the prefix that the bucket no longer holds are removed)."""
@@ -89,8 +95,7 @@ class Staging:
             if os.path.isdir(folder):
                 for stale in set(n for n in os.listdir(folder) if _belongs(n, base, shards=True)) - set(names):
                     os.remove(os.path.join(folder, stale))
-            for name in names:
-                self._get(posixpath.join(posixpath.dirname(path), name), os.path.join(folder, name))
+            self._get_beside(path, names)
         return local
 
     def output(self, path: str, *, resume: bool = False, owner: bool = True) -> str:
@@ -104,17 +109,17 @@ class Staging:
         local = self.local(path)
         os.makedirs(os.path.dirname(local), exist_ok=True)
         if resume:
-            for name in self._prefix_files(path, shards=False):
-                self._get(posixpath.join(posixpath.dirname(path), name), os.path.join(os.path.dirname(local), name))
+            self._get_beside(path, self._prefix_files(path, shards=False))
         self._outputs.append((local, owner))
         return local
 
     def sibling(self, local: str, suffix: str) -> str | None:
         """`local + suffix`, copied from the bucket first when `local` stands for a gs:// path; None when the bucket
         has no such object (a local path is returned as it is)."""
-        if self.remote_of(local) is None:
+        remote = self.remote_of(local)
+        if remote is None:
             return local + suffix
-        remote = self.remote_of(local) + suffix
+        remote += suffix
         if not storage.isfile(remote):
             return None
         self._get(remote, local + suffix)
@@ -144,7 +149,7 @@ class Staging:
                     continue  # as it was copied from or to the bucket, or not written by this command
                 target = posixpath.join(posixpath.dirname(remote), name)
                 storage.upload_file(path, target)
-                self._synced[path] = os.stat(path).st_mtime_ns
+                self._synced[path] = mtime
                 written.append(target)
             skipped = f"{remote}.skipped"
             if owner and f"{base}.skipped" not in names and storage.exists(skipped):

@@ -96,12 +96,7 @@ def write_config(workdir: str, config_json: str, step: int) -> str:
     starts = [name for name in storage.listdir(history) if name.split("-")[0].isdigit()]
     name = storage.join(history, f"{len(starts) + 1:04d}-step{step}.json")
     for path in (name, storage.join(workdir, "config.json")):
-        if storage.is_remote(path):  # an object is written whole or not at all
-            storage.write_bytes(path, (config_json + "\n").encode("utf-8"))
-            continue
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(config_json + "\n")
-        os.replace(path + ".tmp", path)
+        storage.write_bytes(path, (config_json + "\n").encode("utf-8"))
     return name
 
 
